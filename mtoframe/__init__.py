@@ -1,0 +1,56 @@
+"""mtoframe: multi-task optimisation on PyTorch.
+
+Methods are pluggy plugins discovered through the ``mtoframe`` entry-point group and stacked in
+the user's order; :class:`Trainer` runs one clean step pipeline (see ``mtoframe/trainer.py``).
+"""
+
+from __future__ import annotations
+
+from .api import aggregate, as_method, available, create
+from .context import StepContext
+from .errors import (
+    BatchError,
+    MethodError,
+    MtoError,
+    NonFiniteLossError,
+    OptionError,
+    PluginError,
+    SolverError,
+    StackError,
+    UnknownMethodError,
+)
+from .hookspecs import HOOK_API_VERSION, hookimpl, hookspec
+from .method import Method, Role, Space
+from .model import MultiTaskModel, Task
+from .registry import Registry, get_registry
+from .trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HOOK_API_VERSION",
+    "BatchError",
+    "Method",
+    "MethodError",
+    "MtoError",
+    "MultiTaskModel",
+    "NonFiniteLossError",
+    "OptionError",
+    "PluginError",
+    "Registry",
+    "Role",
+    "SolverError",
+    "Space",
+    "StackError",
+    "StepContext",
+    "Task",
+    "Trainer",
+    "UnknownMethodError",
+    "aggregate",
+    "as_method",
+    "available",
+    "create",
+    "get_registry",
+    "hookimpl",
+    "hookspec",
+]

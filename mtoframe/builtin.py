@@ -1,0 +1,25 @@
+"""Methods built into the core: EW."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+from .method import Method, Role
+from .registry import Registry
+
+
+class EW(Method):
+    """Equal weighting: the objective is ``Σ_t L_t`` (the sum, as LibMTL; not the mean).
+
+    The empty stack means EW; naming it is only useful to be explicit. Heads receive their task's
+    loss gradient. No options, no state, one backward per step.
+    """
+
+    name = "ew"
+    summary = "Equal weighting: sum of the task losses (one backward)."
+    paper = "baseline"
+    roles = Role.NONE
+
+
+@hookimpl
+def mtoframe_register(registry: Registry) -> None:
+    registry.add(EW)

@@ -1,0 +1,194 @@
+""":class:`StepContext`: what flows through the hooks during one training step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .errors import MtoError
+
+if TYPE_CHECKING:
+    from .gradients import GradientEngine
+    from .method import Space
+
+
+class StepContext:
+    """State of one step, shared by every method's hooks.
+
+    Attributes that methods read:
+
+    ``step``, ``epoch``
+        global step index (0-based) and epoch.
+    ``tasks``
+        names of the tasks present in this batch (partial labels leave a task out); every
+        per-task tensor below is indexed in this order.
+    ``task_ids``
+        ``LongTensor[T]``: position of each present task in the trainer's full task list
+        (``all_tasks``), for methods that keep per-task state.
+    ``z``
+        the shared representation (may be replaced in ``on_representation``).
+    ``predictions``, ``targets``
+        per present task.
+    ``losses``, ``weights``
+        ``Tensor[T]``; see :func:`mtoframe.hookspecs.on_task_losses`.
+    ``grads``
+        lazily computed ``T×D`` gradient matrix in ``space``; see ``on_shared_grads``.
+    ``logging``
+        True on steps whose scalars are written; compute diagnostics only then.
+    """
+
+    def __init__(
+        self,
+        *,
+        tasks: tuple[str, ...],
+        all_tasks: tuple[str, ...] | None = None,
+        losses: Tensor | None = None,
+        step: int = 0,
+        epoch: int = 0,
+        space: Space | None = None,
+        engine: GradientEngine | None = None,
+        logging: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        self.step = step
+        self.epoch = epoch
+        self.tasks = tasks
+        self.all_tasks = all_tasks if all_tasks is not None else tasks
+        index = {t: i for i, t in enumerate(self.all_tasks)}
+        self.device = device if device is not None else (losses.device if losses is not None else torch.device("cpu"))
+        self.task_ids = torch.tensor([index[t] for t in tasks], dtype=torch.long, device=self.device)
+        self.space = space
+        self.logging = logging
+        self.inputs: Any = None
+        self.targets: dict[str, Any] = {}
+        self.z: Tensor | None = None
+        self.predictions: dict[str, Any] = {}
+        self._losses = losses
+        self.raw_losses: Tensor | None = losses
+        self.weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=losses.dtype if losses is not None else torch.float32)
+        self.extra_losses: dict[str, Tensor] = {}
+        self._grads: Tensor | None = None
+        #: the gradient matrix as first computed, before any transform (for logging)
+        self.raw_grads: Tensor | None = None
+        self._gram: Tensor | None = None
+        self._saliency: Tensor | None = None
+        self._saliency_differentiable = False
+        self.update: Tensor | None = None
+        self.head_weights: Tensor | None = None
+        self.scalars: dict[str, Tensor | float] = {}
+        self.timings: dict[str, float] = {}
+        self.skipped = False
+        self._engine = engine
+        self._recompute: Callable[[bool], Tensor] | None = None
+
+    # -- losses --------------------------------------------------------------------------------
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def losses(self) -> Tensor:
+        if self._losses is None:
+            raise MtoError("this context carries no losses (mtoframe.aggregate was called without losses=)")
+        return self._losses
+
+    @losses.setter
+    def losses(self, value: Tensor) -> None:
+        if self._losses is not None and value.shape != self._losses.shape:
+            raise MtoError(f"ctx.losses must keep shape {tuple(self._losses.shape)}, got {tuple(value.shape)}")
+        self._losses = value
+        # gradients of the old losses are stale now
+        self._saliency = None
+        self._grads = None
+        self._gram = None
+
+    @property
+    def has_losses(self) -> bool:
+        return self._losses is not None
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        """Add a named regulariser; its gradient is added after gradient aggregation."""
+        if value.dim() != 0:
+            raise MtoError(f"regulariser {name!r} must be a scalar tensor, got shape {tuple(value.shape)}")
+        if name in self.extra_losses:
+            raise MtoError(f"regulariser {name!r} was added twice in one step")
+        self.extra_losses[name] = value
+        self.log(f"reg/{name}", value)
+
+    # -- gradients -----------------------------------------------------------------------------
+
+    @property
+    def grads(self) -> Tensor:
+        """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``space``."""
+        if self._grads is None:
+            if self._engine is None:
+                raise MtoError("no gradient matrix: this context has no trainer and none was given")
+            self._grads = self._engine.task_grads(self)
+        return self._grads
+
+    @grads.setter
+    def grads(self, value: Tensor) -> None:
+        if value.dim() != 2 or value.shape[0] != self.num_tasks:
+            raise MtoError(f"ctx.grads must be a {self.num_tasks}×D matrix, got shape {tuple(value.shape)}")
+        self._grads = value
+        self._gram = None
+
+    @property
+    def has_grads(self) -> bool:
+        return self._grads is not None
+
+    def gram(self) -> Tensor:
+        """Gram matrix ``G Gᵀ`` of the current ``grads`` (cached until ``grads`` is replaced)."""
+        if self._gram is None:
+            g = self.grads
+            self._gram = g @ g.T
+        return self._gram
+
+    def rep_grads(self, *, differentiable: bool = False) -> Tensor:
+        """Per-task gradients of ``losses`` w.r.t. ``z``, unweighted: ``Tensor[T, *z.shape]``.
+
+        With ``differentiable=True`` they are computed with ``create_graph=True`` so that a loss
+        built from them trains the model (Rep-MTL). Computed once per step and shared: a plain
+        request after a differentiable one gets the detached tensor, not a recomputation.
+        """
+        if self._engine is None:
+            raise MtoError("representation gradients need a trainer (no representation in this context)")
+        if self._saliency is None or (differentiable and not self._saliency_differentiable):
+            self._saliency = self._engine.rep_grads(self, differentiable=differentiable)
+            self._saliency_differentiable = differentiable
+        return self._saliency if differentiable else self._saliency.detach()
+
+    def set_update(self, update: Tensor, *, head_weights: Tensor | None = None) -> None:
+        """Set the final update (length ``D``); what an aggregator does. ``head_weights``
+        (``Tensor[T]``) scales each task's head gradient."""
+        if self.update is not None:
+            raise MtoError("the update was set twice in one step: only one aggregator may run")
+        expected = self.grads.shape[1] if self._grads is not None else None
+        if update.dim() != 1 or (expected is not None and update.shape[0] != expected):
+            raise MtoError(f"update must be a vector of length {expected}, got shape {tuple(update.shape)}")
+        if head_weights is not None and head_weights.shape != (self.num_tasks,):
+            raise MtoError(f"head_weights must have shape ({self.num_tasks},), got {tuple(head_weights.shape)}")
+        self.update = update
+        self.head_weights = head_weights
+
+    # -- after the step ------------------------------------------------------------------------
+
+    def recompute_losses(self, *, train_mode: bool = True) -> Tensor:
+        """Losses of the same batch under the updated parameters, without gradient (FAMO).
+
+        ``train_mode=False`` runs the forward in eval mode (BatchNorm uses running statistics
+        and does not update them)."""
+        if self._recompute is None:
+            raise MtoError("recompute_losses is only available inside a trainer's on_after_step")
+        return self._recompute(train_mode)
+
+    # -- observability -------------------------------------------------------------------------
+
+    def log(self, tag: str, value: Tensor | float) -> None:
+        """Record a scalar (written only on logging steps; tensors are read then, not now)."""
+        if self.logging:
+            self.scalars[tag] = value.detach() if isinstance(value, Tensor) else value

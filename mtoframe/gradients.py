@@ -1,0 +1,136 @@
+"""The gradient engine: per-task gradients once per step, on the device, and applying the update.
+
+Paths (DESIGN §4):
+
+* no gradient method in the stack -> the trainer does a single backward of the weighted sum;
+* ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``, one ``autograd.grad`` per task
+  (or, when the saliency ``∂L_t/∂Z`` is already cached, one encoder VJP per task, which skips
+  the heads), flattened into a preallocated ``T×P`` buffer;
+* ``representation`` space -> row ``t`` is ``∂(w_t L_t)/∂Z`` flattened; the aggregated ``Z``
+  gradient then goes through the encoder in one backward (so the encoder always trains, unlike
+  LibMTL issue 83).
+
+Heads get ``head_weights_t · w_t · ∂L_t/∂θ_t`` from one backward restricted to the non-shared
+parameters (``inputs=``), which also trains learnable loss weights. Regulariser terms
+(``ctx.add_loss``) are back-propagated last, so their gradient is added after aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .context import StepContext
+from .errors import MtoError
+
+
+class GradientEngine:
+    """Computes and applies gradients for one model's shared and task-specific parameters."""
+
+    def __init__(self, shared: Sequence[nn.Parameter], *, batched: bool = False) -> None:
+        self.shared = list(shared)
+        if not self.shared:
+            raise MtoError("the encoder has no trainable parameters; gradient methods need shared parameters")
+        self.sizes = [p.numel() for p in self.shared]
+        self.num_params = sum(self.sizes)
+        self.batched = batched
+
+    # -- computing -----------------------------------------------------------------------------
+
+    def rep_grads(self, ctx: StepContext, *, differentiable: bool) -> Tensor:
+        """``Tensor[T, *Z.shape]``: ``∂L_t/∂Z`` of the current (unweighted) losses."""
+        z = ctx.z
+        if z is None or not isinstance(z, Tensor):
+            raise MtoError("representation gradients need a tensor representation ctx.z (the encoder output)")
+        if not z.requires_grad:
+            raise MtoError("the representation does not require grad (is the encoder frozen or run under no_grad?)")
+        losses = ctx.losses
+        rows = []
+        for t in range(ctx.num_tasks):
+            (g,) = torch.autograd.grad(losses[t], z, retain_graph=True, create_graph=differentiable, allow_unused=True)
+            rows.append(torch.zeros_like(z) if g is None else g)
+        return torch.stack(rows)
+
+    def task_grads(self, ctx: StepContext) -> Tensor:
+        """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
+        w = ctx.weights.detach()
+        if ctx.space == "representation":
+            s = ctx.rep_grads(differentiable=False)
+            g = s.reshape(ctx.num_tasks, -1)
+        elif ctx.space == "params":
+            g = self._param_grads(ctx)
+        else:
+            raise MtoError(f"unknown gradient space {ctx.space!r}; allowed: 'params', 'representation'")
+        g = g * w.to(g.dtype).unsqueeze(1)
+        ctx.raw_grads = g
+        return g
+
+    def _param_grads(self, ctx: StepContext) -> Tensor:
+        T = ctx.num_tasks
+        ref = self.shared[0]
+        if ctx._saliency is not None and ctx.z is not None:
+            # saliency already paid for the heads: one encoder VJP per task
+            s = ctx._saliency.detach()
+            if self.batched:
+                parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
+                                            allow_unused=True, is_grads_batched=True)
+                return self._flatten_batched(parts, T)
+            per_task = [
+                torch.autograd.grad(ctx.z, self.shared, grad_outputs=s[t], retain_graph=True, allow_unused=True)
+                for t in range(T)
+            ]
+        elif self.batched:
+            eye = torch.eye(T, dtype=ctx.losses.dtype, device=ctx.losses.device)
+            parts = torch.autograd.grad(ctx.losses, self.shared, grad_outputs=eye, retain_graph=True,
+                                        allow_unused=True, is_grads_batched=True)
+            return self._flatten_batched(parts, T)
+        else:
+            losses = ctx.losses
+            per_task = [
+                torch.autograd.grad(losses[t], self.shared, retain_graph=True, allow_unused=True) for t in range(T)
+            ]
+        out = torch.empty(T, self.num_params, dtype=ref.dtype, device=ref.device)
+        for t, grads in enumerate(per_task):
+            offset = 0
+            for p, g, n in zip(self.shared, grads, self.sizes):
+                if g is None:
+                    out[t, offset : offset + n].zero_()
+                else:
+                    out[t, offset : offset + n].copy_(g.reshape(-1))
+                offset += n
+        return out
+
+    def _flatten_batched(self, parts: Sequence[Tensor | None], T: int) -> Tensor:
+        ref = self.shared[0]
+        cols = [
+            torch.zeros(T, n, dtype=ref.dtype, device=ref.device) if g is None else g.reshape(T, -1)
+            for g, n in zip(parts, self.sizes)
+        ]
+        return torch.cat(cols, dim=1)
+
+    # -- applying ------------------------------------------------------------------------------
+
+    def apply(self, ctx: StepContext, update: Tensor, others: Sequence[nn.Parameter]) -> None:
+        """Write the aggregated update, the heads' (and learnable weights') gradients, then the
+        regularisers' gradient, into ``.grad`` (which the caller zeroed)."""
+        if ctx.space == "params":
+            if update.shape != (self.num_params,):
+                raise MtoError(f"update has shape {tuple(update.shape)}, expected ({self.num_params},)")
+            for p, chunk in zip(self.shared, torch.split(update.detach(), self.sizes)):
+                p.grad = chunk.view_as(p).to(p.dtype).clone()
+        else:
+            z = ctx.z
+            assert z is not None
+            if update.numel() != z.numel():
+                raise MtoError(f"update has {update.numel()} entries, the representation {z.numel()}")
+            torch.autograd.backward(z, update.detach().view_as(z).to(z.dtype), retain_graph=True)
+
+        hw = ctx.head_weights.detach() if ctx.head_weights is not None else 1.0
+        heads_objective = (hw * ctx.weights * ctx.losses).sum()
+        trainable = [p for p in others if p.requires_grad]
+        if trainable and heads_objective.requires_grad:
+            torch.autograd.backward(heads_objective, inputs=trainable, retain_graph=bool(ctx.extra_losses))
+        if ctx.extra_losses:
+            torch.autograd.backward(sum(ctx.extra_losses.values()))  # type: ignore[arg-type]

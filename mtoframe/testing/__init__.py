@@ -1,0 +1,25 @@
+"""Test helpers for mtoframe and its plugin authors: seeded gradient-matrix families and a tiny
+multi-task model, batch and trainer factory. Also exposed as pytest fixtures by
+:mod:`mtoframe.testing.pytest_plugin` (registered through the ``pytest11`` entry point)."""
+
+from __future__ import annotations
+
+from .factories import (
+    GradientCase,
+    gradient_families,
+    make_batch,
+    make_conv_model,
+    make_tasks,
+    make_trainer,
+    make_vector_model,
+)
+
+__all__ = [
+    "GradientCase",
+    "gradient_families",
+    "make_batch",
+    "make_conv_model",
+    "make_tasks",
+    "make_trainer",
+    "make_vector_model",
+]

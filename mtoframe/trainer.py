@@ -1,0 +1,405 @@
+"""The trainer: one training step, readable top to bottom in :meth:`Trainer.step`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pluggy
+import torch
+from torch import Tensor, nn
+
+from . import hookspecs
+from .api import as_method
+from .context import StepContext
+from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
+from .gradients import GradientEngine
+from .method import Method, check_generic_stack
+from .model import MultiTaskModel, Task, check_tasks
+from .tblog import RunLogger, is_rank_zero, step_scalars
+
+STEP_HOOKS = ("on_representation", "on_task_losses", "on_shared_grads", "on_after_step")
+NonFinitePolicy = Literal["raise", "skip"]
+
+
+class Trainer:
+    """Trains a :class:`MultiTaskModel` on its tasks with a stack of MTO methods.
+
+    :param methods: the stack, in order; each a name, a ``(name, options)`` pair or a
+        :class:`Method`. ``[]`` is EW (sum of the task losses).
+    :param optimizer: a torch optimiser over the model's parameters.
+    :param scheduler: optional LR scheduler, stepped every epoch (``scheduler_interval="epoch"``)
+        or every step.
+    :param log_dir: TensorBoard run directory (written on rank 0 only); ``None`` logs nothing.
+    :param log_every: write step scalars every this many steps.
+    :param nonfinite: ``"raise"`` (name the task and step) or ``"skip"`` (skip and count the
+        update) when a loss or the update is NaN/inf. Either way parameters never become NaN.
+    :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
+        (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
+    :param plugins: extra hook implementations (observers) called after the methods.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Sequence[Task],
+        methods: Sequence[Any] = (),
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        scheduler: Any = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        log_dir: str | Path | None = None,
+        log_every: int = 50,
+        nonfinite: NonFinitePolicy = "raise",
+        batched_grads: bool = False,
+        progress: bool | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        plugins: Sequence[object] = (),
+    ) -> None:
+        if not isinstance(model, MultiTaskModel):
+            raise MtoError(f"model must be an mtoframe.MultiTaskModel, got {type(model).__name__}")
+        if optimizer is None:
+            raise OptionError("Trainer needs optimizer=, e.g. torch.optim.Adam(model.parameters(), lr=1e-3)")
+        if nonfinite not in ("raise", "skip"):
+            raise OptionError(f"nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise OptionError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if not isinstance(log_every, int) or log_every < 1:
+            raise OptionError(f"log_every must be a positive integer, got {log_every!r}")
+        tasks = list(tasks)
+        check_tasks(model, tasks)
+        _check_optimizer(optimizer)
+        self.model = model
+        self.tasks = tasks
+        self.task_names = tuple(t.name for t in tasks)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.nonfinite = nonfinite
+        self.log_every = log_every
+        self.progress = progress
+
+        self.stack: list[Method] = [as_method(m) for m in methods]
+        check_generic_stack(self.stack)  # before any step: an impossible stack never trains
+        self.space = next((m.grad_space for m in self.stack if m.grad_space is not None), None)
+        self.engine = GradientEngine(model.shared_parameters(), batched=batched_grads) if self._needs_engine() else None
+
+        # One plugin manager per trainer; hooks are called per method so the user's order holds
+        # (pluggy itself would call the last registered first).
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self._members: list[tuple[str, object]] = [(m.name, m) for m in self.stack]
+        self._members += [(getattr(p, "name", type(p).__name__), p) for p in plugins]
+        for i, (name, obj) in enumerate(self._members):
+            self.plugin_manager.register(obj, name=f"{i}:{name}")
+        self._callers = {hook: self._ordered_callers(hook) for hook in (*STEP_HOOKS, "on_train_start", "on_epoch_end")}
+
+        self._method_params: list[nn.Parameter] = []
+        self.global_step = 0
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.counters: dict[str, int] = {"skipped_steps": 0}
+        self._started = False
+        self.logger = RunLogger(log_dir, hparams=self._hparams(hparams)) if log_dir is not None and is_rank_zero() else None
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _needs_engine(self) -> bool:
+        return self.space is not None or any(m.saliency != "none" for m in self.stack)
+
+    def _ordered_callers(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+        impls = {id(i.plugin) for i in getattr(self.plugin_manager.hook, hook).get_hookimpls()}
+        out = []
+        for name, obj in self._members:
+            if id(obj) in impls:
+                others = [o for _, o in self._members if o is not obj]
+                out.append((name, self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)))
+        return out
+
+    def _hparams(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        hp: dict[str, Any] = {"stack": "+".join(m.name for m in self.stack) or "ew"}
+        for m in self.stack:
+            hp[f"method/{m.name}"] = repr(m)
+        hp["optimizer"] = type(self.optimizer).__name__
+        hp["lr"] = self.optimizer.param_groups[0].get("lr")
+        hp.update(extra or {})
+        return hp
+
+    def add_method_parameters(self, method: Method, params: Iterable[nn.Parameter], *, lr: float | None = None) -> None:
+        """Give a method's learnable parameters (UW's log-variances, GradNorm's weights) their own
+        optimiser group, without weight decay; they are saved with the optimiser's state."""
+        params = list(params)
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0, "mtoframe_method": method.name}
+        if lr is not None:
+            group["lr"] = lr
+        self.optimizer.add_param_group(group)
+        self._method_params += params
+
+    def start(self) -> None:
+        """Run ``on_train_start`` once (``step`` and ``fit`` call it)."""
+        if not self._started:
+            self._started = True
+            self._call("on_train_start", None, trainer=self)
+
+    def _call(self, hook: str, timed: StepContext | None, **kwargs: Any) -> None:
+        """Call ``hook`` on each stack member in the user's order; record each call's time in
+        ``timed.timings`` and name the method and hook on failure."""
+        for name, caller in self._callers[hook]:
+            t0 = time.perf_counter()
+            try:
+                caller(**kwargs)
+            except MtoError:
+                raise
+            except Exception as exc:
+                raise MethodError(f"method {name!r} failed in hook {hook}: {type(exc).__name__}: {exc}") from exc
+            if timed is not None:
+                self._sync(timed)
+                timed.timings[f"{hook}/{name}"] = (time.perf_counter() - t0) * 1e3
+
+    def _sync(self, ctx: StepContext) -> None:
+        # Timings are only written on logging steps, so only those pay for a device sync.
+        if ctx.logging and ctx.device.type == "cuda":
+            torch.cuda.synchronize(ctx.device)
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def step(self, batch: tuple[Any, Mapping[str, Any]]) -> StepContext:
+        """One optimisation step on ``(inputs, {task: target})``; returns the step's context."""
+        self.start()
+        inputs, targets, present = self._split_batch(batch)
+        ctx = self._new_context(present)
+        ctx.inputs, ctx.targets = inputs, targets
+        t_step = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # 1. shared representation
+        ctx.z = self.model.encoder(inputs)
+        self._call("on_representation", ctx, ctx=ctx)
+
+        # 2. heads and task losses
+        ctx.predictions = {t: self.model.heads[t](ctx.z) for t in present}
+        ctx.losses = ctx.raw_losses = self._task_losses(ctx.predictions, targets, present)
+        self._call("on_task_losses", ctx, ctx=ctx)
+
+        # 3. gradients: one backward, or per-task gradients -> gradient methods -> update
+        if self._nonfinite(ctx, ctx.losses, *ctx.extra_losses.values(), what="loss"):
+            return self._skip(ctx, t_step)
+        t0 = time.perf_counter()
+        if self.space is None:
+            objective = (ctx.weights * ctx.losses).sum() + sum(ctx.extra_losses.values())
+            objective.backward()
+        else:
+            self._call("on_shared_grads", ctx, ctx=ctx)
+            update = ctx.update if ctx.update is not None else ctx.grads.sum(0)
+            if self._nonfinite(ctx, update, what="update"):
+                return self._skip(ctx, t_step)
+            assert self.engine is not None
+            self.engine.apply(ctx, update, self._non_shared_parameters())
+        self._sync(ctx)
+        ctx.timings["backward"] = (time.perf_counter() - t0) * 1e3
+
+        # 4. optimiser, then post-step state updates
+        self.optimizer.step()
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self._call("on_after_step", ctx, ctx=ctx)
+        self._finish(ctx, t_step)
+        return ctx
+
+    # -- step helpers ----------------------------------------------------------------------------
+
+    def _split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any], tuple[str, ...]]:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping)):
+            raise BatchError("a batch must be a pair (inputs, {task_name: target}); got "
+                             f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+        inputs, targets = batch
+        unknown = sorted(set(targets) - set(self.task_names))
+        if unknown:
+            raise BatchError(f"batch has targets for unknown task(s) {unknown}; the trainer's tasks are {list(self.task_names)}")
+        # A missing or None target leaves that task out of this step (partial labels).
+        present = tuple(t for t in self.task_names if targets.get(t) is not None)
+        if not present:
+            raise BatchError(f"batch has no target for any task; expected some of {list(self.task_names)}")
+        return inputs, targets, present
+
+    def _new_context(self, present: tuple[str, ...]) -> StepContext:
+        ref = next(self.model.parameters())
+        ctx = StepContext(
+            tasks=present,
+            all_tasks=self.task_names,
+            step=self.global_step,
+            epoch=self.epoch,
+            space=self.space,
+            engine=self.engine,
+            logging=self.logger is not None and self.global_step % self.log_every == 0,
+            device=ref.device,
+        )
+        ctx._recompute = lambda train_mode: self._recompute_losses(ctx, train_mode)
+        return ctx
+
+    def _task_losses(self, preds: Mapping[str, Any], targets: Mapping[str, Any], present: Sequence[str]) -> Tensor:
+        by_name = {t.name: t for t in self.tasks}
+        values = []
+        for name in present:
+            try:
+                value = by_name[name].loss(preds[name], targets[name])
+            except Exception as exc:
+                raise BatchError(f"loss of task {name!r} failed on this batch ({type(exc).__name__}: {exc}); "
+                                 "check the target's shape and dtype against the head's prediction") from exc
+            if not isinstance(value, Tensor) or value.dim() != 0:
+                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise BatchError(f"loss of task {name!r} must be a scalar tensor, got {shape}")
+            values.append(value)
+        return torch.stack(values)
+
+    def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str) -> bool:
+        # One host sync per step; the price of never letting NaN reach the parameters.
+        bad = [bool(~torch.isfinite(v.detach()).all()) for v in values]
+        if not any(bad):
+            return False
+        if self.nonfinite == "raise":
+            if what == "loss" and bad[0]:
+                culprits = [t for t, ok in zip(ctx.tasks, torch.isfinite(ctx.losses.detach()).tolist()) if not ok]
+                detail = f"task(s) {culprits}"
+            elif what == "loss":
+                detail = "regulariser(s) " + str([n for n, v in ctx.extra_losses.items() if not torch.isfinite(v).all()])
+            else:
+                detail = f"the update from {[m.name for m in self.stack if m.grad_space]}"
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {ctx.step}: {detail}; nonfinite='skip' skips such steps instead"
+            )
+        return True
+
+    def _skip(self, ctx: StepContext, t_step: float) -> StepContext:
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx.skipped = True
+        self.counters["skipped_steps"] += 1
+        ctx.log("steps/skipped", float(self.counters["skipped_steps"]))
+        self._call("on_after_step", ctx, ctx=ctx)
+        self._finish(ctx, t_step)
+        return ctx
+
+    def _finish(self, ctx: StepContext, t_step: float) -> None:
+        self._sync(ctx)
+        step_ms = (time.perf_counter() - t_step) * 1e3
+        if ctx.logging and self.logger is not None:
+            self.logger.scalars(step_scalars(ctx, step_ms), ctx.step)
+        self.global_step += 1
+
+    def _non_shared_parameters(self) -> list[nn.Parameter]:
+        return self.model.head_parameters() + self._method_params
+
+    @torch.no_grad()
+    def _recompute_losses(self, ctx: StepContext, train_mode: bool) -> Tensor:
+        was_training = self.model.training
+        self.model.train(train_mode)
+        try:
+            preds = self.model(ctx.inputs, ctx.tasks)
+            return self._task_losses(preds, ctx.targets, ctx.tasks)
+        finally:
+            self.model.train(was_training)
+
+    # -- epochs ----------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: Iterable[Any],
+        *,
+        epochs: int,
+        val: Iterable[Any] | None = None,
+        baselines: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` epochs, evaluating on ``val`` after each. With single-task
+        ``baselines`` (``{task: {metric: value}}``) each epoch also reports ``Δp_task`` and ``Δm%``."""
+        from tqdm.auto import tqdm
+
+        from .metrics import summarise
+
+        if not isinstance(epochs, int) or epochs < 1:
+            raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
+        self.start()
+        for _ in range(epochs):
+            sums = torch.zeros(len(self.tasks), dtype=torch.float64)
+            counts = torch.zeros(len(self.tasks), dtype=torch.float64)
+            disable = not self.progress if self.progress is not None else None  # None: only on a TTY
+            for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
+                ctx = self.step(batch)
+                if ctx.raw_losses is not None:
+                    ids = ctx.task_ids.cpu()
+                    sums.index_add_(0, ids, ctx.raw_losses.detach().double().cpu())
+                    counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+            stats: dict[str, Any] = {
+                "epoch": self.epoch,
+                "train_loss": {t: (sums[i] / counts[i]).item() for i, t in enumerate(self.task_names) if counts[i] > 0},
+            }
+            if val is not None:
+                stats["val"] = self.evaluate(val)
+                if baselines is not None:
+                    stats.update(summarise(stats["val"], baselines, self.tasks))
+            self._call("on_epoch_end", None, trainer=self, epoch=self.epoch, stats=stats)
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self._log_epoch(stats)
+            self.history.append(stats)
+            self.epoch += 1
+        if self.logger is not None:
+            self.logger.flush()
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, dict[str, float]]:
+        """Metrics of every task over ``loader``: ``{task: {metric: value}}``."""
+        was_training = self.model.training
+        self.model.eval()
+        for task in self.tasks:
+            for m in task.metrics:
+                m.reset()
+        try:
+            for batch in loader:
+                inputs, targets, present = self._split_batch(batch)
+                preds = self.model(inputs, present)
+                for name in present:
+                    for m in self._task(name).metrics:
+                        m.update(preds[name], targets[name])
+        finally:
+            self.model.train(was_training)
+        return {t.name: {k: v for m in t.metrics for k, v in m.compute().items()} for t in self.tasks}
+
+    def _task(self, name: str) -> Task:
+        return self.tasks[self.task_names.index(name)]
+
+    def _log_epoch(self, stats: Mapping[str, Any]) -> None:
+        if self.logger is None:
+            return
+        values: dict[str, float] = {f"epoch/loss/{t}": v for t, v in stats["train_loss"].items()}
+        for task, metrics in stats.get("val", {}).items():
+            for metric, v in metrics.items():
+                values[f"metric/val/{task}/{metric}"] = v
+        for key, tag in (("delta_p_task", "delta/p_task"), ("delta_m", "delta/m")):
+            if key in stats:
+                values[tag] = stats[key]
+        self.logger.scalars(values, self.global_step)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise OptionError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for i, g in enumerate(optimizer.param_groups):
+        lr = g.get("lr")
+        if isinstance(lr, (int, float)) and not (lr == lr and abs(lr) != float("inf")):
+            raise OptionError(f"learning rate of optimizer group {i} must be a finite number, got {lr!r}")
