@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mtoframe`` CLI (see :mod:`mtoframe.cli`)."""

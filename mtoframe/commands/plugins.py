@@ -1,0 +1,34 @@
+"""``mtoframe plugins [--json]``: installed methods and plugins that failed to load."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..registry import get_registry
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("plugins", help="list installed methods, their distributions, hooks and options")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    reg = get_registry()
+    methods = [i.describe() for i in reg.infos()]
+    failures = [{"plugin": f.plugin, "distribution": f.distribution, "version": f.version, "error": f.error}
+                for f in reg.failures]
+    if args.json:
+        print(json.dumps({"methods": methods, "failures": failures}, indent=2))
+        return 0
+    width = max(len(m["name"]) for m in methods)
+    for m in methods:
+        opts = ", ".join(f"{k}={v!r}" for k, v in m["options"].items()) or "-"
+        print(f"{m['name']:<{width}}  {m['distribution']} {m['version']}  [{', '.join(m['hooks']) or 'no hooks'}]")
+        print(f"{'':<{width}}  {m['summary']}")
+        print(f"{'':<{width}}  options: {opts}")
+    for f in failures:
+        print(f"FAILED {f['plugin']} ({f['distribution']} {f['version']}): {f['error']}")
+    return 0
