@@ -1,0 +1,276 @@
+"""Shared numerics of the gradient methods: Gram matrices, simplex projection, exact min-norm
+point of a convex hull, non-negative QP on a Gram matrix, norm clipping.
+
+Everything works on the ``T×T`` Gram matrix ``K = G Gᵀ`` rather than on ``G`` (``T×P``), so the
+cost after ``G Gᵀ`` does not depend on ``P``.
+
+The exact solvers (:func:`min_norm_point`, :func:`nnqp`) are active-set methods: their control
+flow depends on the data, so they copy the ``T×T`` matrix once to the CPU in float64 (one small
+transfer, which any exact data-dependent solver needs) and return their result on the input's
+device and dtype. Invariances the methods rely on (a positive rescale of ``K`` does not change
+the min-norm weights) are used to normalise ``K`` first, so the tolerances are relative and the
+1e-8 / 1e8 gradient scales behave like scale 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import SolverError
+
+__all__ = [
+    "MinNormResult",
+    "NNQPResult",
+    "clip_norm",
+    "cosine_matrix",
+    "gram",
+    "min_norm_point",
+    "min_norm_point_fw",
+    "nnqp",
+    "normalised_gram",
+    "project_simplex",
+]
+
+_CPU = torch.device("cpu")
+
+
+def gram(grads: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """``G Gᵀ`` of a ``T×D`` matrix, optionally accumulated in ``dtype`` (e.g. float64)."""
+    g = grads if dtype is None else grads.to(dtype)
+    return g @ g.T
+
+
+def normalised_gram(k: Tensor) -> Tensor:
+    """``K / max_t K_tt`` (zero stays zero): same minimisers, scale-free tolerances."""
+    scale = k.diagonal().max()
+    return k / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def cosine_matrix(k: Tensor, eps: float = 1e-12) -> Tensor:
+    """Cosine similarities ``K_ij / (‖g_i‖ ‖g_j‖)`` from a Gram matrix; zero rows give 0."""
+    n = k.diagonal().clamp_min(0).sqrt()
+    return k / (n.unsqueeze(0) * n.unsqueeze(1)).clamp_min(eps)
+
+
+def project_simplex(v: Tensor) -> Tensor:
+    """Euclidean projection of ``v`` (last dimension) onto the probability simplex.
+
+    Sort-based algorithm (Held, Wolfe & Crowder 1974; Duchi et al., ICML 2008): ``max(v − τ, 0)``
+    with ``τ`` chosen so that the result sums to one. Batched over leading dimensions; no sync.
+    """
+    n = v.shape[-1]
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    css = u.cumsum(-1) - 1
+    ks = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
+    cond = u - css / ks > 0
+    # the last index where cond holds (cond is true on a prefix)
+    rho = cond.to(torch.long).cumsum(-1).argmax(-1, keepdim=True)
+    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return (v - tau).clamp_min(0)
+
+
+def clip_norm(vector: Tensor, max_norm: float, eps: float = 1e-6) -> Tensor:
+    """``vector`` rescaled to norm at most ``max_norm`` (``max_norm <= 0``: unchanged).
+
+    Same coefficient as :func:`torch.nn.utils.clip_grad_norm_` (``max_norm / (‖v‖ + 1e-6)``,
+    capped at one), computed without a host sync.
+    """
+    if max_norm <= 0:
+        return vector
+    coef = (max_norm / (torch.linalg.vector_norm(vector) + eps)).clamp(max=1.0)
+    return vector * coef
+
+
+# -- min-norm point of a convex hull -------------------------------------------------------------
+
+
+class MinNormResult(NamedTuple):
+    """Weights ``w`` on the simplex of the min-norm point ``Gᵀw`` and how the solve went.
+
+    ``gap`` is the Frank–Wolfe duality gap ``wᵀKw − min_j (Kw)_j`` relative to ``max_t K_tt``
+    (zero at the optimum, and an upper bound on the relative excess of ``‖Gᵀw‖²``)."""
+
+    weights: Tensor
+    gap: float
+    iterations: int
+    converged: bool
+
+
+def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None) -> MinNormResult:
+    """Exact min-norm point of the convex hull of the rows of ``G`` from ``K = G Gᵀ``.
+
+    Solves ``min_w wᵀKw`` over the simplex with Wolfe's algorithm (Wolfe, Math. Programming
+    1976), which keeps an affinely independent support ("corral") so every affine sub-problem is
+    non-singular even when ``G`` is rank-deficient or has duplicate rows. Terminates in finitely
+    many steps in exact arithmetic; stops when the relative duality gap is below ``tol``.
+    ``converged`` is False only if ``max_iter`` (default ``50·T + 50``) ran out; the weights are
+    then the best feasible iterate, and the caller decides what to do (never silently).
+    """
+    T = k.shape[0]
+    if k.shape != (T, T) or T == 0:
+        raise SolverError(f"min_norm_point needs a non-empty square Gram matrix, got shape {tuple(k.shape)}")
+    if T == 1:
+        return MinNormResult(torch.ones(1, dtype=k.dtype, device=k.device), 0.0, 0, True)
+    K = normalised_gram(k.detach().to(_CPU, torch.float64))
+    if not bool(torch.isfinite(K).all()):
+        raise SolverError("min_norm_point: the Gram matrix has non-finite entries")
+    K = 0.5 * (K + K.T)
+    max_iter = 50 * T + 50 if max_iter is None else max_iter
+    w = torch.zeros(T, dtype=torch.float64)
+    i0 = int(K.diagonal().argmin())
+    w[i0] = 1.0
+    support = [i0]
+    it, gap = 0, float("inf")
+    while it < max_iter:
+        kw = K @ w
+        xx = float(w @ kw)
+        j = int(kw.argmin())
+        gap = xx - float(kw[j])
+        if gap <= tol or j in support:
+            # j in the corral means x is already the affine minimiser over it: optimal up to round-off
+            break
+        support.append(j)
+        # minor cycles: move towards the affine minimiser of the corral, dropping points that
+        # hit zero weight, until the affine minimiser lies inside the corral's hull
+        while True:
+            it += 1
+            alpha = _affine_minimiser(K, support)
+            ws = w[support]
+            if bool((alpha > 1e-15).all()):
+                w.zero_()
+                w[support] = alpha
+                break
+            neg = alpha <= 1e-15
+            theta = float(torch.min(ws[neg] / (ws[neg] - alpha[neg])).clamp(0.0, 1.0))
+            new = ws + theta * (alpha - ws)
+            keep = new > 1e-15
+            w.zero_()
+            w[[s for s, kp in zip(support, keep.tolist()) if kp]] = new[keep]
+            support = [s for s, kp in zip(support, keep.tolist()) if kp]
+            w /= w.sum()
+            if it >= max_iter:
+                break
+    kw = K @ w
+    gap = max(float(w @ kw - kw.min()), 0.0)
+    converged = gap <= max(tol, 1e-10) or it < max_iter
+    return MinNormResult(w.to(k.device, k.dtype), gap, it, converged)
+
+
+def _affine_minimiser(K: Tensor, support: list[int]) -> Tensor:
+    """Weights (summing to one) of the min-norm point of the affine hull of the support."""
+    n = len(support)
+    idx = torch.tensor(support)
+    A = torch.zeros(n + 1, n + 1, dtype=K.dtype)
+    A[:n, :n] = K[idx][:, idx]
+    A[:n, n] = 1.0
+    A[n, :n] = 1.0
+    b = torch.zeros(n + 1, dtype=K.dtype)
+    b[n] = 1.0
+    # lstsq rather than solve: near-affinely-dependent corrals stay well defined in round-off
+    sol = torch.linalg.lstsq(A, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return sol[:n]
+
+
+def min_norm_point_fw(k: Tensor, *, max_iter: int = 250) -> Tensor:
+    """Frank–Wolfe min-norm weights with exact line search, on the device, no host sync.
+
+    The behaviour of Sener & Koltun's ``MinNormSolver.find_min_norm_element_FW`` (used by LibMTL
+    and the MGDA-UB code) except that it runs a fixed ``max_iter`` iterations instead of stopping
+    on a host-checked tolerance, and starts from the uniform weights. Approximate: use
+    :func:`min_norm_point` for a reference answer.
+    """
+    T = k.shape[0]
+    K = normalised_gram(k.detach().to(torch.float64))
+    w = torch.full((T,), 1.0 / T, dtype=K.dtype, device=K.device)
+    eye = torch.eye(T, dtype=K.dtype, device=K.device)
+    for _ in range(max_iter):
+        kw = K @ w
+        j = kw.argmin()
+        # exact line search on ‖(1−γ)x + γ p_j‖² for γ ∈ [0, 1]
+        xx, xp, pp = w @ kw, kw[j], K[j, j]
+        denom = xx - 2 * xp + pp
+        gamma = torch.where(denom > 0, (xx - xp) / torch.where(denom > 0, denom, 1.0), 0.0).clamp(0.0, 1.0)
+        w = (1 - gamma) * w + gamma * eye[j]
+    return w.to(k.dtype)
+
+
+# -- non-negative quadratic programme ----------------------------------------------------------
+
+
+class NNQPResult(NamedTuple):
+    """Solution ``x ≥ 0`` of ``min ½ xᵀKx + qᵀx`` and how the solve went."""
+
+    x: Tensor
+    iterations: int
+    converged: bool
+
+
+def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = None) -> NNQPResult:
+    """``argmin_{x ≥ 0} ½ xᵀKx + qᵀx`` for a PSD ``K`` (``T×T``) and ``q`` (``T``, or ``T×m``
+    for ``m`` independent right-hand sides, solved column by column).
+
+    Lawson–Hanson active-set method written on the normal equations (it is NNLS with
+    ``AᵀA = K``, ``Aᵀb = −q``), so it needs only the Gram matrix. The problem must be bounded
+    (``q`` in the range of ``K`` where ``K`` is singular, as in UPGrad's dual-cone projection
+    ``q = K e_i``). ``tol`` is relative to ``max_t K_tt``. KKT at the solution:
+    ``x ≥ 0``, ``Kx + q ≥ −tol``, ``x ⊙ (Kx + q) = 0``.
+    """
+    T = k.shape[0]
+    if k.shape != (T, T) or q.shape[0] != T:
+        raise SolverError(f"nnqp: K must be T×T and q have T rows; got {tuple(k.shape)} and {tuple(q.shape)}")
+    K64 = k.detach().to(_CPU, torch.float64)
+    Q64 = q.detach().to(_CPU, torch.float64)
+    if not (bool(torch.isfinite(K64).all()) and bool(torch.isfinite(Q64).all())):
+        raise SolverError("nnqp: non-finite entries in K or q")
+    scale = float(K64.diagonal().max())
+    if scale <= 0:
+        # K = 0: the objective is linear; bounded only for q >= 0, solved by x = 0
+        return NNQPResult(torch.zeros_like(q), 0, bool((Q64 >= -tol).all()))
+    K64 = 0.5 * (K64 + K64.T) / scale
+    Q64 = Q64 / scale
+    cols = Q64.unsqueeze(1) if Q64.dim() == 1 else Q64
+    max_iter = 30 * T + 30 if max_iter is None else max_iter
+    xs, total, ok = [], 0, True
+    for c in range(cols.shape[1]):
+        x, n, conv = _nnqp_one(K64, cols[:, c], tol, max_iter)
+        xs.append(x)
+        total += n
+        ok = ok and conv
+    x = torch.stack(xs, 1)
+    if q.dim() == 1:
+        x = x.squeeze(1)
+    return NNQPResult(x.to(q.device, q.dtype), total, ok)
+
+
+def _nnqp_one(K: Tensor, q: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int, bool]:
+    T = K.shape[0]
+    x = torch.zeros(T, dtype=K.dtype)
+    passive = torch.zeros(T, dtype=torch.bool)
+    it = 0
+    while it < max_iter:
+        w = -(K @ x + q)  # negative gradient: the NNLS dual
+        w[passive] = -torch.inf
+        j = int(w.argmax())
+        if float(w[j]) <= tol:
+            return x, it, True
+        passive[j] = True
+        while it < max_iter:
+            it += 1
+            idx = passive.nonzero().squeeze(1)
+            Kp = K[idx][:, idx]
+            z = torch.linalg.lstsq(Kp, -q[idx].unsqueeze(1), driver="gelsd").solution.squeeze(1)
+            if bool((z > 0).all()):
+                x.zero_()
+                x[idx] = z
+                break
+            xp = x[idx]
+            neg = z <= 0
+            alpha = float(torch.min(xp[neg] / (xp[neg] - z[neg])))
+            x[idx] = xp + alpha * (z - xp)
+            drop = idx[x[idx] <= 1e-15]
+            passive[drop] = False
+            x[drop] = 0.0
+    return x, it, False

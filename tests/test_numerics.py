@@ -1,0 +1,159 @@
+"""KKT and closed-form checks of mtoframe.numerics."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from mtoframe.errors import SolverError
+from mtoframe.numerics import (
+    clip_norm,
+    cosine_matrix,
+    gram,
+    min_norm_point,
+    min_norm_point_fw,
+    nnqp,
+    normalised_gram,
+    project_simplex,
+)
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families(tasks=(2, 3, 5, 10), dim=20))
+
+
+def _brute_min_norm(K: torch.Tensor) -> float:
+    """Smallest ‖Gᵀw‖² over every support's affine minimiser that lies in the simplex."""
+    T = K.shape[0]
+    best = float(K.diagonal().min())
+    for r in range(2, T + 1):
+        for s in itertools.combinations(range(T), r):
+            idx = list(s)
+            A = torch.zeros(r + 1, r + 1, dtype=K.dtype)
+            A[:r, :r] = K[idx][:, idx]
+            A[:r, r] = 1
+            A[r, :r] = 1
+            b = torch.zeros(r + 1, dtype=K.dtype)
+            b[r] = 1
+            full = torch.linalg.lstsq(A, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+            sol = full[:r]
+            # singular systems (duplicate rows) may have no exact solution: skip those supports
+            if torch.allclose(A @ full, b, atol=1e-9) and (sol >= -1e-12).all():
+                w = torch.zeros(T, dtype=K.dtype)
+                w[idx] = sol
+                best = min(best, float(w @ K @ w))
+    return best
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_min_norm_point_kkt(case):
+    K = gram(case.grads)
+    res = min_norm_point(K)
+    w = res.weights
+    assert res.converged
+    assert torch.isfinite(w).all()
+    assert (w >= 0).all() and torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype))
+    Kn = normalised_gram(K)
+    kw = Kn @ w
+    val = w @ kw
+    # optimality: no vertex decreases the objective, and the support is on the minimal level
+    assert (kw >= val - 1e-9).all()
+    assert torch.allclose(kw[w > 1e-9], val.expand_as(kw[w > 1e-9]), atol=1e-9)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.grads.shape[0] <= 5], ids=lambda c: c.name)
+def test_min_norm_point_matches_support_enumeration(case):
+    K = normalised_gram(gram(case.grads))
+    w = min_norm_point(K).weights
+    assert float(w @ K @ w) == pytest.approx(_brute_min_norm(K), abs=1e-10)
+
+
+def test_min_norm_point_two_vectors_closed_form():
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    # min over γ of ‖γ g1 + (1−γ) g2‖²: γ = 4/5
+    w = min_norm_point(gram(g)).weights
+    assert torch.allclose(w, torch.tensor([0.8, 0.2], dtype=torch.float64))
+
+
+def test_min_norm_point_zero_in_hull():
+    g = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    w = min_norm_point(gram(g)).weights
+    assert float(torch.linalg.vector_norm(w @ g)) < 1e-12
+
+
+def test_min_norm_point_rejects_nonfinite():
+    with pytest.raises(SolverError, match="non-finite"):
+        min_norm_point(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]))
+
+
+def test_frank_wolfe_approaches_exact():
+    for case in CASES[:14]:
+        K = normalised_gram(gram(case.grads))
+        exact = min_norm_point(K).weights
+        fw = min_norm_point_fw(K, max_iter=500)
+        assert float(fw @ K @ fw) == pytest.approx(float(exact @ K @ exact), abs=1e-3)
+
+
+def _simplex_vi_holds(v, p):
+    # p = Π(v) iff ⟨v − p, y − p⟩ ≤ 0 for every y in the simplex, i.e. for every vertex
+    r = v - p
+    return bool((r - (r @ p) <= 1e-12).all())
+
+
+def test_project_simplex_variational_inequality():
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 7, 20):
+        for scale in (1e-3, 1.0, 1e3):
+            v = torch.randn(n, generator=g, dtype=torch.float64) * scale
+            p = project_simplex(v)
+            assert (p >= 0).all() and float(p.sum()) == pytest.approx(1.0, abs=1e-12)
+            assert _simplex_vi_holds(v, p)
+
+
+def test_project_simplex_closed_forms_and_batch():
+    v = torch.tensor([[0.2, 0.3, 0.5], [2.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    p = project_simplex(v)
+    assert torch.allclose(p[0], v[0])  # already on the simplex
+    assert torch.allclose(p[1], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    assert torch.allclose(p[2], torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_nnqp_kkt_dual_cone(case):
+    # UPGrad's problem: project each g_i onto {v: Gv >= 0}, i.e. q = K e_i
+    K = gram(case.grads)
+    res = nnqp(K, K)
+    assert res.converged
+    X = res.x
+    scale = float(K.diagonal().max())
+    grad = (K @ X + K) / scale
+    assert (X >= 0).all()
+    assert (grad >= -1e-8).all()
+    assert float((X * grad).abs().max()) * scale / max(scale, 1e-300) < 1e-7 * (1 + float(X.abs().max()))
+    # the projections are in the dual cone
+    V = (torch.eye(K.shape[0], dtype=K.dtype) + X).T @ case.grads
+    assert (case.grads @ V.T >= -1e-8 * scale).all()
+
+
+def test_nnqp_closed_form_unconstrained_and_bound():
+    K = torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    q = torch.tensor([-2.0, 3.0], dtype=torch.float64)
+    # coordinate 0 interior: x0 = 1; coordinate 1 at the bound
+    assert torch.allclose(nnqp(K, q).x, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_gram_cosine_and_clip():
+    g = torch.tensor([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    K = gram(g)
+    assert torch.allclose(K, g @ g.T)
+    c = cosine_matrix(K)
+    assert c[0, 1] == pytest.approx(0.8) and c[0, 0] == pytest.approx(1.0) and c[2, 0] == 0.0
+    v = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    assert float(torch.linalg.vector_norm(clip_norm(v, 1.0))) == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(clip_norm(v, 10.0), v)
+    assert torch.equal(clip_norm(v, 0.0), v)
+    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    p.grad = v.clone()
+    torch.nn.utils.clip_grad_norm_([p], 1.0)
+    assert torch.allclose(clip_norm(v, 1.0), p.grad, rtol=0, atol=1e-15)
