@@ -6,7 +6,8 @@ cost after ``G Gᵀ`` does not depend on ``P``.
 
 The exact solvers (:func:`min_norm_point`, :func:`nnqp`) are active-set methods: their control
 flow depends on the data, so they copy the ``T×T`` matrix once to the CPU in float64 (one small
-transfer, which any exact data-dependent solver needs) and return their result on the input's
+transfer, which any exact data-dependent solver needs), iterate in numpy there (per-call overhead
+of a few µs instead of torch's tens) and return their result on the input's
 device and dtype. Invariances the methods rely on (a positive rescale of ``K`` does not change
 the min-norm weights) are used to normalise ``K`` first, so the tolerances are relative and the
 1e-8 / 1e8 gradient scales behave like scale 1.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -114,64 +116,63 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
         raise SolverError(f"min_norm_point needs a non-empty square Gram matrix, got shape {tuple(k.shape)}")
     if T == 1:
         return MinNormResult(torch.ones(1, dtype=k.dtype, device=k.device), 0.0, 0, True)
-    K = normalised_gram(k.detach().to(_CPU, torch.float64))
-    if not bool(torch.isfinite(K).all()):
+    K = _host(normalised_gram(k.detach().to(torch.float64)))
+    if not np.isfinite(K).all():
         raise SolverError("min_norm_point: the Gram matrix has non-finite entries")
-    K = 0.5 * (K + K.T)
     max_iter = 50 * T + 50 if max_iter is None else max_iter
-    w = torch.zeros(T, dtype=torch.float64)
+    w = np.zeros(T)
     i0 = int(K.diagonal().argmin())
     w[i0] = 1.0
     support = [i0]
-    it, gap = 0, float("inf")
+    it = 0
     while it < max_iter:
         kw = K @ w
-        xx = float(w @ kw)
         j = int(kw.argmin())
-        gap = xx - float(kw[j])
-        if gap <= tol or j in support:
+        if w @ kw - kw[j] <= tol or j in support:
             # j in the corral means x is already the affine minimiser over it: optimal up to round-off
             break
         support.append(j)
         # minor cycles: move towards the affine minimiser of the corral, dropping points that
         # hit zero weight, until the affine minimiser lies inside the corral's hull
-        while True:
+        while it < max_iter:
             it += 1
             alpha = _affine_minimiser(K, support)
             ws = w[support]
-            if bool((alpha > 1e-15).all()):
-                w.zero_()
+            if (alpha > 1e-15).all():
+                w[:] = 0.0
                 w[support] = alpha
                 break
             neg = alpha <= 1e-15
-            theta = float(torch.min(ws[neg] / (ws[neg] - alpha[neg])).clamp(0.0, 1.0))
+            theta = float(np.clip(np.min(ws[neg] / (ws[neg] - alpha[neg])), 0.0, 1.0))
             new = ws + theta * (alpha - ws)
             keep = new > 1e-15
-            w.zero_()
-            w[[s for s, kp in zip(support, keep.tolist()) if kp]] = new[keep]
-            support = [s for s, kp in zip(support, keep.tolist()) if kp]
+            w[:] = 0.0
+            support = [s for s, kp in zip(support, keep) if kp]
+            w[support] = new[keep]
             w /= w.sum()
-            if it >= max_iter:
-                break
     kw = K @ w
     gap = max(float(w @ kw - kw.min()), 0.0)
-    converged = gap <= max(tol, 1e-10) or it < max_iter
-    return MinNormResult(w.to(k.device, k.dtype), gap, it, converged)
+    converged = it < max_iter or gap <= tol
+    return MinNormResult(torch.as_tensor(w).to(k.device, k.dtype), gap, it, converged)
 
 
-def _affine_minimiser(K: Tensor, support: list[int]) -> Tensor:
+def _host(t: Tensor) -> np.ndarray:
+    # the tiny active-set loops are dominated by per-call overhead, which numpy keeps at ~µs
+    a = t.to(_CPU).numpy()
+    return 0.5 * (a + a.T) if a.ndim == 2 and a.shape[0] == a.shape[1] else a
+
+
+def _affine_minimiser(K: np.ndarray, support: list[int]) -> np.ndarray:
     """Weights (summing to one) of the min-norm point of the affine hull of the support."""
     n = len(support)
-    idx = torch.tensor(support)
-    A = torch.zeros(n + 1, n + 1, dtype=K.dtype)
-    A[:n, :n] = K[idx][:, idx]
+    A = np.zeros((n + 1, n + 1))
+    A[:n, :n] = K[np.ix_(support, support)]
     A[:n, n] = 1.0
     A[n, :n] = 1.0
-    b = torch.zeros(n + 1, dtype=K.dtype)
+    b = np.zeros(n + 1)
     b[n] = 1.0
     # lstsq rather than solve: near-affinely-dependent corrals stay well defined in round-off
-    sol = torch.linalg.lstsq(A, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
-    return sol[:n]
+    return np.linalg.lstsq(A, b, rcond=None)[0][:n]
 
 
 def min_norm_point_fw(k: Tensor, *, max_iter: int = 250) -> Tensor:
@@ -221,54 +222,50 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     T = k.shape[0]
     if k.shape != (T, T) or q.shape[0] != T:
         raise SolverError(f"nnqp: K must be T×T and q have T rows; got {tuple(k.shape)} and {tuple(q.shape)}")
-    K64 = k.detach().to(_CPU, torch.float64)
-    Q64 = q.detach().to(_CPU, torch.float64)
-    if not (bool(torch.isfinite(K64).all()) and bool(torch.isfinite(Q64).all())):
+    K = _host(k.detach().to(torch.float64))
+    Q = q.detach().to(_CPU, torch.float64).numpy()
+    if not (np.isfinite(K).all() and np.isfinite(Q).all()):
         raise SolverError("nnqp: non-finite entries in K or q")
-    scale = float(K64.diagonal().max())
+    scale = float(K.diagonal().max())
     if scale <= 0:
         # K = 0: the objective is linear; bounded only for q >= 0, solved by x = 0
-        return NNQPResult(torch.zeros_like(q), 0, bool((Q64 >= -tol).all()))
-    K64 = 0.5 * (K64 + K64.T) / scale
-    Q64 = Q64 / scale
-    cols = Q64.unsqueeze(1) if Q64.dim() == 1 else Q64
+        return NNQPResult(torch.zeros_like(q), 0, bool((Q >= -tol).all()))
+    K, Q = K / scale, Q / scale
+    cols = Q.reshape(T, -1)
     max_iter = 30 * T + 30 if max_iter is None else max_iter
     xs, total, ok = [], 0, True
     for c in range(cols.shape[1]):
-        x, n, conv = _nnqp_one(K64, cols[:, c], tol, max_iter)
+        x, n, conv = _nnqp_one(K, cols[:, c], tol, max_iter)
         xs.append(x)
         total += n
         ok = ok and conv
-    x = torch.stack(xs, 1)
-    if q.dim() == 1:
-        x = x.squeeze(1)
-    return NNQPResult(x.to(q.device, q.dtype), total, ok)
+    x = np.stack(xs, 1).reshape(q.shape)
+    return NNQPResult(torch.as_tensor(x).to(q.device, q.dtype), total, ok)
 
 
-def _nnqp_one(K: Tensor, q: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int, bool]:
+def _nnqp_one(K: np.ndarray, q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
     T = K.shape[0]
-    x = torch.zeros(T, dtype=K.dtype)
-    passive = torch.zeros(T, dtype=torch.bool)
+    x = np.zeros(T)
+    passive = np.zeros(T, dtype=bool)
     it = 0
     while it < max_iter:
         w = -(K @ x + q)  # negative gradient: the NNLS dual
-        w[passive] = -torch.inf
+        w[passive] = -np.inf
         j = int(w.argmax())
-        if float(w[j]) <= tol:
+        if w[j] <= tol:
             return x, it, True
         passive[j] = True
         while it < max_iter:
             it += 1
-            idx = passive.nonzero().squeeze(1)
-            Kp = K[idx][:, idx]
-            z = torch.linalg.lstsq(Kp, -q[idx].unsqueeze(1), driver="gelsd").solution.squeeze(1)
-            if bool((z > 0).all()):
-                x.zero_()
+            idx = np.flatnonzero(passive)
+            z = np.linalg.lstsq(K[np.ix_(idx, idx)], -q[idx], rcond=None)[0]
+            if (z > 0).all():
+                x[:] = 0.0
                 x[idx] = z
                 break
             xp = x[idx]
             neg = z <= 0
-            alpha = float(torch.min(xp[neg] / (xp[neg] - z[neg])))
+            alpha = float(np.min(xp[neg] / (xp[neg] - z[neg])))
             x[idx] = xp + alpha * (z - xp)
             drop = idx[x[idx] <= 1e-15]
             passive[drop] = False
