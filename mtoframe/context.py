@@ -64,6 +64,8 @@ class StepContext:
         self.logging = logging
         self.inputs: Any = None
         self.targets: dict[str, Any] = {}
+        #: multi-input batches: each task's rows of ``z`` (None for single-input batches)
+        self.slices: dict[str, slice] | None = None
         self.z: Tensor | None = None
         self.predictions: dict[str, Any] = {}
         self._losses = losses

@@ -168,9 +168,9 @@ class Trainer:
     def step(self, batch: tuple[Any, Mapping[str, Any]]) -> StepContext:
         """One optimisation step on ``(inputs, {task: target})``; returns the step's context."""
         self.start()
-        inputs, targets, present = self._split_batch(batch)
+        inputs, targets, present, slices = self._split_batch(batch)
         ctx = self._new_context(present)
-        ctx.inputs, ctx.targets = inputs, targets
+        ctx.inputs, ctx.targets, ctx.slices = inputs, targets, slices
         t_step = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -180,7 +180,7 @@ class Trainer:
         self._call("on_representation", ctx, ctx=ctx)
 
         # 2. heads and task losses
-        ctx.predictions = {t: self.model.heads[t](ctx.z) for t in present}
+        ctx.predictions = self._heads(ctx.z, present, slices)
         ctx.losses = ctx.raw_losses = self._task_losses(ctx.predictions, targets, present)
         self._call("on_task_losses", ctx, ctx=ctx)
 
@@ -211,19 +211,56 @@ class Trainer:
 
     # -- step helpers ----------------------------------------------------------------------------
 
-    def _split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any], tuple[str, ...]]:
+    def _split_batch(self, batch: Any) -> tuple[Any, Mapping[str, Any], tuple[str, ...], dict[str, slice] | None]:
+        """``(inputs, targets, present tasks, per-task slices)`` of a batch.
+
+        Single-input batches are ``(inputs, {task: target})``. Multi-input batches (Office: each
+        task has its own images) are ``{task: (inputs, target)}``: the inputs are concatenated along
+        the batch dimension so the encoder runs once, and each head reads its own slice of ``Z``.
+        (BatchNorm therefore sees the union batch, unlike LibMTL's one encoder pass per task.)
+        """
+        if isinstance(batch, Mapping):
+            return self._split_multi_input(batch)
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], Mapping)):
-            raise BatchError("a batch must be a pair (inputs, {task_name: target}); got "
-                             f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+            raise BatchError("a batch must be a pair (inputs, {task_name: target}) or, multi-input, "
+                             "{task_name: (inputs, target)}; got " + type(batch).__name__
+                             + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
         inputs, targets = batch
-        unknown = sorted(set(targets) - set(self.task_names))
-        if unknown:
-            raise BatchError(f"batch has targets for unknown task(s) {unknown}; the trainer's tasks are {list(self.task_names)}")
+        self._check_task_names(targets)
         # A missing or None target leaves that task out of this step (partial labels).
         present = tuple(t for t in self.task_names if targets.get(t) is not None)
         if not present:
             raise BatchError(f"batch has no target for any task; expected some of {list(self.task_names)}")
-        return inputs, targets, present
+        return inputs, targets, present, None
+
+    def _split_multi_input(self, batch: Mapping[str, Any]) -> tuple[Any, Mapping[str, Any], tuple[str, ...], dict[str, slice]]:
+        self._check_task_names(batch)
+        present = tuple(t for t in self.task_names if batch.get(t) is not None)
+        if not present:
+            raise BatchError(f"batch has no target for any task; expected some of {list(self.task_names)}")
+        parts, targets, slices, start = [], {}, {}, 0
+        for t in present:
+            item = batch[t]
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)):
+                raise BatchError(f"multi-input batch entry for task {t!r} must be a pair (inputs tensor, target)")
+            parts.append(item[0])
+            targets[t] = item[1]
+            slices[t] = slice(start, start + item[0].shape[0])
+            start += item[0].shape[0]
+        shapes = {tuple(p.shape[1:]) for p in parts}
+        if len(shapes) > 1:
+            raise BatchError(f"multi-input batches need inputs of one shape per sample to share the encoder; got {sorted(shapes)}")
+        return torch.cat(parts), targets, present, slices
+
+    def _check_task_names(self, targets: Mapping[str, Any]) -> None:
+        unknown = sorted(set(targets) - set(self.task_names))
+        if unknown:
+            raise BatchError(f"batch has targets for unknown task(s) {unknown}; the trainer's tasks are {list(self.task_names)}")
+
+    def _heads(self, z: Any, present: Sequence[str], slices: Mapping[str, slice] | None) -> dict[str, Any]:
+        if slices is None:
+            return {t: self.model.heads[t](z) for t in present}
+        return {t: self.model.heads[t](z[slices[t]]) for t in present}
 
     def _new_context(self, present: tuple[str, ...]) -> StepContext:
         ref = next(self.model.parameters())
@@ -297,7 +334,7 @@ class Trainer:
         was_training = self.model.training
         self.model.train(train_mode)
         try:
-            preds = self.model(ctx.inputs, ctx.tasks)
+            preds = self._heads(self.model.encoder(ctx.inputs), ctx.tasks, ctx.slices)
             return self._task_losses(preds, ctx.targets, ctx.tasks)
         finally:
             self.model.train(was_training)
@@ -359,8 +396,8 @@ class Trainer:
                 m.reset()
         try:
             for batch in loader:
-                inputs, targets, present = self._split_batch(batch)
-                preds = self.model(inputs, present)
+                inputs, targets, present, slices = self._split_batch(batch)
+                preds = self._heads(self.model.encoder(inputs), present, slices)
                 for name in present:
                     for m in self._task(name).metrics:
                         m.update(preds[name], targets[name])

@@ -183,3 +183,22 @@ def test_fit_runs_epochs_and_evaluates():
     assert set(hist[-1]["val"]) == {"a", "b", "c"} and "mae" in hist[-1]["val"]["a"]
     assert sum(hist[-1]["train_loss"].values()) < sum(hist[0]["train_loss"].values())
     assert trainer.global_step == 12
+
+
+@pytest.mark.parametrize("methods", [[], [ScaledSum()], [ScaledSum(space="representation")]])
+def test_multi_input_batches_equal_hand_written_per_task_inputs(methods):
+    """{task: (inputs, target)}: each head reads its own task's samples; no BatchNorm here, so the
+    result equals running the encoder on each task's inputs separately."""
+    m1, m2 = make_vector_model(), make_vector_model()
+    t1 = make_trainer(methods, model=m1, lr=0.1)
+    opt = torch.optim.SGD(m2.parameters(), lr=0.1)
+    batches = {t: make_batch(m1, batch=4 + i, seed=10 + i) for i, t in enumerate("abc")}
+    t1.step({t: (b[0], b[1][t]) for t, b in batches.items()})
+    total = sum(_mse(m2.heads[t](m2.encoder(b[0])), b[1][t]) for t, b in batches.items())
+    total.backward()
+    opt.step()
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-14)
+    with pytest.raises(mtoframe.BatchError, match="one shape per sample"):
+        t1.step({"a": (torch.zeros(2, 8, dtype=torch.float64), batches["a"][1]["a"][:2]),
+                 "b": (torch.zeros(2, 9, dtype=torch.float64), batches["b"][1]["b"][:2])})
