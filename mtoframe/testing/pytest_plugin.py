@@ -29,3 +29,12 @@ def tiny_batch(tiny_model: Any) -> Any:
 def trainer_factory() -> Any:
     """``trainer_factory(methods, model=None, lr=0.05, optimizer="sgd", **trainer_kwargs)``."""
     return factories.make_trainer
+
+
+@pytest.fixture
+def method_conformance() -> Any:
+    """:func:`mtoframe.testing.conformance.check_method`: ``method_conformance("name", **options)``
+    runs the conformance suite and raises with the full report on any failure."""
+    from .conformance import check_method
+
+    return check_method
