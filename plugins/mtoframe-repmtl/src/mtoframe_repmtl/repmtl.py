@@ -1,0 +1,121 @@
+"""Rep-MTL: representation-level task saliency regularisers (TSR + CSA).
+
+Wang, Li, Xu, "Rep-MTL: Unleashing the Power of Representation-level Task Saliency for
+Multi-Task Learning", ICCV 2025, https://arxiv.org/abs/2507.21049. The authors' repository holds
+only a README; this is written from the paper (``METHODS.md``, Rep-MTL section).
+
+Objective, one backward::
+
+    Σ_t w_t L_t + λ_tsr · L_tsr(S) + λ_csa · L_csa(S),      S_t = ∂L_t/∂Z  (create_graph=True)
+
+``S`` is the saliency of the losses as they reach this method in the stack (after any earlier
+loss transform, including ``log_transform`` below), unweighted. Because ``S`` depends on the
+head parameters and, through ``Z``, on the encoder, the regulariser's gradient is second order
+and reaches both. The saliency comes from the core's gradient engine, computed once per step and
+shared: a gradient method in representation space reads the same tensor, and in parameter space
+the engine turns it into per-task encoder gradients with one VJP per task.
+
+Stacking (DESIGN §3): ``tsr`` and ``csa`` are registered regularisers, so with a gradient method
+(Nash-MTL, CAGrad, ...) the update is that method's aggregation of the task gradients **plus** the
+gradient of ``λ_tsr·L_tsr + λ_csa·L_csa``. With a loss method (FAMO, UW, ...) place Rep-MTL
+before it to regularise the raw losses' saliency, after it to regularise the transformed ones'.
+
+Options (defaults in brackets):
+
+``lambda_tsr``, ``lambda_csa`` [0.9, 0.9]
+    the paper's sensitivity anchor (its grid spans 0.7–1.5).
+``tau`` [0.07]
+    CSA temperature; **not reported in the paper**.
+``use_tsr``, ``use_csa`` [True, True]
+    for the paper's ablation.
+``log_transform`` [False]
+    replace each loss by ``log(L_t + 1e-8)`` before the saliency. The paper's appendix states that
+    task losses are log-transformed, but its ablation table's "TSR + CSA" row matches the
+    no-log setting; the literal method (regularisers only) is the default.
+``negatives`` ["anchor"]
+    CSA negatives: other samples' anchors (literal reading) or ``"task"``, other samples' task
+    Grams (see :mod:`mtoframe_repmtl.csa`).
+``positive_in_denominator`` [False]
+    include the positive in CSA's log-sum-exp (InfoNCE form) or not (literal reading).
+
+Heads receive their task's (weighted) loss gradient plus the regulariser's gradient. Logs
+``reg/tsr``, ``reg/csa`` (λ-scaled), ``repmtl/cos_pos``, ``repmtl/cos_neg`` and
+``repmtl/entropy/<task>`` (task t's share of the TSR entropy) on logging steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+import torch
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.context import StepContext
+from mtoframe.options import boolean, in_range, one_of
+
+from .csa import NEGATIVES, csa_terms
+from .tsr import tsr_terms
+
+#: the same guard DB-MTL uses for ``log(L_t)`` when a loss reaches 0.
+LOG_EPS = 1e-8
+
+
+@attrs.frozen(kw_only=True)
+class RepMTLOptions:
+    __method_name__ = "repmtl"
+
+    lambda_tsr: float = attrs.field(default=0.9, validator=in_range(0.0, math.inf, hi_open=True))
+    lambda_csa: float = attrs.field(default=0.9, validator=in_range(0.0, math.inf, hi_open=True))
+    tau: float = attrs.field(default=0.07, validator=in_range(0.0, math.inf, lo_open=True, hi_open=True))
+    use_tsr: bool = attrs.field(default=True, validator=boolean())
+    use_csa: bool = attrs.field(default=True, validator=boolean())
+    log_transform: bool = attrs.field(default=False, validator=boolean())
+    negatives: str = attrs.field(default="anchor", validator=one_of(NEGATIVES))
+    positive_in_denominator: bool = attrs.field(default=False, validator=boolean())
+
+
+class RepMTL(Method):
+    __doc__ = __doc__
+
+    name = "repmtl"
+    summary = "Rep-MTL: task-saliency entropy (TSR) and cross-task saliency alignment (CSA) regularisers."
+    paper = "Wang, Li, Xu, Rep-MTL, ICCV 2025, https://arxiv.org/abs/2507.21049"
+    Options = RepMTLOptions
+    # What the class may do; an instance is a loss method only with log_transform=True.
+    roles = Role.REGULARISER | Role.LOSS
+    heads_receive = "their task's (weighted) loss gradient plus the gradient of λ_tsr·L_tsr + λ_csa·L_csa (second order)"
+
+    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.roles = Role.REGULARISER | (Role.LOSS if self.options.log_transform else Role.NONE)  # type: ignore[misc]
+
+    @property
+    def saliency(self) -> Literal["none", "plain", "differentiable"]:
+        return "differentiable" if self.options.use_tsr or self.options.use_csa else "none"
+
+    @hookimpl
+    def on_task_losses(self, ctx: StepContext) -> None:
+        o = self.options
+        if o.log_transform:
+            ctx.losses = torch.log(ctx.losses + LOG_EPS)
+        if not (o.use_tsr or o.use_csa):
+            return
+        s = ctx.rep_grads(differentiable=True).transpose(0, 1)  # [B, T, ...], a view
+        if o.use_tsr:
+            tsr, per_task = tsr_terms(s)
+            ctx.add_loss("tsr", o.lambda_tsr * tsr)
+            if ctx.logging:
+                for name, h in zip(ctx.tasks, per_task):
+                    ctx.log(f"repmtl/entropy/{name}", h)
+        if o.use_csa:
+            csa, pos, neg = csa_terms(
+                s, o.tau, negatives=o.negatives, positive_in_denominator=o.positive_in_denominator
+            )
+            ctx.add_loss("csa", o.lambda_csa * csa)
+            if ctx.logging:
+                B = neg.shape[0]
+                others = ~torch.eye(B, dtype=torch.bool, device=neg.device)[:, None, :].expand_as(neg)
+                ctx.log("repmtl/cos_pos", pos.mean())
+                ctx.log("repmtl/cos_neg", neg[others].mean())
