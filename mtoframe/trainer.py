@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from . import hookspecs
 from .api import as_method
+from .checkpoint import load as load_checkpoint
+from .checkpoint import rng_state, save_atomic, set_rng_state
 from .context import StepContext
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
 from .gradients import GradientEngine
@@ -421,6 +423,61 @@ class Trainer:
         self.logger.scalars(values, self.global_step)
 
     # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically: model, optimiser (including method
+        parameter groups), scheduler, step and epoch, counters, history, every method's state and
+        the global RNG states."""
+        return {
+            "format": 1,
+            "stack": [m.name for m in self.stack],
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "methods": {m.name: m.state_dict() for m in self.stack},
+            "method_params": [p.detach().clone() for p in self._method_params],
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "started": self._started,
+            "counters": dict(self.counters),
+            "history": list(self.history),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        stack = [m.name for m in self.stack]
+        if state.get("stack") != stack:
+            raise MtoError(f"checkpoint was written by the stack {state.get('stack')}, this trainer has {stack}")
+        self.model.load_state_dict(state["model"])
+        # on_train_start registers method parameter groups; the optimiser state expects them
+        self.start()
+        if len(state["method_params"]) != len(self._method_params):
+            raise MtoError(f"checkpoint has {len(state['method_params'])} method parameters, "
+                           f"this trainer {len(self._method_params)}")
+        with torch.no_grad():
+            for p, saved in zip(self._method_params, state["method_params"]):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (state["scheduler"] is None) != (self.scheduler is None):
+            raise MtoError("checkpoint and trainer disagree on whether there is an LR scheduler")
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for m in self.stack:
+            m.load_state_dict(state["methods"][m.name])
+        self.global_step, self.epoch = state["step"], state["epoch"]
+        self.counters = dict(state["counters"])
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write a checkpoint atomically (rank 0 only); it loads with ``weights_only=True``."""
+        if is_rank_zero():
+            save_atomic(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+        ref = next(self.model.parameters())
+        self.load_state_dict(load_checkpoint(path, map_location=ref.device))
 
     def close(self) -> None:
         if self.logger is not None:

@@ -87,3 +87,34 @@ class Halve(Method):
 
 def params_of(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
+
+
+@attrs.frozen(kw_only=True)
+class RandomOptions:
+    seed: int = 0
+
+
+class RandomWeights(Method):
+    """Loss weighting with fresh random weights each step and an EMA of them (state + RNG)."""
+
+    name = "randomweights"
+    roles = Role.LOSS
+    Options = RandomOptions
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.gen = torch.Generator().manual_seed(self.options.seed)
+        self.ema: torch.Tensor | None = None
+
+    @hookimpl
+    def on_task_losses(self, ctx):
+        w = torch.softmax(torch.randn(ctx.num_tasks, generator=self.gen, dtype=torch.float64), 0)
+        self.ema = w if self.ema is None else 0.9 * self.ema + 0.1 * w
+        ctx.weights = ctx.weights * (w + self.ema).to(ctx.weights.dtype)
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state(), "ema": self.ema}
+
+    def load_state_dict(self, state):
+        self.gen.set_state(state["gen"])
+        self.ema = state["ema"]
