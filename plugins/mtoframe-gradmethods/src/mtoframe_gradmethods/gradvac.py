@@ -1,0 +1,151 @@
+"""GradVac: raise each task pair's gradient cosine towards an EMA target.
+
+Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively
+Multilingual Models", ICLR 2021 (https://openreview.net/forum?id=F1vEjWK-lH_). For every task
+``i`` and every other task ``j`` in random order, per parameter group, with
+``φ = cos(g_i^GV, g_j)`` and the target ``φ̂_ij``: if ``φ < φ̂_ij``::
+
+    g_i^GV ← g_i^GV + ‖g_i^GV‖ (φ̂ √(1−φ²) − φ √(1−φ̂²)) / (‖g_j‖ √(1−φ̂²)) · g_j
+
+and the target moves ``φ̂_ij ← (1−β) φ̂_ij + β φ``; ``d = Σ_i g_i^GV``. Targets start at 0.
+
+Options: ``beta`` = 0.5; ``ema_update``: ``"conflict"`` moves the target only when the pair
+was adjusted (LibMTL, default) or ``"always"`` after every visited pair (the paper's
+Algorithm 1); ``groups``: ``"whole"`` (one group: LibMTL ``group_type=0``), ``"layer"`` (one per
+encoder module owning parameters: ``group_type=1``) or ``"parameter"`` (one per shared parameter
+tensor: ``group_type=2``). The layer and parameter groupings need the trainer's model (they are
+read in ``on_train_start``); ``mtoframe.aggregate`` supports ``"whole"``. Denominators carry
+LibMTL's ``+1e-8``. Each row stays a combination of the original rows, so the work runs on each
+group's ``T×T`` Gram matrix and the ``T×D`` matrix is touched once (a transform).
+
+State: targets ``φ̂`` (``T_all×T_all×groups``, indexed by the trainer's task ids so partial labels
+keep their pairs) and the ``torch.Generator`` of the random orders. Heads receive their
+unweighted loss gradient (LibMTL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.context import StepContext
+from mtoframe.errors import MtoError
+from mtoframe.options import in_range, integer, one_of
+
+from ._common import SeededGenerator, expect_keys
+
+
+@attrs.frozen(kw_only=True)
+class GradVacOptions:
+    beta: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0))
+    ema_update: str = attrs.field(default="conflict", validator=one_of(("conflict", "always")))
+    groups: str = attrs.field(default="whole", validator=one_of(("whole", "layer", "parameter")))
+    seed: int = attrs.field(default=0, validator=integer(0))
+
+
+_EPS = 1e-8
+
+
+def group_sizes(encoder: nn.Module, shared: list[nn.Parameter], groups: str) -> list[int]:
+    """Sizes of consecutive column blocks of the flattened shared gradient."""
+    if groups == "parameter":
+        return [p.numel() for p in shared]
+    ids = {id(p) for p in shared}
+    sizes = []
+    for module in encoder.modules():
+        if not module._modules and any(True for _ in module.parameters(recurse=False)):
+            n = sum(p.numel() for p in module.parameters(recurse=False) if id(p) in ids)
+            if n:
+                sizes.append(n)
+    if sum(sizes) != sum(p.numel() for p in shared):
+        raise MtoError("gradvac: groups='layer' needs every shared parameter to belong to a leaf module "
+                       "of the encoder; use groups='parameter'")
+    return sizes
+
+
+class GradVac(Method):
+    __doc__ = __doc__
+    name = "gradvac"
+    summary = "GradVac: move each task pair's gradient cosine up to an EMA target (per parameter group)."
+    paper = "Wang et al., Gradient Vaccine, ICLR 2021"
+    Options = GradVacOptions
+    roles = Role.TRANSFORM
+    heads_receive = "their unweighted loss gradient"
+
+    def __init__(self, options: GradVacOptions | None = None, /, **kwargs: object) -> None:
+        super().__init__(options, **kwargs)
+        self.rng = SeededGenerator(self.options.seed)
+        self.sizes: list[int] | None = None
+        self.rho: Tensor | None = None
+
+    @hookimpl
+    def on_train_start(self, trainer: Any) -> None:
+        if self.options.groups != "whole":
+            self.sizes = group_sizes(trainer.model.encoder, trainer.model.shared_parameters(), self.options.groups)
+
+    @hookimpl
+    def on_shared_grads(self, ctx: StepContext) -> None:
+        g = ctx.grads
+        T = g.shape[0]
+        if self.options.groups == "whole":
+            sizes = [g.shape[1]]
+        elif self.sizes is None or sum(self.sizes) != g.shape[1]:
+            raise MtoError(f"gradvac: groups={self.options.groups!r} needs a Trainer (the grouping comes from "
+                           "the model); mtoframe.aggregate supports groups='whole'")
+        else:
+            sizes = self.sizes
+        n_all = len(ctx.all_tasks)
+        if self.rho is None:
+            self.rho = torch.zeros(n_all, n_all, len(sizes), dtype=torch.float64, device=g.device)
+        ids = ctx.task_ids.to(self.rho.device)
+        orders = self.rng.orders(T).to(g.device)
+        blocks = torch.split(g, sizes, dim=1)
+        out = []
+        for k, block in enumerate(blocks):
+            K = (block @ block.T).to(torch.float64)
+            rho = self.rho[ids][:, ids, k]
+            C, rho = self._vaccinate(K, rho, orders)
+            self.rho[ids.unsqueeze(1), ids.unsqueeze(0), k] = rho
+            out.append(C.to(g.dtype) @ block)
+        ctx.grads = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def _vaccinate(self, K: Tensor, rho: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:
+        T = K.shape[0]
+        beta, always = self.options.beta, self.options.ema_update == "always"
+        C = torch.eye(T, dtype=K.dtype, device=K.device)
+        rows = torch.arange(T, device=K.device)
+        norm_j = K.diagonal().clamp_min(0).sqrt()
+        rho = rho.clone()
+        for step in range(orders.shape[1]):
+            j = orders[:, step]
+            CK = C @ K
+            norm_i = (CK * C).sum(1).clamp_min(0).sqrt()  # ‖g_i^GV‖ from the coefficients
+            phi = CK[rows, j] / (norm_i * norm_j[j] + _EPS)
+            target = rho[rows, j]
+            low = phi < target
+            w = norm_i * (target * (1 - phi**2).clamp_min(0).sqrt() - phi * (1 - target**2).clamp_min(0).sqrt()) / (
+                norm_j[j] * (1 - target**2).clamp_min(0).sqrt() + _EPS)
+            C[rows, j] += torch.where(low, w, torch.zeros_like(w))
+            moved = (1 - beta) * target + beta * phi
+            rho[rows, j] = torch.where(low | always, moved, target)
+        return C, rho
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"generator": self.rng.state()}
+        if self.rho is not None:
+            state["rho"] = self.rho.clone()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expect_keys(self.name, state, {"generator", "rho"} if "rho" in state else {"generator"})
+        self.rng.load(state["generator"])
+        self.rho = state["rho"].clone() if "rho" in state else None
+
+    def reset(self) -> None:
+        self.rng.reset()
+        self.rho = None

@@ -1,0 +1,63 @@
+"""IMTL-G: the update with equal projections onto every task's unit gradient.
+
+Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021
+(https://openreview.net/forum?id=IMPnRXEWpvr), the gradient half of IMTL. Find ``α`` with
+``Σ_t α_t = 1`` such that ``d = Σ_t α_t g_t`` satisfies ``d·u_1 = d·u_t`` for every ``t``
+(``u_t = g_t/‖g_t‖``). The paper's closed form is
+``α_{2:T} = g_1 Uᵀ (D Uᵀ)⁻¹``, ``α_1 = 1 − Σ α_{2:T}`` with ``D``, ``U`` the differences
+``g_1 − g_t``, ``u_1 − u_t`` (LibMTL's ``IMTL`` gradient part uses the same form).
+
+Here the same conditions are written symmetrically on the ``T×T`` Gram matrix, unknowns
+``(α, c)``: ``(N⁻¹ K α)_t = c`` for every task with a non-zero gradient, ``α_t = 0`` for a zero
+gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN there),
+``Σ α_t = 1``; solved by the pseudo-inverse in float64, on the device. Where ``D Uᵀ`` is
+invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
+minimum-norm ``α`` satisfying the conditions. Heads receive their unweighted loss gradient
+(LibMTL with IMTL-G alone).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.context import StepContext
+
+from ._common import combine
+
+
+def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
+    T = K.shape[0]
+    sq = K.diagonal().clamp_min(0)
+    active = sq > sq.max() * 1e-30
+    norms = torch.where(active, sq.sqrt(), torch.ones_like(sq))
+    A = torch.zeros(T + 1, T + 1, dtype=K.dtype, device=K.device)
+    eye = torch.eye(T, dtype=K.dtype, device=K.device)
+    A[:T, :T] = torch.where(active.unsqueeze(1), K / norms.unsqueeze(1), eye)
+    A[:T, T] = torch.where(active, -1.0, 0.0).to(K.dtype)
+    A[T, :T] = 1.0
+    b = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
+    b[T] = 1.0
+    # scale-free: the unknown c scales with ‖g‖; normalise K so the pinv cut-off is relative
+    return (torch.linalg.pinv(A) @ b)[:T]
+
+
+class IMTLG(Method):
+    __doc__ = __doc__
+    name = "imtlg"
+    summary = "IMTL-G: update with equal projections onto each task's unit gradient."
+    paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
+    roles = Role.AGGREGATOR
+    heads_receive = "their unweighted loss gradient"
+
+    @hookimpl
+    def on_shared_grads(self, ctx: StepContext) -> None:
+        g = ctx.grads
+        K = ctx.gram().to(torch.float64)
+        scale = K.diagonal().max()
+        K = K / torch.where(scale > 0, scale, torch.ones_like(scale))
+        alpha = imtlg_weights(K)
+        ctx.set_update(combine(alpha, g))
+        if ctx.logging:
+            for t, name in enumerate(ctx.tasks):
+                ctx.log(f"imtlg/alpha/{name}", alpha[t])

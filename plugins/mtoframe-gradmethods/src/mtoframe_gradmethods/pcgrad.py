@@ -1,0 +1,87 @@
+"""PCGrad: project each task gradient off the gradients it conflicts with.
+
+Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020
+(https://arxiv.org/abs/2001.06782), Algorithm 1. For every task ``i``, with its own random order
+of the other tasks ``j``::
+
+    g_i^PC ← g_i^PC − min(0, g_i^PC·g_j) / ‖g_j‖² · g_j
+
+then ``d = Σ_i g_i^PC`` (``reduction="sum"``, the paper and LibMTL, default) or the mean
+(``reduction="mean"``, popular PyTorch ports). Every ``g_i^PC`` is a combination of the original
+rows, so the projections run on the ``T×T`` Gram matrix (coefficients ``C``, ``g^PC = C G``)
+and the ``T×D`` matrix is touched once: the output is ``C G`` (a transform, so later methods in
+the stack see the projected rows). Both references also visit ``j = i``; that projection is a
+no-op except after earlier projections made ``g_i^PC·g_i < 0``; the paper's ``j ≠ i`` is used.
+
+Random orders come from a ``torch.Generator`` seeded by ``seed``; its state is in
+``state_dict``. Heads receive their unweighted loss gradient (LibMTL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.context import StepContext
+from mtoframe.options import integer, one_of
+
+from ._common import SeededGenerator, expect_keys
+
+
+@attrs.frozen(kw_only=True)
+class PCGradOptions:
+    reduction: str = attrs.field(default="sum", validator=one_of(("sum", "mean")))
+    seed: int = attrs.field(default=0, validator=integer(0))
+
+
+def pcgrad_coefficients(K: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """``C`` with ``C G`` the PCGrad rows, from the Gram matrix ``K`` and per-task orders."""
+    T = K.shape[0]
+    C = torch.eye(T, dtype=K.dtype, device=K.device)
+    sq = K.diagonal()
+    safe = torch.where(sq > 0, sq, torch.ones_like(sq))
+    rows = torch.arange(T, device=K.device)
+    for k in range(orders.shape[1]):
+        j = orders[:, k]
+        dots = (C @ K)[rows, j]  # g_i^PC · g_j for every i at once
+        coef = torch.where((dots < 0) & (sq[j] > 0), dots / safe[j], torch.zeros_like(dots))
+        C[rows, j] -= coef
+    return C
+
+
+class PCGrad(Method):
+    __doc__ = __doc__
+    name = "pcgrad"
+    summary = "PCGrad: project each task gradient off the conflicting ones, in random order."
+    paper = "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020"
+    Options = PCGradOptions
+    roles = Role.TRANSFORM
+    heads_receive = "their unweighted loss gradient"
+
+    def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:
+        super().__init__(options, **kwargs)
+        self.rng = SeededGenerator(self.options.seed)
+
+    @hookimpl
+    def on_shared_grads(self, ctx: StepContext) -> None:
+        g = ctx.grads
+        T = g.shape[0]
+        orders = self.rng.orders(T).to(g.device)
+        C = pcgrad_coefficients(ctx.gram().to(torch.float64), orders)
+        if self.options.reduction == "mean":
+            C = C / T
+        ctx.grads = C.to(g.dtype) @ g
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.rng.state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expect_keys(self.name, state, {"generator"})
+        self.rng.load(state["generator"])
+
+    def reset(self) -> None:
+        self.rng.reset()
