@@ -1,0 +1,107 @@
+"""What the loss-weighting methods of this distribution share: the stacking rule and learnable
+per-task parameters in their own optimiser group."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.errors import MtoError, StackError
+from mtoframe.options import in_range
+
+#: aggregators whose update ignores per-task loss weights (or replaces them), with the reason
+WEIGHT_BLIND_AGGREGATORS = {
+    "nashmtl": "Nash-MTL's update is invariant to rescaling each task's gradient",
+    "imtlg": "IMTL-G's update is invariant to rescaling each task's gradient",
+    "dbmtl": "DB-MTL normalises every task's gradient and log-transforms the losses itself",
+    "excessmtl": "ExcessMTL sets its own task weights",
+}
+
+
+def check_loss_level_stack(method: Method, stack: Sequence[Method]) -> None:
+    """A loss-level method composes with gradient transforms and with aggregators that read the
+    rows' scales; it is rejected next to another loss-level method (two weighting schemes on
+    the same losses are no published method and fight each other) and before an aggregator
+    that discards row scales (the weights would have no effect)."""
+    names = [m.name for m in stack]
+    for other in stack:
+        if other is method:
+            continue
+        if other.roles & Role.LOSS:
+            raise StackError(
+                f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
+                "two loss-weighting schemes would fight over the same task weights; use one"
+            )
+        if other.name in WEIGHT_BLIND_AGGREGATORS:
+            raise StackError(
+                f"{method.name!r} before {other.name!r} in {names} is meaningless: "
+                f"{WEIGHT_BLIND_AGGREGATORS[other.name]}, so {method.name!r}'s weights would have no effect"
+            )
+
+
+def optional_lr() -> Any:
+    """``None`` (the optimiser's learning rate) or a positive number."""
+    return attrs.validators.optional(in_range(0.0, lo_open=True))
+
+
+class LossLevel(Method):
+    """Base of the loss-level methods here: the shared stacking rule."""
+
+    roles = Role.LOSS
+
+    def check_stack(self, stack: Sequence[Method]) -> None:
+        check_loss_level_stack(self, stack)
+
+
+class Learnable(LossLevel):
+    """A loss-level method with one learnable value per task (UW, IMTL-L, GradNorm).
+
+    Inside a trainer the parameter joins the optimiser in its own group without weight decay
+    (``trainer.add_method_parameters``, learning rate ``options.lr`` or the optimiser's); on a
+    bare context it is created lazily and trains only if the caller optimises it. Its values are
+    part of ``state_dict`` and ``load_state_dict`` copies in place, so the optimiser keeps
+    pointing at the same tensor.
+    """
+
+    #: initial value of every entry
+    init_value: float = 0.0
+
+    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.param: nn.Parameter | None = None
+
+    def reset(self) -> None:
+        self.param = None
+
+    def _create(self, num_tasks: int, ref: Tensor) -> nn.Parameter:
+        if self.param is None:
+            self.param = nn.Parameter(torch.full((num_tasks,), self.init_value, dtype=ref.dtype, device=ref.device))
+        elif self.param.numel() != num_tasks:
+            raise MtoError(f"{self.name} holds {self.param.numel()} per-task values but there are {num_tasks} tasks")
+        return self.param
+
+    @hookimpl
+    def on_train_start(self, trainer: Any) -> None:
+        param = self._create(len(trainer.tasks), next(trainer.model.parameters()))
+        trainer.add_method_parameters(self, [param], lr=self.options.lr)
+
+    def values(self, ctx: Any) -> Tensor:
+        """The parameter over all tasks (created on first use in a bare context)."""
+        return self._create(len(ctx.all_tasks), ctx.losses)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.param is None else {"param": self.param.detach().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            self.reset()
+            return
+        value = state["param"]
+        param = self._create(value.numel(), value)
+        with torch.no_grad():
+            param.copy_(value)
