@@ -10,21 +10,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import OptionError
-from .manytask import manytask_data
+from .manytask import ManyTaskDataset, manytask_data, manytask_datasets
 from .npy import NpyMultiTaskDataset, write_npy_layout
 from .scenes import CLASSES, NUM_CLASSES, generate_scenes
 
 __all__ = [
     "CLASSES",
     "NUM_CLASSES",
+    "ManyTaskDataset",
     "NpyMultiTaskDataset",
     "cache_root",
     "cityscapes_datasets",
     "generate_scenes",
     "manytask_data",
+    "manytask_datasets",
     "nyuv2_datasets",
     "scenes_datasets",
     "write_npy_layout",
@@ -73,16 +76,19 @@ def scenes_datasets(*, n_train: int = 2000, n_val: int = 400, size: int = 64, se
     return NpyMultiTaskDataset(root, "train", preload=True), NpyMultiTaskDataset(root, "val", preload=True)
 
 
-def nyuv2_datasets(root: str | os.PathLike[str]) -> tuple[NpyMultiTaskDataset, NpyMultiTaskDataset]:
+def nyuv2_datasets(root: str | os.PathLike[str], *, tasks: Sequence[str] = ("segmentation", "depth", "normal")
+                   ) -> tuple[NpyMultiTaskDataset, NpyMultiTaskDataset]:
     """``(train, val)`` of the preprocessed NYUv2 release at ``root`` (13 classes, depth,
     normals)."""
-    return NpyMultiTaskDataset(root, "train"), NpyMultiTaskDataset(root, "val")
+    return NpyMultiTaskDataset(root, "train", tasks=tasks), NpyMultiTaskDataset(root, "val", tasks=tasks)
 
 
-def cityscapes_datasets(root: str | os.PathLike[str], label_dir: str = "label_7"
+def cityscapes_datasets(root: str | os.PathLike[str], label_dir: str = "label_7", *,
+                        tasks: Sequence[str] = ("segmentation", "depth")
                         ) -> tuple[NpyMultiTaskDataset, NpyMultiTaskDataset]:
     """``(train, val)`` of the preprocessed Cityscapes release at ``root``: segmentation from
     ``label_dir`` (``label_7``, or ``label`` in some copies) and depth; no normals."""
-    tasks = ("segmentation", "depth")
+    if "normal" in tasks:
+        raise OptionError("the Cityscapes release has no surface normals; tasks must be among segmentation, depth")
     return (NpyMultiTaskDataset(root, "train", tasks=tasks, label_dir=label_dir),
             NpyMultiTaskDataset(root, "val", tasks=tasks, label_dir=label_dir))

@@ -17,6 +17,8 @@ sqrt(1−p) v_t`` is used instead, with ``v_t`` random unit vectors orthogonal t
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from ..errors import OptionError
 
@@ -58,3 +60,26 @@ def manytask_data(*, tasks: int, n: int, d_in: int = 32, correlation: float = 0.
     lin = x @ w.T  # [n, T]
     y = lin + np.sin(lin[..., None] * alpha + beta).sum(-1) + rng.normal(0.0, 0.1, lin.shape)
     return x.astype(np.float32), {f"t{i}": y[:, i : i + 1].astype(np.float32) for i in range(tasks)}
+
+
+class ManyTaskDataset(Dataset):
+    """Items ``(x [d_in], {task: y [1]})`` from :func:`manytask_data` arrays."""
+
+    def __init__(self, x: np.ndarray, ys: dict[str, np.ndarray]) -> None:
+        self.x = torch.from_numpy(x)
+        self.ys = {t: torch.from_numpy(y) for t, y in ys.items()}
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {t: y[i] for t, y in self.ys.items()}
+
+
+def manytask_datasets(*, tasks: int, n_train: int = 2000, n_val: int = 400, d_in: int = 32,
+                      correlation: float = 0.5, seed: int = 0) -> tuple[ManyTaskDataset, ManyTaskDataset]:
+    """``(train, val)``: one draw of ``n_train + n_val`` samples split in order (same task
+    weights and sinusoids for both)."""
+    x, ys = manytask_data(tasks=tasks, n=n_train + n_val, d_in=d_in, correlation=correlation, seed=seed)
+    return (ManyTaskDataset(x[:n_train], {t: y[:n_train] for t, y in ys.items()}),
+            ManyTaskDataset(x[n_train:], {t: y[n_train:] for t, y in ys.items()}))

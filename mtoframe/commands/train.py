@@ -1,0 +1,185 @@
+"""``mtoframe train CONFIG.toml [--set key=value ...] [--resume]``: train one stack from a TOML
+config (see :mod:`mtoframe.config`), evaluating and printing metrics after every epoch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import RunConfig, flat, load_config
+from ..errors import OptionError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a stack of methods from a TOML config",
+                       description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("config", help="TOML run configuration (see mtoframe/config.py for the keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one dotted key, e.g. --set optimizer.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the config's checkpoint file when it exists")
+    p.add_argument("--history", metavar="PATH", help="write the per-epoch history as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    history = train(cfg, resume=args.resume, echo=print)
+    if args.history:
+        Path(args.history).write_text(json.dumps(history, indent=2))
+    return 0
+
+
+def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Dataset, Dataset]:
+    """``(model, tasks, train dataset, val dataset)`` of a config."""
+    from ..models.hps import build_manytask_model, build_scene_model, manytask_tasks, scene_tasks
+
+    d, m = cfg.data, cfg.model
+    if d.name == "manytask":
+        from ..data.manytask import manytask_datasets
+
+        if m.name not in ("auto", "mlp"):
+            raise OptionError(f"[model] name = {m.name!r} does not fit data 'manytask'; allowed: auto, mlp")
+        train_ds, val_ds = manytask_datasets(tasks=d.num_tasks, n_train=d.n_train, n_val=d.n_val,
+                                             d_in=d.d_in, correlation=d.correlation, seed=cfg.seed)
+        names = [f"t{i}" for i in range(d.num_tasks)]
+        _check_subset(cfg, names)
+        keep = cfg.tasks or names
+        model = build_manytask_model(tasks=d.num_tasks, d_in=d.d_in, d_rep=m.d_rep)
+        model.heads = torch.nn.ModuleDict({k: v for k, v in model.heads.items() if k in keep})
+        return (model, [t for t in manytask_tasks(d.num_tasks) if t.name in keep],
+                _Subset(train_ds, keep), _Subset(val_ds, keep))
+
+    from .. import data as datamod
+
+    if d.name == "scenes":
+        available, classes = ("segmentation", "depth", "normal"), d.num_classes or datamod.NUM_CLASSES
+    elif d.name == "nyuv2":
+        available, classes = ("segmentation", "depth", "normal"), d.num_classes or 13
+    else:
+        suffix = d.label_dir.rpartition("_")[2]  # label_7 -> 7 classes
+        available, classes = ("segmentation", "depth"), d.num_classes or (int(suffix) if suffix.isdigit() else 7)
+    _check_subset(cfg, available)
+    tasks = tuple(cfg.tasks or available)
+    if d.name == "scenes":
+        train_ds, val_ds = datamod.scenes_datasets(n_train=d.n_train, n_val=d.n_val, size=d.size, seed=cfg.seed,
+                                                   cache_dir=d.cache_dir)
+    elif d.name == "nyuv2":
+        train_ds, val_ds = datamod.nyuv2_datasets(d.path, tasks=tasks)  # type: ignore[arg-type]
+    else:
+        train_ds, val_ds = datamod.cityscapes_datasets(d.path, label_dir=d.label_dir, tasks=tasks)  # type: ignore[arg-type]
+    if m.name in ("auto", "hps"):
+        model = build_scene_model(num_classes=classes, tasks=tasks, width=m.width)
+    elif m.name == "resnet50":
+        from ..models.resnet import build_resnet50_aspp
+
+        model = build_resnet50_aspp(num_classes=classes, tasks=tasks)
+    else:
+        raise OptionError(f"[model] name = {m.name!r} does not fit data {d.name!r}; allowed: auto, hps, resnet50")
+    return model, scene_tasks(classes, tasks), _Subset(train_ds, tasks), _Subset(val_ds, tasks)
+
+
+class _Subset(Dataset):
+    """Drops targets of tasks the run does not train (preloaded datasets keep them all)."""
+
+    def __init__(self, ds: Dataset, tasks: Iterable[str]) -> None:
+        self.ds, self.tasks = ds, tuple(tasks)
+
+    def __len__(self) -> int:
+        return len(self.ds)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        x, y = self.ds[i]
+        return x, {t: y[t] for t in self.tasks}
+
+
+def _check_subset(cfg: RunConfig, available: Iterable[str]) -> None:
+    available = list(available)
+    if cfg.tasks is not None:
+        bad = [t for t in cfg.tasks if t not in available]
+        if bad:
+            raise OptionError(f"option 'tasks' names {bad}, which data {cfg.data.name!r} does not have; allowed: {available}")
+        if len(set(cfg.tasks)) != len(cfg.tasks):
+            raise OptionError(f"option 'tasks' repeats a task: {list(cfg.tasks)}")
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+class _OnDevice:
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[Any]:
+        return (_to(b, self.device) for b in self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def make_optimizer(cfg: RunConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+
+
+def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dict[str, Any]]:
+    """Train as the config says; returns the trainer's history (one dict per epoch)."""
+    from ..trainer import Trainer
+
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as exc:
+        raise OptionError(f"option 'device' of the run config is not a torch device: {cfg.device!r}") from exc
+    if resume and cfg.checkpoint is None:
+        raise OptionError("--resume needs checkpoint = \"PATH\" in the config")
+    torch.manual_seed(cfg.seed)
+    model, tasks, train_ds, val_ds = build_run(cfg)
+    model.to(device)
+    # The loader shuffles from the global RNG, which checkpoints restore: resume stays identical.
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
+                          num_workers=cfg.data.workers)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.data.workers)
+    trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
+                      log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
+                      progress=cfg.progress, hparams=flat(cfg))
+    if resume and Path(cfg.checkpoint).exists():  # type: ignore[arg-type]
+        trainer.load_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
+        if echo:
+            echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
+    stack = "+".join(m.name for m in trainer.stack) or "ew"
+    if echo:
+        echo(f"training {stack} on {cfg.data.name} ({len(train_ds)} train / {len(val_ds)} val), "
+             f"tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
+    with trainer:
+        while trainer.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            trainer.fit(_OnDevice(train_dl, device), epochs=1, val=_OnDevice(val_dl, device))
+            if cfg.checkpoint is not None:
+                trainer.save_checkpoint(cfg.checkpoint)
+            if echo:
+                echo(format_epoch(trainer.history[-1], cfg.epochs, time.perf_counter() - t0))
+    if cfg.log_dir is not None:
+        Path(cfg.log_dir, "history.json").write_text(json.dumps(trainer.history, indent=2))
+    return trainer.history
+
+
+def format_epoch(stats: dict[str, Any], epochs: int, seconds: float) -> str:
+    loss = " ".join(f"{t}={v:.4f}" for t, v in stats["train_loss"].items())
+    val = " | ".join(f"{t}: " + " ".join(f"{k}={v:.4f}" for k, v in ms.items()) for t, ms in stats.get("val", {}).items())
+    return f"epoch {stats['epoch'] + 1}/{epochs} ({seconds:.1f}s)  loss {loss}  val {val}"

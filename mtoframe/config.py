@@ -1,0 +1,232 @@
+"""Run configuration for ``mtoframe train CONFIG.toml``: TOML read with :mod:`tomllib` into
+frozen ``attrs`` classes whose validators name the key and the allowed values.
+
+Example (every key optional except where the data set needs it)::
+
+    seed = 0
+    epochs = 10
+    batch_size = 32
+    methods = ["repmtl", { name = "nashmtl", options = { max_norm = 1.0 } }]
+    tasks = ["segmentation", "depth", "normal"]   # a subset trains fewer heads (STL: one)
+    log_dir = "runs/repmtl-nash"
+    log_every = 50
+    nonfinite = "raise"                            # or "skip"
+    device = "cpu"
+    checkpoint = "runs/repmtl-nash/last.pt"        # written after every epoch
+
+    [data]
+    name = "scenes"        # scenes | manytask | nyuv2 | cityscapes
+    n_train = 2000
+    n_val = 400
+    size = 64
+
+    [model]
+    name = "auto"          # hps (scenes, nyuv2, cityscapes) | mlp (manytask) | resnet50 (nyuv2, cityscapes)
+    width = 32
+
+    [optimizer]
+    name = "adam"          # adam | sgd
+    lr = 1e-3
+    weight_decay = 0.0
+
+``--set key=value`` overrides one dotted key (``--set optimizer.lr=3e-4``); the value is read
+as a TOML value, or as a string when it is not one (``--set data.name=manytask``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import OptionError
+from .options import boolean, in_range, integer, one_of
+
+DATASETS = ("scenes", "manytask", "nyuv2", "cityscapes")
+MODELS = ("auto", "hps", "mlp", "resnet50")
+DENSE_TASKS = ("segmentation", "depth", "normal")
+
+
+def _named(section: str):  # the validators' messages say "option 'x' of <this>"
+    def deco(cls: type) -> type:
+        cls.__method_name__ = section
+        return cls
+    return deco
+
+
+def _optional_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty string, got {value!r}")
+
+
+def _str_list(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value)):
+        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty list of task names, got {value!r}")
+
+
+def _tuple_or_none(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+@_named("[data]")
+@attrs.frozen(kw_only=True)
+class DataConfig:
+    name: str = attrs.field(default="scenes", validator=one_of(DATASETS))
+    path: str | None = attrs.field(default=None, validator=_optional_str)
+    # scenes
+    n_train: int = attrs.field(default=2000, validator=integer(1))
+    n_val: int = attrs.field(default=400, validator=integer(1))
+    size: int = attrs.field(default=64, validator=integer(8, 4096))
+    cache_dir: str | None = attrs.field(default=None, validator=_optional_str)
+    # manytask
+    num_tasks: int = attrs.field(default=8, validator=integer(2, 40))
+    d_in: int = attrs.field(default=32, validator=integer(2))
+    correlation: float = attrs.field(default=0.5, validator=in_range(0.0, 1.0, hi_open=True))
+    # cityscapes
+    label_dir: str = attrs.field(default="label_7", validator=_optional_str)
+    num_classes: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(2)))
+    workers: int = attrs.field(default=0, validator=integer(0, 64))
+
+    def __attrs_post_init__(self) -> None:
+        if self.name in ("nyuv2", "cityscapes") and self.path is None:
+            raise OptionError(f"[data] name = {self.name!r} needs path = the directory holding train/ and val/ "
+                              "of the preprocessed .npy release")
+
+
+@_named("[model]")
+@attrs.frozen(kw_only=True)
+class ModelConfig:
+    name: str = attrs.field(default="auto", validator=one_of(MODELS))
+    width: int = attrs.field(default=32, validator=integer(1, 1024))
+    d_rep: int = attrs.field(default=64, validator=integer(1))
+
+
+@_named("[optimizer]")
+@attrs.frozen(kw_only=True)
+class OptimizerConfig:
+    name: str = attrs.field(default="adam", validator=one_of(("adam", "sgd")))
+    lr: float = attrs.field(default=1e-3, validator=in_range(0.0, math.inf, lo_open=True, hi_open=True))
+    weight_decay: float = attrs.field(default=0.0, validator=in_range(0.0, math.inf, hi_open=True))
+    momentum: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0))
+
+
+def _methods(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise OptionError(f"'methods' must be a list of method names or {{name, options}} tables, got {value!r}")
+    out: list[Any] = []
+    for i, m in enumerate(value):
+        if isinstance(m, str):
+            out.append(m)
+        elif isinstance(m, Mapping):
+            extra = sorted(set(m) - {"name", "options"})
+            if extra or not isinstance(m.get("name"), str):
+                raise OptionError(f"methods[{i}] must have a string 'name' and optionally an 'options' table "
+                                  f"(allowed keys: name, options); got {dict(m)!r}")
+            opts = m.get("options", {})
+            if not isinstance(opts, Mapping):
+                raise OptionError(f"methods[{i}].options must be a table, got {opts!r}")
+            out.append((m["name"], dict(opts)))
+        else:
+            raise OptionError(f"methods[{i}] must be a method name or a {{name, options}} table, got {m!r}")
+    return tuple(out)
+
+
+def _section(cls: type) -> Any:
+    def convert(value: Any) -> Any:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, Mapping):
+            raise OptionError(f"{cls.__method_name__} must be a table, got {value!r}")
+        return build(cls, value)
+    return convert
+
+
+@_named("the run config")
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    data: DataConfig = attrs.field(factory=DataConfig, converter=_section(DataConfig))
+    model: ModelConfig = attrs.field(factory=ModelConfig, converter=_section(ModelConfig))
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, converter=_section(OptimizerConfig))
+    methods: tuple[Any, ...] = attrs.field(default=(), converter=lambda v: v if isinstance(v, tuple) else _methods(v))
+    tasks: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none, validator=_str_list)
+    epochs: int = attrs.field(default=10, validator=integer(1))
+    batch_size: int = attrs.field(default=32, validator=integer(1))
+    seed: int = attrs.field(default=0, validator=integer(0))
+    log_dir: str | None = attrs.field(default=None, validator=_optional_str)
+    log_every: int = attrs.field(default=50, validator=integer(1))
+    nonfinite: str = attrs.field(default="raise", validator=one_of(("raise", "skip")))
+    device: str = attrs.field(default="cpu", validator=_optional_str)
+    checkpoint: str | None = attrs.field(default=None, validator=_optional_str)
+    progress: bool = attrs.field(default=False, validator=boolean())
+
+
+def build(cls: type, table: Mapping[str, Any]) -> Any:
+    """``cls(**table)``, rejecting unknown keys with the list of allowed ones."""
+    allowed = [a.name for a in attrs.fields(cls)]
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise OptionError(f"unknown key(s) {unknown} in {cls.__method_name__}; allowed: {', '.join(allowed)}")
+    return cls(**table)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"optimizer.lr=3e-4"`` -> ``(["optimizer", "lr"], 0.0003)``."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise OptionError(f"--set expects key=value (e.g. optimizer.lr=3e-4), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    return key.strip().split("."), value
+
+
+def apply_overrides(table: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = table
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise OptionError(f"--set {item!r}: {part!r} is not a table")
+            node = child
+        node[path[-1]] = value
+    return table
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate ``path`` (TOML), applying ``--set`` overrides."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OptionError(f"cannot read config {p}: {exc.strerror or exc}") from exc
+    return config_from_text(text, overrides, source=str(p))
+
+
+def config_from_text(text: str, overrides: Sequence[str] = (), *, source: str = "<config>") -> RunConfig:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # its message carries "(at line L, column C)"
+        raise OptionError(f"{source} is not valid TOML: {exc}") from exc
+    return build(RunConfig, apply_overrides(table, overrides))
+
+
+def flat(cfg: RunConfig) -> dict[str, Any]:
+    """The config as ``{dotted.key: value}`` (for TensorBoard hyper-parameters)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        for a in attrs.fields(type(obj)):
+            v = getattr(obj, a.name)
+            if attrs.has(type(v)):
+                walk(f"{prefix}{a.name}.", v)
+            else:
+                out[f"{prefix}{a.name}"] = v if isinstance(v, (int, float, str, bool)) else repr(v)
+    walk("", cfg)
+    return out
