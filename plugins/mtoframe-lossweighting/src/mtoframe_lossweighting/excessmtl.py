@@ -19,7 +19,8 @@ It reads per-task gradients of the shared parameters, so it is a gradient-level 
 transforms). It carries ``T×P`` state (``H``) like the reference. It is a task-weighting scheme
 itself, so stacking it with a loss-level method is rejected. Partial labels: each task's
 ``H``, ``e_t(0)`` and ``λ_t`` are indexed by its position in the trainer's task list; ``e_t(0)``
-is recorded the first time the task is present; the renormalisation runs over all tasks.
+is recorded the first time the task is present with a non-zero gradient (the reference divides
+by a zero ``e(0)`` and turns every weight into NaN); the renormalisation runs over all tasks.
 State (``H``, ``e(0)``, ``λ``) is in ``state_dict`` and built lazily, so ``mtoframe.aggregate``
 works on a bare matrix.
 """
@@ -93,12 +94,12 @@ class ExcessMTL(Method):
         self.sq_sum[ids] = sq
         excess = (grads * grads / torch.sqrt(sq + EPS)).sum(dim=1)
         initial = self.initial[ids]
-        first = torch.isnan(initial)
-        self.initial[ids] = torch.where(first, excess, initial)
-        # tasks seen before take the exponentiated-gradient step; a task's first step only records e(0)
-        ratio = torch.where(first, torch.zeros_like(excess), excess / self.initial[ids])
+        known = ~torch.isnan(initial)
+        # e(0) must be positive to normalise by: a task whose gradient is still zero waits
+        self.initial[ids] = torch.where(~known & (excess > 0), excess, initial)
+        ratio = torch.where(known, excess / torch.where(known, initial, torch.ones_like(initial)), torch.zeros_like(excess))
         stepped = self.weights[ids] * torch.exp(self.options.step_size * ratio)
-        self.weights[ids] = torch.where(first, self.weights[ids], stepped)
+        self.weights[ids] = torch.where(known, stepped, self.weights[ids])
         self.weights = len(self.weights) * self.weights / self.weights.sum()
         lam = self.weights[ids]
         ctx.set_update(lam @ grads, head_weights=lam)
