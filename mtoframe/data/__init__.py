@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: bump when the generator's output changes, so stale caches are not reused
-SCENES_VERSION = 1
+SCENES_VERSION = 2
 
 
 def cache_root() -> Path:

@@ -197,6 +197,8 @@ def _render(p: dict[str, np.ndarray], size: int, rngs: list[np.random.Generator]
     c, s = np.cos(p["pitch"])[:, None], np.sin(p["pitch"])[:, None]
     nx, ny, nz = hits.normal
     n_cam = np.stack([nx, c * ny + s * nz, -s * ny + c * nz], 1)  # world -> camera: inverse pitch
+    # float32 hit points leave curved-surface normals ~1e-4 off unit length: renormalise
+    n_cam /= np.maximum(np.sqrt((n_cam * n_cam).sum(1, keepdims=True)), 1e-12)
     n_cam = np.where(valid[:, None], n_cam, 0.0).astype(np.float32)
 
     label = np.where(valid, hits.cls, -1).reshape(B, size, size)
