@@ -17,6 +17,7 @@ cvxpy is imported lazily, so methods that do not use it (FairGrad) and the core 
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,6 +34,7 @@ __all__ = [
     "FailureCounter",
     "SolveResult",
     "SolverWarning",
+    "compiled",
     "nonzero_rows",
     "require_cvxpy",
 ]
@@ -87,6 +89,7 @@ class ConvexProblem:
         if not self.problem.is_dcp(dpp=True):
             raise SolverError(f"{name}: the convex problem is not DPP, so it cannot be compiled once")
         self.solves = 0
+        self._lock = threading.Lock()
 
     def solve(self, **values: np.ndarray) -> SolveResult:
         """Set the parameters and solve with Clarabel. Never raises for a numerical failure:
@@ -95,11 +98,17 @@ class ConvexProblem:
         unknown = set(values) - set(self.parameters)
         if unknown:
             raise SolverError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.parameters)}")
+        with self._lock:
+            return self._solve(values)
+
+    def _solve(self, values: Mapping[str, np.ndarray]) -> SolveResult:
         try:
             for key, value in values.items():
                 self.parameters[key].value = value
             self.solves += 1
-            self.problem.solve(solver=self._cp.CLARABEL)
+            # warm_start=False: cvxpy would otherwise reuse the previous solve's data, making the
+            # result depend on history (a resumed run would not be bit-identical)
+            self.problem.solve(solver=self._cp.CLARABEL, warm_start=False)
         except Exception as exc:  # a failed solve is reported to the caller, who falls back explicitly
             return SolveResult(False, None, "error", f"{type(exc).__name__}: {exc}")
         status = str(self.problem.status)
@@ -109,6 +118,20 @@ class ConvexProblem:
         if value is None or not np.all(np.isfinite(value)):
             return SolveResult(False, None, status, "non-finite solution")
         return SolveResult(True, np.asarray(value, dtype=np.float64), status)
+
+
+_COMPILED: dict[tuple[Any, ...], ConvexProblem] = {}
+_COMPILED_LOCK = threading.Lock()
+
+
+def compiled(key: tuple[Any, ...], build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str) -> ConvexProblem:
+    """The :class:`ConvexProblem` for ``key`` (e.g. ``("nashmtl", T)``), built on first use and
+    shared by the whole process. Sharing is safe: a solve depends only on the parameter values
+    given to it (no warm start), and solves of one problem are serialised by a lock."""
+    with _COMPILED_LOCK:
+        if key not in _COMPILED:
+            _COMPILED[key] = ConvexProblem(build, name=name)
+        return _COMPILED[key]
 
 
 class FailureCounter:
