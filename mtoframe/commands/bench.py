@@ -1,0 +1,159 @@
+"""``mtoframe bench``: which method, at what cost, on this machine.
+
+Default: per-step time and peak memory of every installed method and of Rep-MTL stacks on the
+embedded ``scenes`` data (``--tasks T``: the ``manytask`` regression). ``--quality``: train
+single-task baselines and every stack for a fixed budget over several seeds and compare
+``Δp_task``, ``Δm%`` and mean rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+#: (full, --quick) sizes of the timing run
+SPEED_SIZES = {
+    "size": (64, 32), "batch": (16, 8), "width": (32, 16), "rounds": (50, 20), "warmup": (5, 3),
+    "manytask_batch": (256, 64),
+}
+#: (full, --quick) budgets of the quality run
+QUALITY_SIZES = {
+    "size": (64, 32), "batch": (32, 32), "width": (32, 16), "seeds": (3, 2), "epochs": (20, 4),
+    "n_train": (2000, 384), "n_val": (400, 128),
+}
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="head-to-head timing (default) or quality (--quality) of the installed methods",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small model and budget (timing < 3 min, quality < 10 min on 2 CPU cores)")
+    p.add_argument("--quality", action="store_true", help="train and compare quality instead of timing")
+    p.add_argument("--methods", help="stacks to run, comma separated, '+' joins a stack: 'ew,cagrad,repmtl+nashmtl' "
+                   "(default: every installed method alone and the Rep-MTL stacks whose methods are installed)")
+    p.add_argument("--tasks", type=int, help="time on the manytask regression with this many tasks (2..40)")
+    p.add_argument("--peers", default="", help="comma-separated peer libraries to time beside mtoframe: torchjd")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    for key in ("size", "batch", "width", "rounds", "warmup"):
+        p.add_argument(f"--{key}", type=int, help=f"override ({'/'.join(map(str, SPEED_SIZES[key]))} full/quick)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    q = p.add_argument_group("quality")
+    q.add_argument("--seeds", type=int, help="number of seeds (3/2 full/quick)")
+    q.add_argument("--epochs", type=int, help="epochs per run (20/4 full/quick)")
+    q.add_argument("--n-train", type=int, help="training images (2000/384 full/quick)")
+    q.add_argument("--n-val", type=int, help="validation images (400/128 full/quick)")
+    q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
+    p.add_argument("--cache-dir", help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
+    return p
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _pick(args: argparse.Namespace, key: str, table: dict[str, tuple[int, int]]) -> int:
+    v = getattr(args, key, None)
+    return v if v is not None else table[key][1 if args.quick else 0]
+
+
+def _stacks(args: argparse.Namespace) -> tuple[list[list[str]], bool]:
+    from ..api import available
+    from ..bench.workloads import default_stacks, parse_stacks
+
+    if args.methods:
+        return parse_stacks(args.methods), True
+    return default_stacks(available()), False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import OptionError
+
+    if args.quality and args.tasks is not None:
+        raise OptionError("--quality runs on scenes; --tasks (manytask) is for timing only")
+    if args.tasks is not None and not 2 <= args.tasks <= 40:
+        raise OptionError(f"--tasks must be in 2..40, got {args.tasks}")
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if peers and args.quality:
+        raise OptionError("--peers applies to timing only")
+    return run_quality(args) if args.quality else run_timing(args, peers)
+
+
+def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
+    from ..bench import report
+    from ..bench.speed import SpeedConfig, run_speed
+    from ..bench.workloads import manytask_workload, scenes_workload
+
+    stacks, strict = _stacks(args)
+    if peers:
+        from ..bench.peers import require_torchjd
+
+        if "torchjd" in peers:
+            require_torchjd()  # fail before any work when it is missing
+    if args.tasks is not None:
+        batch = args.batch if args.batch is not None else SPEED_SIZES["manytask_batch"][1 if args.quick else 0]
+        workload = manytask_workload(tasks=args.tasks, batch=batch, seed=args.seed)
+    else:
+        workload = scenes_workload(size=_pick(args, "size", SPEED_SIZES), batch=_pick(args, "batch", SPEED_SIZES),
+                                   width=_pick(args, "width", SPEED_SIZES), seed=args.seed, cache_dir=args.cache_dir)
+    workload.to(_device(args.device))
+    cfg = SpeedConfig(rounds=_pick(args, "rounds", SPEED_SIZES), warmup=_pick(args, "warmup", SPEED_SIZES),
+                      lr=args.lr if args.lr is not None else 1e-4, seed=args.seed, memory=not args.no_memory,
+                      device=args.device)
+    info = ", ".join(f"{k}={v}" for k, v in workload.info.items())
+    print(f"mtoframe bench: {workload.name} ({info}) on {args.device}, Adam lr {cfg.lr}", flush=True)
+    records = run_speed(workload, stacks, cfg, peers=peers, strict=strict,
+                        progress=lambda s: print(f"  {s}", flush=True))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ok = sorted((r for r in records if r["error"] is None), key=lambda r: r["ratio_to_ew"])
+    rows = [[r["stack"], r["median_ms"], r["iqr_ms"], r["block_mean_ms"], r["ratio_to_ew"], r["ratio_to_ew_median"],
+             r["peak_mem_mib"]] for r in ok]
+    header = ["stack", "median ms", "IQR ms", "block mean ms", "x EW", "x EW (median)", "peak MiB"]
+    print()
+    print(report.table(rows, header))
+    block = ok[0]["block"]
+    print(f"\nx EW = block mean / EW's block mean (blocks of {block} steps, median over blocks); "
+          f"{cfg.rounds} interleaved rounds after {cfg.warmup} warm-up; peak MiB: {ok[0]['mem_method'] or 'not measured'}.")
+    for r in records:
+        if r["error"] is not None:
+            print(f"not timed: {r['stack']}: {r['error']}")
+    report.write_json(out / "results.json", records)
+    (out / "results.md").write_text(report.markdown_table(rows, header) + "\n")
+    png = report.bar_chart(out / "bench.png", [r["stack"] for r in ok], [r["ratio_to_ew"] for r in ok],
+                           xlabel=f"step time / EW (block mean, {block}-step blocks)", reference=1.0,
+                           title=f"mtoframe bench on {workload.name} ({args.device})")
+    scalars = {}
+    for r in ok:
+        for key in ("median_ms", "iqr_ms", "block_mean_ms", "ratio_to_ew", "peak_mem_mib"):
+            scalars[f"bench/{key}/{r['stack']}"] = r[key]
+    report.tensorboard_scalars(out / "tensorboard", scalars,
+                               series={f"bench/step_ms/{r['stack']}": r["times_ms"] for r in ok},
+                               text={"bench/table": report.markdown_table(rows, header)})
+    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'bench.png'}" if png else "")
+          + f" and TensorBoard scalars in {out / 'tensorboard'}")
+    return 1 if strict and len(ok) < len(records) else 0
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    return torch.device(name)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from ..bench.quality import QualityConfig, run_quality_cli
+
+    stacks, strict = _stacks(args)
+    cfg = QualityConfig(
+        size=_pick(args, "size", QUALITY_SIZES), batch=_pick(args, "batch", QUALITY_SIZES),
+        width=_pick(args, "width", QUALITY_SIZES), seeds=_pick(args, "seeds", QUALITY_SIZES),
+        epochs=_pick(args, "epochs", QUALITY_SIZES), n_train=_pick(args, "n_train", QUALITY_SIZES),
+        n_val=_pick(args, "n_val", QUALITY_SIZES), lr=args.lr if args.lr is not None else 1e-3,
+        device=args.device, cache_dir=args.cache_dir, seed=args.seed,
+    )
+    return run_quality_cli(stacks, cfg, out=args.out, strict=strict, stream=sys.stdout)
