@@ -1,0 +1,205 @@
+"""The pure saliency losses: closed forms, invariances, and the Gram form against a dense C×C loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mtoframe_repmtl.csa as csa_mod
+from mtoframe.errors import BatchError, MtoError, OptionError
+from mtoframe_repmtl import csa_loss, csa_terms, tsr_loss, tsr_terms
+
+OPTIONS = [
+    {"negatives": "anchor", "positive_in_denominator": False},
+    {"negatives": "anchor", "positive_in_denominator": True},
+    {"negatives": "task", "positive_in_denominator": False},
+    {"negatives": "task", "positive_in_denominator": True},
+]
+
+
+def rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def dense_csa(s: torch.Tensor, tau: float, negatives: str, positive_in_denominator: bool) -> torch.Tensor:
+    """The paper's formula written literally: C×C matrices, flattened and normalised, loops."""
+    B, T, C = s.shape[:3]
+    s = s.reshape(B, T, C, -1)
+    z_task = [[F.normalize((s[b, t] @ s[b, t].T).flatten(), dim=0) for t in range(T)] for b in range(B)]
+    z_anchor = []
+    for b in range(B):
+        a = s[b].mean(dim=-1).T  # C×T
+        z_anchor.append(F.normalize((a @ a.T).flatten(), dim=0))
+    terms = []
+    for b in range(B):
+        for t in range(T):
+            pos = z_anchor[b] @ z_task[b][t] / tau
+            if negatives == "anchor":
+                negs = [z_anchor[b] @ z_anchor[k] / tau for k in range(B) if k != b]
+            else:
+                negs = [z_anchor[b] @ z_task[k][t] / tau for k in range(B) if k != b]
+            denom = ([pos] if positive_in_denominator else []) + negs
+            terms.append(-pos + torch.logsumexp(torch.stack(denom), dim=0))
+    return torch.stack(terms).mean()
+
+
+# -- TSR ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", [2, 3, 5])
+def test_tsr_is_log_t_for_equal_magnitudes(T: int) -> None:
+    # Same channel profile for every task up to a per-position sign: all |Ŝ_t| equal.
+    base = rand(4, 1, 6, 3, 2)
+    signs = torch.where(rand(4, T, 1, 3, 2, seed=1) > 0, 1.0, -1.0).to(torch.float64)
+    assert tsr_loss(base * signs).item() == pytest.approx(math.log(T), abs=1e-12)
+
+
+def test_tsr_is_zero_when_one_task_holds_all_saliency() -> None:
+    s = torch.zeros(3, 3, 4, 2, 2, dtype=torch.float64)
+    s[:, 1] = rand(3, 4, 2, 2)
+    s.requires_grad_(True)
+    loss = tsr_loss(s)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-15)
+    assert torch.isfinite(s.grad).all()
+
+
+def test_tsr_range_and_per_task_shares() -> None:
+    s = rand(5, 4, 3, 2, 3)
+    loss, per_task = tsr_terms(s)
+    assert 0.0 < loss.item() < math.log(4)
+    assert per_task.shape == (4,)
+    torch.testing.assert_close(per_task.sum(), loss)
+
+
+@pytest.mark.parametrize("c", [1e-12, 1e-3, 7.0, 1e9])
+def test_tsr_invariant_to_common_rescale(c: float) -> None:
+    s = rand(3, 3, 4, 2, 2).requires_grad_(True)
+    scaled = (s.detach() * c).requires_grad_(True)
+    a, b = tsr_loss(s), tsr_loss(scaled)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    a.backward()
+    b.backward()
+    # degree-0 homogeneous: ∇f(cS) = ∇f(S)/c
+    torch.testing.assert_close(scaled.grad * c, s.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_tsr_invariant_to_batch_permutation() -> None:
+    s = rand(6, 3, 4, 2, 2)
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(tsr_loss(s[perm]), tsr_loss(s), rtol=1e-13, atol=0)
+
+
+def test_tsr_gradcheck() -> None:
+    s = rand(2, 3, 3, 2, 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(tsr_loss, (s,))
+
+
+# -- CSA ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 2, 3), (3, 2, 6), (3, 3, 2, 4, 4)])  # C<N, vector (N=1), C<<N
+def test_csa_gram_form_equals_dense(opts: dict, shape: tuple[int, ...]) -> None:
+    s1 = rand(*shape).requires_grad_(True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    fast = csa_loss(s1, 0.3, **opts)
+    dense = dense_csa(s2, 0.3, **opts)
+    torch.testing.assert_close(fast, dense, rtol=0, atol=1e-6)
+    fast.backward()
+    dense.backward()
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=0, atol=1e-6)
+    # and in fact to float64 round-off
+    assert (s1.grad - s2.grad).abs().max() < 1e-10
+
+
+def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = rand(5, 3, 6, 2, 2)
+    ref = s.clone().requires_grad_(True)
+    one_shot = csa_loss(ref)
+    one_shot.backward()
+    monkeypatch.setattr(csa_mod, "_CHUNK_ELEMENTS", 1)  # one sample per chunk
+    chunked_in = s.clone().requires_grad_(True)
+    chunked = csa_loss(chunked_in)
+    chunked.backward()
+    torch.testing.assert_close(chunked, one_shot, rtol=1e-13, atol=0)
+    torch.testing.assert_close(chunked_in.grad, ref.grad, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_csa_invariant_to_batch_permutation(opts: dict) -> None:
+    s = rand(5, 3, 4, 2, 2)
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(csa_loss(s[perm], **opts), csa_loss(s, **opts), rtol=1e-12, atol=0)
+
+
+def test_csa_invariant_to_per_sample_rescale() -> None:
+    # every cosine is a ratio of Grams of one sample: a positive factor per sample cancels
+    s = rand(4, 3, 4, 3, 2)
+    c = torch.tensor([1e-9, 3.0, 1e4, 0.5], dtype=torch.float64)[:, None, None, None, None]
+    for opts in OPTIONS:
+        torch.testing.assert_close(csa_loss(s * c, **opts), csa_loss(s, **opts), rtol=1e-12, atol=0)
+
+
+def test_csa_cosines_are_cosines() -> None:
+    s = rand(4, 3, 5, 2, 2)
+    _, pos, neg = csa_terms(s, negatives="task")
+    assert pos.shape == (4, 3) and neg.shape == (4, 3, 4)
+    assert (pos >= 0).all() and (pos <= 1 + 1e-12).all()  # Frobenius products of PSD matrices
+    # anchor against its own sample's task Gram is the positive
+    torch.testing.assert_close(torch.diagonal(neg, dim1=0, dim2=2).T, pos)
+
+
+def test_csa_tiny_float32_saliency_does_not_underflow() -> None:
+    # batch-mean losses on large maps give saliencies ~1e-9: fourth powers underflow float32
+    s = rand(3, 3, 8, 4, 4)
+    ref = csa_loss(s)
+    small = (s * 1e-12).float().requires_grad_(True)
+    loss = csa_loss(small)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-4)
+    assert torch.isfinite(small.grad).all() and small.grad.abs().max() > 0
+
+
+def test_half_saliency_is_computed_in_float32() -> None:
+    s = rand(3, 2, 4, 2, 2).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c, t = csa_loss(s), tsr_loss(s)
+    assert c.dtype == torch.float32 and t.dtype == torch.float32
+    torch.testing.assert_close(c, csa_loss(s.float()))
+    torch.testing.assert_close(t, tsr_loss(s.float()))
+
+
+def test_csa_zero_task_saliency_stays_finite() -> None:
+    s = rand(3, 3, 4, 2, 2)
+    s[:, 2] = 0.0
+    s.requires_grad_(True)
+    loss = csa_loss(s)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("opts", OPTIONS)
+def test_csa_gradcheck(opts: dict) -> None:
+    s = rand(3, 2, 3, 2, 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: csa_loss(x, 0.5, **opts), (s,))
+
+
+def test_csa_needs_two_samples() -> None:
+    with pytest.raises(BatchError, match="at least 2 samples.*B=1"):
+        csa_loss(rand(1, 3, 4, 2, 2))
+
+
+def test_bad_arguments_are_named() -> None:
+    s = rand(2, 2, 3, 2, 2)
+    with pytest.raises(OptionError, match="tau"):
+        csa_loss(s, tau=0.0)
+    with pytest.raises(OptionError, match="negatives.*'anchor', 'task'"):
+        csa_loss(s, negatives="pairs")
+    with pytest.raises(MtoError, match=r"\[B, T, C, H, W\]"):
+        tsr_loss(rand(2, 3))
