@@ -1,0 +1,165 @@
+"""CAGrad: conflict-averse gradient descent.
+
+Liu, Liu, Jin, Stone, Liu. *Conflict-Averse Gradient Descent for Multi-task Learning*,
+NeurIPS 2021, https://arxiv.org/abs/2110.14048 (official code: https://github.com/Cranial-XIX/CAGrad).
+
+With ``g0 = mean_t g_t`` and ``g_w = Σ_t w_t g_t``::
+
+    w* = argmin_{w ∈ simplex}  g_wᵀ g0 + c ‖g0‖ ‖g_w‖
+    d  = g0 + (c ‖g0‖ / ‖g_w*‖) g_w*
+
+then ``d / (1 + c²)`` (``rescale = 1``, default, both references), ``d`` (``rescale = 0``) or
+``d / (1 + c)`` (``rescale = 2``), and ``T · d`` with ``scale_by_tasks = True`` (the official code
+multiplies by the number of tasks; LibMTL does not, default off). ``c = 0.4`` is the paper's
+NYUv2 value (LibMTL's default is 0.5). ``c = 0`` gives ``g0`` exactly (no solve); as ``c`` grows
+``w*`` tends to the min-norm (MGDA) weights and ``d`` to the MGDA direction.
+
+The problem only needs the Gram matrix ``K = GGᵀ``. It is normalised, ``K̂ = K / ‖K‖_F`` (w* and
+the ratio ‖g0‖/‖g_w‖ do not change, and the 1e-8 … 1e8 gradient scales behave alike), factored
+as ``K̂ = RᵀR`` with ``R = diag(sqrt(max(λ, 0))) Vᵀ`` from ``torch.linalg.eigh``-style symmetric
+eigendecomposition (clamping the round-off negative eigenvalues of a rank-deficient ``K̂``), and
+posed as a second-order cone programme with parameters ``b = K̂ 1/T`` and ``R' = c ‖ĝ0‖ R``::
+
+    minimise  bᵀw + ‖R' w‖₂   subject to  w ≥ 0, Σ w = 1
+
+which is DPP: it is compiled once per number of tasks (shared by the process) and solved with
+Clarabel in about a millisecond. The official code solves the same problem with
+``scipy.optimize.minimize`` (SLSQP) from ``w = 1/T`` every step, with small absolute epsilons
+(``+1e-8``) that depend on the gradient scale; here they are not needed, except that when
+``‖g_w*‖`` is zero (``wᵀK̂w ≤ 1e-20``) the second term is dropped, as the official ``+1e-8`` in the
+denominator effectively does.
+
+Solver failure (exception, bad status, non-finite solution): the previous ``w*`` of the present
+tasks (renormalised; uniform before the first success) is used, a
+:class:`~mtoframe.solvers.SolverWarning` is issued once per instance and the count is logged as
+``solver/failures/cagrad``.
+
+Heads receive their (unweighted) task gradients, as in both references. Host work: the ``T×T``
+Gram matrix goes to the CPU (the one sync a CPU solver needs) and ``T`` coefficients come back;
+``d`` is formed on the device as one ``T``-vector times ``G``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.options import boolean, in_range, one_of
+from mtoframe.solvers import ConvexProblem, FailureCounter, compiled
+
+ZERO_DIRECTION = 1e-20  # wᵀK̂w below this (K̂ has unit Frobenius norm): g_w* is the zero vector
+
+
+@attrs.frozen(kw_only=True)
+class CAGradOptions:
+    #: radius of the ball around g0 (paper NYUv2: 0.4; LibMTL: 0.5).
+    c: float = attrs.field(default=0.4, validator=in_range(0.0))
+    #: 0: d; 1: d / (1 + c²) (both references); 2: d / (1 + c).
+    rescale: int = attrs.field(default=1, validator=one_of((0, 1, 2)))
+    #: multiply the update by T (official code) instead of not (LibMTL).
+    scale_by_tasks: bool = attrs.field(default=False, validator=boolean())
+
+
+def _build(size: int) -> Any:
+    def build(cp: Any) -> Any:
+        w = cp.Variable(size, nonneg=True)
+        b = cp.Parameter(size, name="b")
+        r = cp.Parameter((size, size), name="r")
+        problem = cp.Problem(cp.Minimize(b @ w + cp.norm(r @ w, 2)), [cp.sum(w) == 1])
+        return problem, w, {"b": b, "r": r}
+
+    return build
+
+
+def gram_factor(k: np.ndarray) -> np.ndarray:
+    """``R`` with ``RᵀR = K`` for a symmetric PSD ``K``, robust to rank deficiency."""
+    lam, vec = np.linalg.eigh(0.5 * (k + k.T))
+    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+
+
+class CAGrad(Method):
+    __doc__ = __doc__
+    name = "cagrad"
+    summary = "CAGrad: maximise the worst task improvement in a ball around the mean gradient (cvxpy/Clarabel SOCP)."
+    paper = "Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021, arXiv:2110.14048"
+    Options = CAGradOptions
+    roles = Role.AGGREGATOR
+    heads_receive = "their unweighted task gradients (both references)"
+
+    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.problems: dict[int, ConvexProblem] = {}
+        self.failures = FailureCounter(self.name, "using the previous weights w* (uniform before the first solve)")
+        self.reset()
+
+    def reset(self) -> None:
+        self.weights: np.ndarray | None = None  # last w* per task of the full task list
+        self.failures.count = 0
+
+    def problem(self, size: int) -> ConvexProblem:
+        if size not in self.problems:
+            self.problems[size] = compiled((self.name, size), _build(size), name=f"{self.name} (T={size})")
+        return self.problems[size]
+
+    def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``u`` such that the update is ``uᵀG`` (rescaling included)."""
+        assert self.weights is not None
+        T = len(ids)
+        c = self.options.c
+        u = np.full(T, 1.0 / T)
+        scale = float(np.linalg.norm(gram)) if np.all(np.isfinite(gram)) else float("nan")
+        if c > 0 and scale > 0:
+            kh = gram / scale
+            g0 = float(np.sqrt(max(kh.mean(), 0.0)))
+            if g0 > 0:
+                w = self._solve(kh, g0, ids)
+                gw2 = float(w @ kh @ w)
+                if gw2 > ZERO_DIRECTION:
+                    u = u + (c * g0 / np.sqrt(gw2)) * w
+        u = u / {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[self.options.rescale]
+        return u * T if self.options.scale_by_tasks else u
+
+    def _solve(self, kh: np.ndarray, g0: float, ids: np.ndarray) -> np.ndarray:
+        assert self.weights is not None
+        result = self.problem(len(ids)).solve(b=kh.mean(axis=1), r=(self.options.c * g0) * gram_factor(kh))
+        if result.ok:
+            w = np.clip(result.value, 0.0, None)
+            total = w.sum()
+            if total > 0:
+                w = w / total
+                self.weights[ids] = w
+                return w
+            reason = "solution has no positive weight"
+        else:
+            reason = result.reason
+        self.failures.record(reason)
+        prev = self.weights[ids]
+        return prev / prev.sum() if prev.sum() > 0 else np.full(len(ids), 1.0 / len(ids))
+
+    @hookimpl
+    def on_shared_grads(self, ctx: Any) -> None:
+        n_all = len(ctx.all_tasks)
+        if self.weights is None or len(self.weights) != n_all:
+            self.weights = np.full(n_all, 1.0 / n_all)
+        index = {t: i for i, t in enumerate(ctx.all_tasks)}
+        ids = np.array([index[t] for t in ctx.tasks])
+        grads = ctx.grads
+        u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
+        ctx.set_update(torch.from_numpy(u).to(grads.device, grads.dtype) @ grads)
+        self.failures.log(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        w = torch.from_numpy(self.weights.copy()) if self.weights is not None else torch.zeros(0, dtype=torch.float64)
+        return {"weights": w, "failures": self.failures.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != {"weights", "failures"}:
+            raise ValueError(f"cagrad state must have keys ['failures', 'weights'], got {sorted(state)}")
+        w = state["weights"]
+        self.weights = w.detach().to(torch.float64).numpy().copy() if w.numel() else None
+        self.failures.count = int(state["failures"])
