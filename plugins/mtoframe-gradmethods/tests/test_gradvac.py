@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mtoframe
+from mtoframe_gradmethods._common import SeededGenerator
+from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
+
+from conftest import CASES
+
+
+def gradvac_loop(G, rho, orders, beta, always, sizes):
+    """LibMTL's loop (and the paper's EMA when always=True), written directly on the rows."""
+    out = G.clone()
+    bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
+    for i in range(G.shape[0]):
+        for j in orders[i].tolist():
+            for k in range(len(sizes)):
+                a, b = bounds[k], bounds[k + 1]
+                gi, gj = out[i, a:b], G[j, a:b]
+                phi = gi @ gj / (gi.norm() * gj.norm() + 1e-8)
+                t = rho[i, j, k]
+                if phi < t:
+                    w = gi.norm() * (t * (1 - phi**2).sqrt() - phi * (1 - t**2).sqrt()) / (gj.norm() * (1 - t**2).sqrt() + 1e-8)
+                    out[i, a:b] = gi + w * gj
+                if phi < t or always:
+                    rho[i, j, k] = (1 - beta) * t + beta * phi
+    return out.sum(0)
+
+
+@pytest.mark.parametrize("always", [False, True])
+@pytest.mark.parametrize("case", [c for c in CASES if c.grads.shape[0] <= 5], ids=lambda c: c.name)
+def test_equals_hand_written_loop_over_steps(case, always):
+    m = mtoframe.create("gradvac", seed=2, ema_update="always" if always else "conflict", beta=0.5)
+    rng = SeededGenerator(2)
+    T = case.grads.shape[0]
+    rho = torch.zeros(T, T, 1)
+    torch.manual_seed(0)
+    for step in range(3):
+        g = case.grads if step == 0 else case.grads + 0.5 * torch.randn_like(case.grads) * case.grads.norm() / case.grads.numel() ** 0.5
+        d = mtoframe.aggregate(m, g)
+        ref = gradvac_loop(g, rho, rng.orders(T), 0.5, always, [g.shape[1]])
+        assert torch.allclose(d, ref, rtol=1e-9, atol=1e-9 * float(g.norm()))
+        assert torch.allclose(m.rho, rho, atol=1e-10)
+
+
+def test_first_step_only_fixes_negative_cosines():
+    # targets start at 0: with always-positive cosines nothing changes, and the EMA (conflict
+    # mode) stays at zero
+    g = torch.tensor([[1.0, 0.2, 0.0], [0.5, 1.0, 0.1]])
+    m = mtoframe.create("gradvac")
+    assert torch.allclose(mtoframe.aggregate(m, g), g.sum(0))
+    assert torch.equal(m.rho, torch.zeros(2, 2, 1))
+
+
+@pytest.mark.parametrize("groups", ["layer", "parameter"])
+def test_groups_inside_trainer(groups):
+    model = make_vector_model()
+    trainer = make_trainer([("gradvac", {"groups": groups})], model=model)
+    for s in range(2):
+        trainer.step(make_batch(model, seed=s))
+    m = trainer.stack[0]
+    n = {"layer": 2, "parameter": 4}[groups]
+    assert m.sizes is not None and len(m.sizes) == n and m.rho.shape == (3, 3, n)
+    assert sum(m.sizes) == sum(p.numel() for p in model.encoder.parameters())
+
+
+def test_parameter_groups_need_a_trainer():
+    with pytest.raises(mtoframe.MtoError, match="groups='whole'"):
+        mtoframe.aggregate(mtoframe.create("gradvac", groups="parameter"), CASES[0].grads)
