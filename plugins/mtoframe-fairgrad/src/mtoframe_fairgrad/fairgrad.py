@@ -1,0 +1,168 @@
+"""FairGrad: α-fair allocation of the update among tasks.
+
+Ban & Ji. *Fair Resource Allocation in Multi-Task Learning*, ICML 2024,
+https://arxiv.org/abs/2402.15638 (official code: https://github.com/OptMN-Lab/fairgrad).
+
+Weights ``w > 0`` solve ``GGᵀ w = w^(−1/α)`` (elementwise); the update is ``d = Σ_t w_t g_t``.
+``α = 1`` is Nash-MTL's ``w_t (GGᵀw)_t = 1``; ``α → ∞`` approaches equal improvement (max-min
+fairness). ``alpha = 2.0`` is the authors' experimental setting (their code's default is 1.0).
+
+Solved as both references do: non-negative least squares of the residual
+``GGᵀw − w^(−1/α)`` with ``scipy.optimize.least_squares(..., bounds=(0, inf))`` (trust-region
+reflective, default tolerances) from ``w = 1/T``. Differences, each deliberate:
+
+* The Gram matrix is normalised first, ``K̂ = GGᵀ/‖GGᵀ‖_F``, and the solution mapped back,
+  ``w = ŵ · ‖GGᵀ‖_F^(−α/(α+1))`` (exact: ``K̂ŵ = ŵ^(−1/α)`` ⇔ ``GGᵀw = w^(−1/α)``), so the start
+  ``1/T`` and the solver's tolerances mean the same thing at every gradient scale (the reference
+  starts from ``1/T`` in raw units, far from the solution at scales 1e-8 or 1e8).
+* The analytic Jacobian ``K̂ + diag(ŵ^(−1/α−1)/α)`` is passed instead of finite differences
+  (same solution, fewer residual evaluations).
+* A task whose gradient is zero makes the equations unsolvable (``0 = w_t^(−1/α)``); it is left
+  out and gets weight 0 (its row contributes nothing to ``d`` either way).
+* The solve counts as failed when scipy reports failure, the solution is not finite and positive,
+  or the relative residual ``‖K̂ŵ − ŵ^(−1/α)‖ / ‖ŵ^(−1/α)‖`` exceeds 1e-3 (e.g. rank-deficient
+  gradients with no direction improving every task: no positive solution exists, and the
+  reference would silently use whatever least squares returned). Then the previous weights of
+  the present tasks are used (before any success: the starting point ``1/T`` of the normalised
+  problem), a :class:`~mtoframe.solvers.SolverWarning` is issued once per instance and the count
+  is logged as ``solver/failures/fairgrad``.
+
+``variant``: ``"libmtl"`` (default) applies ``d`` as is, as LibMTL does; ``"official"`` multiplies
+it by ``T`` ("to match the sum loss") and clips its norm to 1.0 (``clip_grad_norm_``'s
+coefficient), as the official code does.
+
+Heads receive their unweighted task gradients (both references back-propagate every task loss
+unweighted through the heads). Host work: the ``T×T`` Gram matrix goes to the CPU (the one sync a
+CPU solver needs); ``d`` is formed on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from scipy.optimize import least_squares
+
+from mtoframe import Method, Role, hookimpl
+from mtoframe.numerics import clip_norm
+from mtoframe.options import in_range, one_of
+from mtoframe.solvers import FailureCounter, nonzero_rows
+
+RESIDUAL_TOL = 1e-3
+OFFICIAL_MAX_NORM = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class FairGradOptions:
+    #: fairness exponent α > 0 (authors' runs: 2.0; their code's default 1.0 = Nash-MTL).
+    alpha: float = attrs.field(default=2.0, validator=in_range(0.0, lo_open=True))
+    #: "libmtl": d as is; "official": T·d clipped to norm 1.0.
+    variant: str = attrs.field(default="libmtl", validator=one_of(("libmtl", "official")))
+
+
+def solve_fair_weights(kh: np.ndarray, alpha: float) -> tuple[np.ndarray | None, str]:
+    """``ŵ > 0`` with ``K̂ŵ = ŵ^(−1/α)`` (``K̂`` normalised), or ``None`` and the reason."""
+    T = kh.shape[0]
+    p = 1.0 / alpha
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return kh @ x - x ** (-p)
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        return kh + np.diag(p * x ** (-p - 1.0))
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        try:
+            res = least_squares(residual, np.full(T, 1.0 / T), jac=jacobian, bounds=(0.0, np.inf))
+        except Exception as exc:  # reported to the caller, who falls back explicitly
+            return None, f"{type(exc).__name__}: {exc}"
+        x = res.x
+        if res.status <= 0:
+            return None, f"least_squares: {res.message}"
+        if not (np.all(np.isfinite(x)) and np.all(x > 0)):
+            return None, "non-finite or non-positive solution"
+        target = x ** (-p)
+        rel = float(np.linalg.norm(kh @ x - target) / np.linalg.norm(target))
+    if not rel <= RESIDUAL_TOL:
+        return None, f"no positive solution found (relative residual {rel:.3g})"
+    return x, ""
+
+
+class FairGrad(Method):
+    __doc__ = __doc__
+    name = "fairgrad"
+    summary = "FairGrad: α-fair weights GGᵀw = w^(−1/α) by bounded least squares (α = 1 is Nash-MTL)."
+    paper = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024, arXiv:2402.15638"
+    Options = FairGradOptions
+    roles = Role.AGGREGATOR
+    heads_receive = "their unweighted task gradients (both references)"
+
+    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self.failures = FailureCounter(self.name, "using the previous weights")
+        self.reset()
+
+    def reset(self) -> None:
+        self.weights: np.ndarray | None = None  # last solution per task of the full task list (true units)
+        self.solved: np.ndarray | None = None  # whether weights[t] ever came from a successful solve
+        self.failures.count = 0
+
+    def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """``u`` such that the update is ``uᵀG`` (before the official variant's clipping)."""
+        assert self.weights is not None and self.solved is not None
+        T = len(ids)
+        u = np.zeros(T)
+        if not np.all(np.isfinite(gram)):
+            self.failures.record("non-finite Gram matrix")
+            return u
+        live = nonzero_rows(gram)
+        if not live.any():
+            return u
+        k = gram[np.ix_(live, live)]
+        scale = float(np.linalg.norm(k))
+        to_true = scale ** (-self.options.alpha / (self.options.alpha + 1.0))
+        ids_live = ids[live]
+        x, reason = solve_fair_weights(0.5 * (k + k.T) / scale, self.options.alpha)
+        if x is not None:
+            self.weights[ids_live] = x * to_true
+            self.solved[ids_live] = True
+            u[live] = self.weights[ids_live]
+        else:
+            self.failures.record(reason)
+            start = np.full(len(ids_live), 1.0 / len(ids_live)) * to_true
+            u[live] = np.where(self.solved[ids_live], self.weights[ids_live], start)
+        return u * T if self.options.variant == "official" else u
+
+    @hookimpl
+    def on_shared_grads(self, ctx: Any) -> None:
+        n_all = len(ctx.all_tasks)
+        if self.weights is None or len(self.weights) != n_all:
+            self.weights = np.zeros(n_all)
+            self.solved = np.zeros(n_all, dtype=bool)
+        index = {t: i for i, t in enumerate(ctx.all_tasks)}
+        ids = np.array([index[t] for t in ctx.tasks])
+        grads = ctx.grads
+        u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
+        d = torch.from_numpy(u).to(grads.device, grads.dtype) @ grads
+        if self.options.variant == "official":
+            d = clip_norm(d, OFFICIAL_MAX_NORM)
+        ctx.set_update(d)
+        self.failures.log(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.weights is None or self.solved is None:
+            return {"weights": torch.zeros(0, dtype=torch.float64), "solved": torch.zeros(0, dtype=torch.bool),
+                    "failures": self.failures.count}
+        return {"weights": torch.from_numpy(self.weights.copy()), "solved": torch.from_numpy(self.solved.copy()),
+                "failures": self.failures.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if set(state) != {"weights", "solved", "failures"}:
+            raise ValueError(f"fairgrad state must have keys ['failures', 'solved', 'weights'], got {sorted(state)}")
+        w, s = state["weights"], state["solved"]
+        self.weights = w.detach().to(torch.float64).numpy().copy() if w.numel() else None
+        self.solved = s.detach().to(torch.bool).numpy().copy() if s.numel() else None
+        self.failures.count = int(state["failures"])
