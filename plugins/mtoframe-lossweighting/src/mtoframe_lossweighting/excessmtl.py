@@ -22,7 +22,7 @@ itself, so stacking it with a loss-level method is rejected. Partial labels: eac
 is recorded the first time the task is present with a non-zero gradient (the reference divides
 by a zero ``e(0)`` and turns every weight into NaN); the renormalisation runs over all tasks.
 State (``H``, ``e(0)``, ``λ``) is in ``state_dict`` and built lazily, so ``mtoframe.aggregate``
-works on a bare matrix.
+works on a bare matrix (a matrix of another shape there starts fresh state).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from mtoframe import Method, Role, hookimpl
-from mtoframe.errors import MtoError, StackError
+from mtoframe.errors import StackError
 from mtoframe.options import in_range
 
 EPS = 1e-7
@@ -76,13 +76,13 @@ class ExcessMTL(Method):
                 )
 
     def _ensure(self, num_tasks: int, grads: Tensor) -> None:
+        if self.sq_sum is not None and self.sq_sum.shape != (num_tasks, grads.shape[1]):
+            # only bare aggregate() calls can change the problem size; a trainer's is fixed
+            self.reset()
         if self.sq_sum is None:
             self.sq_sum = torch.zeros(num_tasks, grads.shape[1], dtype=grads.dtype, device=grads.device)
             self.initial = torch.full((num_tasks,), float("nan"), dtype=grads.dtype, device=grads.device)
             self.weights = torch.ones(num_tasks, dtype=grads.dtype, device=grads.device)
-        elif self.sq_sum.shape != (num_tasks, grads.shape[1]):
-            raise MtoError(f"excessmtl state has shape {tuple(self.sq_sum.shape)}, "
-                           f"this step needs ({num_tasks}, {grads.shape[1]})")
 
     @hookimpl
     def on_shared_grads(self, ctx: Any) -> None:
