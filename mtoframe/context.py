@@ -102,6 +102,9 @@ class StepContext:
     def losses(self, value: Tensor) -> None:
         if self._losses is not None and value.shape != self._losses.shape:
             raise MtoError(f"ctx.losses must keep shape {tuple(self._losses.shape)}, got {tuple(value.shape)}")
+        if self._losses is None:
+            # the first losses fix the weights' dtype and device (float64 models get float64 weights)
+            self.weights = self.weights.to(dtype=value.dtype, device=value.device)
         self._losses = value
         # gradients of the old losses are stale now
         self._saliency = None
