@@ -13,9 +13,10 @@ The ``C×C`` matrices are never formed. Every cosine follows from Gram identitie
     ⟨S Sᵀ, A Aᵀ⟩_F = ‖Aᵀ S‖²_F   (T×N)      ‖S Sᵀ‖_F = ‖Sᵀ S‖_F   (the smaller of C×C, N×N)
     ⟨Â_b, Â_k⟩_F = ‖A_bᵀ A_k‖²_F  (T×T)
 
-and ``‖S Sᵀ‖²_F`` is a custom autograd function that processes a few samples at a time and
-recomputes its Gram matrix in the backward, so the extra memory is one ``min(C, N)²`` block per
-chunk plus the gradient itself: O(B·T·C·N) overall, never O(B·T·C²).
+Everything that reads the full saliency is one custom autograd function that processes a few
+samples at a time and recomputes its Gram blocks in the backward, writing the whole gradient
+into one ``S``-sized buffer: the extra memory is that buffer plus one ``min(C, N)²`` block per
+chunk, O(B·T·C·N) overall, never O(B·T·C²).
 
 Ambiguities, each an option (the paper has no code to settle them):
 
@@ -47,39 +48,76 @@ def _gram(u: Tensor) -> Tensor:
     return u @ u.transpose(-1, -2) if u.shape[-2] <= u.shape[-1] else u.transpose(-1, -2) @ u
 
 
-def _chunks(s: Tensor) -> range:
-    _, c, n = s.shape
-    step = max(1, _CHUNK_ELEMENTS // (min(c, n) ** 2 + c * n))
-    return range(0, s.shape[0], step)
+def _chunks(s: Tensor) -> list[slice]:
+    """Slices of samples whose Gram work space fits ``_CHUNK_ELEMENTS``."""
+    c, n = s.shape[-2:]
+    step = max(1, _CHUNK_ELEMENTS // (min(c, n) ** 2 + 2 * c * n))
+    return [slice(i, i + step) for i in range(0, s.shape[0], step)]
 
 
-class _GramSqNorm(torch.autograd.Function):
-    """``‖(c_b S_b)(c_b S_b)ᵀ‖²_F`` for ``S`` of shape ``[B, C, N]`` and constants ``c`` (``[B]``)."""
+class _SaliencyGrams(torch.autograd.Function):
+    """Every quantity of CSA that touches the full saliency, with one gradient buffer.
+
+    Input ``S`` (``[B, T, C, N]``, any strides) and detached per-sample scales ``c``; with
+    ``u_{b,t} = c_b S_{b,t}`` and scaled anchors ``a_{b,t} = mean_n u_{b,t}`` (``A_bᵀ`` = ``a[b]``)::
+
+        m[b, t]    = ‖u_{b,t} u_{b,t}ᵀ‖²_F                           (= ‖M‖², via the smaller Gram)
+        a          = [B, T, C]
+        q[b, t]    = ‖A_bᵀ u_{b,t}‖²_F       = ⟨Â_b, M_{b,t}⟩         (cross=False)
+        q[b, t, k] = ‖A_bᵀ u_{k,t}‖²_F       = ⟨Â_b, M_{k,t}⟩         (cross=True)
+
+    Autograd would allocate one full-size gradient per slice ``S[:, t]`` and one for the mean;
+    this backward writes them all into a single ``S``-sized buffer, a few samples at a time.
+    """
 
     @staticmethod
-    def forward(ctx, s: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(s, scale)
-        out = torch.empty(s.shape[0], dtype=s.dtype, device=s.device)
-        step = _chunks(s).step
-        for i in _chunks(s):
-            u = s[i : i + step] * scale[i : i + step, None, None]
-            out[i : i + step] = _gram(u).square().sum(dim=(-1, -2))
-        return out
+    def forward(ctx, s: Tensor, scale: Tensor, cross: bool) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        B, T = s.shape[:2]
+        a = s.mean(dim=-1) * scale[:, None, None]
+        m = s.new_empty(B, T)
+        q = s.new_empty(B, T, B) if cross else s.new_empty(B, T)
+        flat = a.reshape(B * T, -1)
+        for t in range(T):
+            for k in _chunks(s):
+                u = s[k, t] * scale[k, None, None]
+                m[k, t] = _gram(u).square().sum(dim=(-1, -2))
+                if cross:
+                    q[:, t, k] = torch.matmul(flat, u).unflatten(1, (B, T)).square().sum(dim=(-1, -2)).T
+                else:
+                    q[k, t] = torch.bmm(a[k], u).square().sum(dim=(-1, -2))
+        ctx.save_for_backward(s, scale, a)
+        ctx.cross = cross
+        return m, a, q
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        s, scale = ctx.saved_tensors
+    def backward(ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        s, scale, a = ctx.saved_tensors
+        B, T, _, N = s.shape
         grad = torch.empty_like(s)
-        step = _chunks(s).step
-        for i in _chunks(s):
-            c = scale[i : i + step, None, None]
-            u = s[i : i + step] * c
-            # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u); du/ds = c
-            g = _gram(u)
-            du = g @ u if u.shape[-2] <= u.shape[-1] else u @ g
-            grad[i : i + step] = du * (4 * c * grad_out[i : i + step, None, None])
-        return grad, None
+        ga = g_a.clone()  # plus what q sends back through the anchors
+        flat = a.reshape(B * T, -1)
+        for t in range(T):
+            for k in _chunks(s):
+                c = scale[k, None, None]
+                u = s[k, t] * c
+                g = _gram(u)
+                # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
+                gu = (g @ u if u.shape[-2] <= u.shape[-1] else u @ g) * (4 * g_m[k, t, None, None])
+                # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
+                if ctx.cross:
+                    r = torch.matmul(flat, u).unflatten(1, (B, T))  # [k, B, T, N]
+                    wr = r * (2 * g_q[:, t, k].T)[:, :, None, None]
+                    gu += torch.matmul(flat.T, wr.flatten(1, 2))
+                    ga += torch.einsum("kcn,kbsn->bsc", u, wr)
+                else:
+                    wr = torch.bmm(a[k], u) * (2 * g_q[k, t, None, None])
+                    gu += torch.bmm(a[k].transpose(1, 2), wr)
+                    ga[k] += torch.bmm(wr, u.transpose(1, 2))
+                grad[k, t] = gu * c
+        # a = c · mean_n S: every position gets c/N of the anchor's gradient
+        grad += (ga * (scale[:, None, None] / N))[..., None]
+        return grad, None, None
 
 
 def csa_terms(
@@ -104,29 +142,16 @@ def csa_terms(
                 "use batches of 2 or more (e.g. DataLoader(drop_last=True)) or use_csa=False"
             )
         eps = tiny(s)
-        scale = sample_scale(s)
-        a = s.mean(dim=-1) * scale[:, None, None]  # [B, T, C]: rows of A_bᵀ
+        m, a, q = _SaliencyGrams.apply(s, sample_scale(s), negatives == "task")
         aa = torch.einsum("btc,ksc->bkts", a, a).square().sum(dim=(-1, -2))  # [B, B] = ⟨Â_b, Â_k⟩
         a_norm = aa.diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
-        # per task: s[:, t] is [B, C, N] and, for the trainer's [T, B, ...] saliency, contiguous
-        m_norm = torch.stack([_GramSqNorm.apply(s[:, t], scale) for t in range(T)], dim=1).clamp_min(eps).sqrt()
-        inner = torch.stack(
-            [(torch.bmm(a, s[:, t]) * scale[:, None, None]).square().sum(dim=(-1, -2)) for t in range(T)], dim=1
-        )  # [B, T] = ⟨Â_b, M_{t,b}⟩
-        pos = inner / (a_norm[:, None] * m_norm).clamp_min(eps)
+        m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
         if negatives == "anchor":
+            pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
             neg = (aa / (a_norm[:, None] * a_norm[None, :]).clamp_min(eps))[:, None, :].expand(B, T, B)
         else:
-            flat = a.reshape(B * T, -1)
-            # ⟨Â_b, M_{t,k}⟩ = ‖A_bᵀ S_{t,k}‖²_F for every pair (b, k): [K, B·T, N] per task
-            cross = torch.stack(
-                [
-                    (torch.matmul(flat, s[:, t]) * scale[:, None, None]).unflatten(1, (B, T)).square().sum(dim=(-1, -2))
-                    for t in range(T)
-                ],
-                dim=-1,
-            )  # [K, B, T]
-            neg = cross.permute(1, 2, 0) / (a_norm[:, None, None] * m_norm.T[None, :, :]).clamp_min(eps)
+            neg = q / (a_norm[:, None, None] * m_norm.T[None, :, :]).clamp_min(eps)
+            pos = torch.diagonal(neg, dim1=0, dim2=2).T
         self_pair = torch.eye(B, dtype=torch.bool, device=s.device)[:, None, :]
         logits = (neg / tau).masked_fill(self_pair, float("-inf"))
         if positive_in_denominator:
