@@ -18,12 +18,17 @@ parameters (``inputs=``), which also trains learnable loss weights. Regulariser 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .context import StepContext
 from .errors import MtoError
+
+if TYPE_CHECKING:
+    from .amp import MixedPrecision
+    from .distributed import Communicator
 
 
 class GradientEngine:
@@ -36,6 +41,15 @@ class GradientEngine:
         self.sizes = [p.numel() for p in self.shared]
         self.num_params = sum(self.sizes)
         self.batched = batched
+        #: set by the trainer: loss scaling / float32 casts (amp.py) and rank reduction (distributed.py)
+        self.amp: MixedPrecision | None = None
+        self.comm: Communicator | None = None
+
+    def _scaled(self, t: Tensor) -> Tensor:
+        return self.amp.scale(t) if self.amp is not None else t
+
+    def _unscaled(self, t: Tensor) -> Tensor:
+        return self.amp.unscale(t) if self.amp is not None else t
 
     # -- computing -----------------------------------------------------------------------------
 
@@ -46,12 +60,12 @@ class GradientEngine:
             raise MtoError("representation gradients need a tensor representation ctx.z (the encoder output)")
         if not z.requires_grad:
             raise MtoError("the representation does not require grad (is the encoder frozen or run under no_grad?)")
-        losses = ctx.losses
+        losses = self._scaled(ctx.losses)
         rows = []
         for t in range(ctx.num_tasks):
             (g,) = torch.autograd.grad(losses[t], z, retain_graph=True, create_graph=differentiable, allow_unused=True)
             rows.append(torch.zeros_like(z) if g is None else g)
-        return torch.stack(rows)
+        return self._unscaled(torch.stack(rows))
 
     def task_grads(self, ctx: StepContext) -> Tensor:
         """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
@@ -60,9 +74,11 @@ class GradientEngine:
             s = ctx.rep_grads(differentiable=False)
             g = s.reshape(ctx.num_tasks, -1)
         elif ctx.space == "params":
-            g = self._param_grads(ctx)
+            g = self._unscaled(self._param_grads(ctx))
         else:
             raise MtoError(f"unknown gradient space {ctx.space!r}; allowed: 'params', 'representation'")
+        if self.comm is not None:
+            g = self.comm.task_matrix(g, ctx.space)
         g = g * w.to(g.dtype).unsqueeze(1)
         ctx.raw_grads = g
         return g
@@ -72,7 +88,7 @@ class GradientEngine:
         ref = self.shared[0]
         if ctx._saliency is not None and ctx.z is not None:
             # saliency already paid for the heads: one encoder VJP per task
-            s = ctx._saliency.detach()
+            s = self._scaled(ctx._saliency.detach()).to(ctx.z.dtype)
             if self.batched:
                 parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)
@@ -83,11 +99,11 @@ class GradientEngine:
             ]
         elif self.batched:
             eye = torch.eye(T, dtype=ctx.losses.dtype, device=ctx.losses.device)
-            parts = torch.autograd.grad(ctx.losses, self.shared, grad_outputs=eye, retain_graph=True,
+            parts = torch.autograd.grad(self._scaled(ctx.losses), self.shared, grad_outputs=eye, retain_graph=True,
                                         allow_unused=True, is_grads_batched=True)
             return self._flatten_batched(parts, T)
         else:
-            losses = ctx.losses
+            losses = self._scaled(ctx.losses)
             per_task = [
                 torch.autograd.grad(losses[t], self.shared, retain_graph=True, allow_unused=True) for t in range(T)
             ]
@@ -118,19 +134,21 @@ class GradientEngine:
         if ctx.space == "params":
             if update.shape != (self.num_params,):
                 raise MtoError(f"update has shape {tuple(update.shape)}, expected ({self.num_params},)")
-            for p, chunk in zip(self.shared, torch.split(update.detach(), self.sizes)):
+            for p, chunk in zip(self.shared, torch.split(self._scaled(update.detach()), self.sizes)):
                 p.grad = chunk.view_as(p).to(p.dtype).clone()
         else:
             z = ctx.z
             assert z is not None
+            if self.comm is not None:
+                update = self.comm.local_update(update)
             if update.numel() != z.numel():
                 raise MtoError(f"update has {update.numel()} entries, the representation {z.numel()}")
-            torch.autograd.backward(z, update.detach().view_as(z).to(z.dtype), retain_graph=True)
+            torch.autograd.backward(z, self._scaled(update.detach()).view_as(z).to(z.dtype), retain_graph=True)
 
         hw = ctx.head_weights.detach() if ctx.head_weights is not None else 1.0
-        heads_objective = (hw * ctx.weights * ctx.losses).sum()
+        heads_objective = self._scaled((hw * ctx.weights * ctx.losses).sum())
         trainable = [p for p in others if p.requires_grad]
         if trainable and heads_objective.requires_grad:
             torch.autograd.backward(heads_objective, inputs=trainable, retain_graph=bool(ctx.extra_losses))
         if ctx.extra_losses:
-            torch.autograd.backward(sum(ctx.extra_losses.values()))  # type: ignore[arg-type]
+            torch.autograd.backward(self._scaled(sum(ctx.extra_losses.values())))  # type: ignore[arg-type]

@@ -12,10 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from . import hookspecs
+from .amp import MixedPrecision
 from .api import as_method
 from .checkpoint import load as load_checkpoint
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .context import StepContext
+from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
@@ -41,6 +43,13 @@ class Trainer:
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
         (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
     :param plugins: extra hook implementations (observers) called after the methods.
+    :param amp: autocast dtype for encoder, heads and losses (``torch.bfloat16`` on CPU,
+        ``torch.float16`` on CUDA) or ``None``; see :mod:`mtoframe.amp`.
+    :param grad_scaler: a ``torch.amp.GradScaler`` (float16): per-task gradients of scaled losses,
+        unscaled to float32 before aggregation; overflowing steps skipped and counted.
+
+    Under an initialised ``torch.distributed`` process group the ranks train as one process on the
+    union batch; see :mod:`mtoframe.distributed`.
     """
 
     def __init__(
@@ -59,6 +68,8 @@ class Trainer:
         progress: bool | None = None,
         hparams: Mapping[str, Any] | None = None,
         plugins: Sequence[object] = (),
+        amp: torch.dtype | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(model, MultiTaskModel):
             raise MtoError(f"model must be an mtoframe.MultiTaskModel, got {type(model).__name__}")
@@ -87,6 +98,10 @@ class Trainer:
         check_generic_stack(self.stack)  # before any step: an impossible stack never trains
         self.space = next((m.grad_space for m in self.stack if m.grad_space is not None), None)
         self.engine = GradientEngine(model.shared_parameters(), batched=batched_grads) if self._needs_engine() else None
+        self.amp = MixedPrecision(amp, grad_scaler, next(model.parameters()).device)
+        self.comm = Communicator() if is_distributed() else None
+        if self.engine is not None:
+            self.engine.amp, self.engine.comm = self.amp, self.comm
 
         # One plugin manager per trainer; hooks are called per method so the user's order holds
         # (pluggy itself would call the last registered first).
@@ -102,7 +117,7 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.counters: dict[str, int] = {"skipped_steps": 0}
+        self.counters: dict[str, int] = {"skipped_steps": 0, "amp_skipped_steps": 0}
         self._started = False
         self.logger = RunLogger(log_dir, hparams=self._hparams(hparams)) if log_dir is not None and is_rank_zero() else None
 
@@ -144,6 +159,8 @@ class Trainer:
         if not self._started:
             self._started = True
             self._call("on_train_start", None, trainer=self)
+            if self.comm is not None:  # as DDP does: every rank starts from rank 0's values
+                self.comm.broadcast([*self.model.parameters(), *self.model.buffers(), *self._method_params])
 
     def _call(self, hook: str, timed: StepContext | None, **kwargs: Any) -> None:
         """Call ``hook`` on each stack member in the user's order; record each call's time in
@@ -178,12 +195,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
         # 1. shared representation
-        ctx.z = self.model.encoder(inputs)
+        with self.amp.autocast():
+            ctx.z = self.model.encoder(inputs)
         self._call("on_representation", ctx, ctx=ctx)
 
         # 2. heads and task losses
-        ctx.predictions = self._heads(ctx.z, present, slices)
-        ctx.losses = ctx.raw_losses = self._task_losses(ctx.predictions, targets, present)
+        with self.amp.autocast():
+            ctx.predictions = self._heads(ctx.z, present, slices)
+            losses = self._task_losses(ctx.predictions, targets, present)
+        ctx.losses = ctx.raw_losses = self._union_losses(ctx, losses)
         self._call("on_task_losses", ctx, ctx=ctx)
 
         # 3. gradients: one backward, or per-task gradients -> gradient methods -> update
@@ -192,7 +212,12 @@ class Trainer:
         t0 = time.perf_counter()
         if self.space is None:
             objective = (ctx.weights * ctx.losses).sum() + sum(ctx.extra_losses.values())
-            objective.backward()
+            self.amp.scale(objective).backward()
+            if self.comm is not None:
+                self.comm.reduce_grads([*self.model.parameters(), *self._method_params])
+        elif self.amp.scaler is not None and not bool(torch.isfinite(ctx.grads).all()):
+            assert self.engine is not None  # scaled G overflowed: solvers never see it; the scaler skips
+            self.amp.mark_overflow(self.engine.shared)
         else:
             self._call("on_shared_grads", ctx, ctx=ctx)
             update = ctx.update if ctx.update is not None else ctx.grads.sum(0)
@@ -200,11 +225,14 @@ class Trainer:
                 return self._skip(ctx, t_step)
             assert self.engine is not None
             self.engine.apply(ctx, update, self._non_shared_parameters())
+            if self.comm is not None:
+                self.comm.reduce_grads(self._rank_local_grads(ctx))
         self._sync(ctx)
         ctx.timings["backward"] = (time.perf_counter() - t0) * 1e3
 
         # 4. optimiser, then post-step state updates
-        self.optimizer.step()
+        if self.amp.step(self.optimizer):
+            self._amp_skipped(ctx)
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         self._call("on_after_step", ctx, ctx=ctx)
@@ -294,9 +322,33 @@ class Trainer:
             values.append(value)
         return torch.stack(values)
 
+    def _union_losses(self, ctx: StepContext, losses: Tensor) -> Tensor:
+        """Float32 losses; under torch.distributed, the union batch's values with this rank's gradient."""
+        losses = self.amp.float32(losses)
+        if self.comm is None:
+            return losses
+        return self.comm.global_losses(losses, ctx.task_ids, len(self.task_names))
+
+    def _rank_local_grads(self, ctx: StepContext) -> list[nn.Parameter]:
+        """Parameters whose ``.grad`` still differs per rank after ``engine.apply``: parameter-space
+        shared gradients are the identical aggregated update unless a regulariser added to them."""
+        others = self._non_shared_parameters()
+        if ctx.space == "params" and not ctx.extra_losses:
+            return others
+        return [*self.model.shared_parameters(), *others]
+
+    def _amp_skipped(self, ctx: StepContext) -> None:
+        ctx.skipped = True
+        self.counters["amp_skipped_steps"] += 1
+        ctx.log("amp/skipped_steps", float(self.counters["amp_skipped_steps"]))
+        if ctx.logging and self.amp.scaler is not None:
+            ctx.log("amp/scale", self.amp.scaler.get_scale())
+
     def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str) -> bool:
         # One host sync per step; the price of never letting NaN reach the parameters.
         bad = [bool(~torch.isfinite(v.detach()).all()) for v in values]
+        if self.comm is not None:  # every rank must take the same branch (collectives follow)
+            bad = self.comm.any(bad, ctx.device)
         if not any(bad):
             return False
         if self.nonfinite == "raise":
@@ -336,8 +388,10 @@ class Trainer:
         was_training = self.model.training
         self.model.train(train_mode)
         try:
-            preds = self._heads(self.model.encoder(ctx.inputs), ctx.tasks, ctx.slices)
-            return self._task_losses(preds, ctx.targets, ctx.tasks)
+            with self.amp.autocast():
+                preds = self._heads(self.model.encoder(ctx.inputs), ctx.tasks, ctx.slices)
+                losses = self.amp.float32(self._task_losses(preds, ctx.targets, ctx.tasks))
+            return losses if self.comm is None else self.comm.global_losses(losses, ctx.task_ids, len(self.task_names))
         finally:
             self.model.train(was_training)
 
@@ -360,7 +414,9 @@ class Trainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
         self.start()
+        train = shard_loader(train)
         for _ in range(epochs):
+            set_epoch(train, self.epoch)
             sums = torch.zeros(len(self.tasks), dtype=torch.float64)
             counts = torch.zeros(len(self.tasks), dtype=torch.float64)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY

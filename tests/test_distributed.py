@@ -1,0 +1,154 @@
+"""Two gloo ranks, each stepping on half the batch, equal one process on the whole batch."""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mtoframe.distributed import Communicator, all_gather_cat, all_reduce_mean, world_size
+from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer, make_vector_model
+
+from helpers import Negate, ScaledSum
+
+STEPS = 3
+BATCH = 8
+
+# key -> (plugin module or None, stack factory, model kind, optimiser)
+STACKS = {
+    "ew": (None, lambda: [], "vector", "sgd"),
+    "scaledsum": (None, lambda: [ScaledSum(scale=0.7)], "vector", "adam"),
+    "negate+scaledsum": (None, lambda: [Negate(), ScaledSum()], "vector", "sgd"),
+    "scaledsum-rep": (None, lambda: [ScaledSum(space="representation")], "conv", "sgd"),
+    "nashmtl": ("mtoframe_nashmtl", lambda: ["nashmtl"], "vector", "sgd"),
+    "cagrad": ("mtoframe_cagrad", lambda: ["cagrad"], "vector", "sgd"),
+    "pcgrad": ("mtoframe_gradmethods", lambda: ["pcgrad"], "vector", "sgd"),
+    "mgdaub": ("mtoframe_gradmethods", lambda: [("mgda", {"space": "representation"})], "vector", "sgd"),
+    "famo": ("mtoframe_famo", lambda: ["famo"], "vector", "sgd"),
+    "uw": ("mtoframe_lossweighting", lambda: ["uw"], "vector", "adam"),
+    "dbmtl": ("mtoframe_dbmtl", lambda: ["dbmtl"], "vector", "sgd"),
+    "repmtl": ("mtoframe_repmtl", lambda: ["repmtl"], "conv", "sgd"),
+    "repmtl+nashmtl": (("mtoframe_repmtl", "mtoframe_nashmtl"), lambda: ["repmtl", "nashmtl"], "conv", "sgd"),
+}
+
+
+def _installed(mods: object) -> bool:
+    names = () if mods is None else (mods,) if isinstance(mods, str) else mods
+    try:
+        for m in names:  # type: ignore[union-attr]
+            importlib.import_module(m)
+    except ImportError:
+        return False
+    return True
+
+
+AVAILABLE = [k for k, (mods, *_) in STACKS.items() if _installed(mods)]
+
+
+def _run(key: str, rank: int | None) -> list[torch.Tensor]:
+    """Train ``key`` STEPS steps: the whole batch (rank None) or this rank's half."""
+    _, stack, kind, opt = STACKS[key]
+    model = (make_conv_model if kind == "conv" else make_vector_model)(seed=0)
+    trainer = make_trainer(stack(), model=model, optimizer=opt, lr=0.05)
+    for step in range(STEPS):
+        x, y = make_batch(model, batch=BATCH, seed=10 + step)
+        if rank is not None:
+            half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+            x, y = x[half], {t: v[half] for t, v in y.items()}
+        trainer.step((x, y))
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _worker(rank: int, port: int, keys: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        results: dict[str, object] = {}
+        for key in keys:
+            try:
+                results[key] = _run(key, rank)
+            except Exception:  # reported by the test of this key, which then fails
+                results[key] = traceback.format_exc()
+        results["_primitives"] = _primitives(rank)
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _primitives(rank: int) -> dict[str, torch.Tensor]:
+    x = torch.arange(3, dtype=torch.float64) + 10 * rank
+    mean = all_reduce_mean(x)
+    # all_gather_cat: a loss read by both ranks from the gathered tensor gives this rank's rows
+    # the sum of both ranks' gradients.
+    a = (torch.arange(4, dtype=torch.float64).reshape(2, 2) + rank).requires_grad_()
+    gathered = all_gather_cat(a)
+    ((gathered**2).sum() * (rank + 1)).backward()
+    comm = Communicator()
+    upd = comm.local_update(torch.arange(6, dtype=torch.float64))
+    return {"mean": mean, "gathered": gathered.detach(), "grad": a.grad, "update": upd}
+
+
+@pytest.fixture(scope="module")
+def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, object]]:
+    out = str(tmp_path_factory.mktemp("ddp") / "result")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # spawned children unpickle _worker by its module name (tests.test_distributed): give them the root
+    root = str(Path(__file__).resolve().parent.parent)
+    added = root not in sys.path
+    if added:
+        sys.path.insert(0, root)
+    try:
+        mp.spawn(_worker, args=(port, AVAILABLE, out), nprocs=2, join=True)
+    finally:
+        if added:
+            sys.path.remove(root)
+    return {r: torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)}
+
+
+@pytest.mark.parametrize("key", list(STACKS))
+def test_two_ranks_on_halves_equal_one_process_on_union(key: str, distributed_results: dict) -> None:
+    if key not in AVAILABLE:
+        pytest.skip(f"plugin for {key!r} not installed")
+    reference = _run(key, None)
+    for rank in (0, 1):
+        got = distributed_results[rank][key]
+        assert not isinstance(got, str), f"rank {rank} failed:\n{got}"
+        for p, q in zip(got, reference):
+            torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9)  # Nash-MTL is iterative: ulp-level G differences
+    # the stack really trained (a no-op update would match trivially)
+    start = [p.detach() for p in (make_conv_model if STACKS[key][2] == "conv" else make_vector_model)(seed=0).parameters()]
+    assert any(not torch.equal(p, q) for p, q in zip(reference, start))
+
+
+def test_primitives(distributed_results: dict) -> None:
+    r0, r1 = distributed_results[0]["_primitives"], distributed_results[1]["_primitives"]
+    expected_mean = torch.arange(3, dtype=torch.float64) + 5
+    torch.testing.assert_close(r0["mean"], expected_mean)
+    torch.testing.assert_close(r1["mean"], expected_mean)
+    a0 = torch.arange(4, dtype=torch.float64).reshape(2, 2)
+    both = torch.cat([a0, a0 + 1])
+    torch.testing.assert_close(r0["gathered"], both)
+    # d/da_r of Σ_k (k+1)·‖gathered‖² = (1 + 2)·2·a_r
+    torch.testing.assert_close(r0["grad"], 6 * a0)
+    torch.testing.assert_close(r1["grad"], 6 * (a0 + 1))
+    torch.testing.assert_close(r0["update"], torch.tensor([0.0, 2, 4], dtype=torch.float64))
+    torch.testing.assert_close(r1["update"], torch.tensor([6.0, 8, 10], dtype=torch.float64))
+
+
+def test_single_process_helpers_are_identities() -> None:
+    x = torch.randn(3, requires_grad=True)
+    assert world_size() == 1
+    assert all_reduce_mean(x) is x
+    assert all_gather_cat(x) is x
