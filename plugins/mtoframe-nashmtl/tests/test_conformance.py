@@ -1,0 +1,3 @@
+from mtoframe.testing.conformance import conformance_tests
+
+test_conformance = conformance_tests("nashmtl")
