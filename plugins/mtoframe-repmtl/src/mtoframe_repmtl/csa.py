@@ -77,22 +77,30 @@ class _SaliencyGrams(torch.autograd.Function):
         m = s.new_empty(B, T)
         q = s.new_empty(B, T, B) if cross else s.new_empty(B, T)
         flat = a.reshape(B * T, -1)
+        side = min(s.shape[-2:])
+        # Small problems keep their Grams for the backward (a third of the work); large ones,
+        # whose Grams would rival S in size, recompute them chunk by chunk.
+        keep = B * T * side * side <= _CHUNK_ELEMENTS
+        grams = s.new_empty((T, B, side, side) if keep else (0,))
         for t in range(T):
             for k in _chunks(s):
                 u = s[k, t] * scale[k, None, None]
-                m[k, t] = _gram(u).square().sum(dim=(-1, -2))
+                g = _gram(u)
+                if keep:
+                    grams[t, k] = g
+                m[k, t] = g.square().sum(dim=(-1, -2))
                 if cross:
                     q[:, t, k] = torch.matmul(flat, u).unflatten(1, (B, T)).square().sum(dim=(-1, -2)).T
                 else:
                     q[k, t] = torch.bmm(a[k], u).square().sum(dim=(-1, -2))
-        ctx.save_for_backward(s, scale, a)
-        ctx.cross = cross
+        ctx.save_for_backward(s, scale, a, grams)
+        ctx.cross, ctx.keep = cross, keep
         return m, a, q
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        s, scale, a = ctx.saved_tensors
+        s, scale, a, grams = ctx.saved_tensors
         B, T, _, N = s.shape
         grad = torch.empty_like(s)
         ga = g_a.clone()  # plus what q sends back through the anchors
@@ -101,7 +109,7 @@ class _SaliencyGrams(torch.autograd.Function):
             for k in _chunks(s):
                 c = scale[k, None, None]
                 u = s[k, t] * c
-                g = _gram(u)
+                g = grams[t, k] if ctx.keep else _gram(u)
                 # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
                 gu = (g @ u if u.shape[-2] <= u.shape[-1] else u @ g) * (4 * g_m[k, t, None, None])
                 # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
