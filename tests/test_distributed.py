@@ -36,6 +36,7 @@ STACKS = {
     "famo": ("mtoframe_famo", lambda: ["famo"], "vector", "sgd"),
     "uw": ("mtoframe_lossweighting", lambda: ["uw"], "vector", "adam"),
     "dbmtl": ("mtoframe_dbmtl", lambda: ["dbmtl"], "vector", "sgd"),
+    "repmtl-tsr": ("mtoframe_repmtl", lambda: [("repmtl", {"use_csa": False})], "conv", "sgd"),
     "repmtl": ("mtoframe_repmtl", lambda: ["repmtl"], "conv", "sgd"),
     "repmtl+nashmtl": (("mtoframe_repmtl", "mtoframe_nashmtl"), lambda: ["repmtl", "nashmtl"], "conv", "sgd"),
 }
@@ -50,6 +51,10 @@ def _installed(mods: object) -> bool:
         return False
     return True
 
+
+# CSA's negatives are the other samples' anchors: equal to the union only once Rep-MTL gathers every
+# rank's anchors with mtoframe.distributed.all_gather_cat (the plugin's change; strict so it is noticed).
+NEEDS_GLOBAL_ANCHORS = {"repmtl", "repmtl+nashmtl"}
 
 AVAILABLE = [k for k, (mods, *_) in STACKS.items() if _installed(mods)]
 
@@ -117,7 +122,11 @@ def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, d
     return {r: torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)}
 
 
-@pytest.mark.parametrize("key", list(STACKS))
+@pytest.mark.parametrize("key", [
+    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="Rep-MTL CSA does not gather anchors yet"))
+    if k in NEEDS_GLOBAL_ANCHORS else k
+    for k in STACKS
+])
 def test_two_ranks_on_halves_equal_one_process_on_union(key: str, distributed_results: dict) -> None:
     if key not in AVAILABLE:
         pytest.skip(f"plugin for {key!r} not installed")
