@@ -72,16 +72,24 @@ class SolveResult(NamedTuple):
 
 
 class ConvexProblem:
-    """A cvxpy DPP problem, compiled on the first solve and re-solved with new parameter values.
+    """A cvxpy DPP problem, compiled once and re-solved with new parameter values.
 
     :param build: ``build(cp) -> (problem, variable, {name: parameter})``; called once.
     :param name: used in messages.
 
     The DPP property is asserted at construction: a problem that is not DPP would be
     re-canonicalised on every solve (tens of milliseconds), which is a bug, not a slow path.
+
+    Speed: for these tiny problems most of ``cvxpy.Problem.solve`` is spent rebuilding the solver's
+    sparse matrices from the parameters (``apply_parameters``, several times the Clarabel solve
+    itself). Because a DPP problem's solver data ``(A, b, c)`` is *affine* in the parameters, it is
+    recorded once at compile time through cvxpy's public ``get_problem_data`` (at zero and at each
+    unit parameter entry) as dense ``data = data₀ + Σ θᵢ Δᵢ``; a solve then evaluates that map,
+    and hands the data to cvxpy's own Clarabel interface and result unpacking, so settings, cones
+    and statuses are exactly cvxpy's. ``fast=False`` uses ``Problem.solve`` instead.
     """
 
-    def __init__(self, build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str) -> None:
+    def __init__(self, build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str, fast: bool = True) -> None:
         self._cp = require_cvxpy()
         self.name = name
         self.problem, self.variable, params = build(self._cp)
@@ -90,14 +98,61 @@ class ConvexProblem:
             raise SolverError(f"{name}: the convex problem is not DPP, so it cannot be compiled once")
         self.solves = 0
         self._lock = threading.Lock()
+        self._affine: dict[str, Any] | None = self._compile() if fast else None
+
+    def _theta(self) -> np.ndarray:
+        return np.concatenate([np.asarray(p.value, dtype=np.float64).reshape(-1, order="F")
+                               for p in self.parameters.values()])
+
+    def _set_theta(self, theta: np.ndarray) -> None:
+        offset = 0
+        for p in self.parameters.values():
+            p.value = theta[offset : offset + p.size].reshape(p.shape, order="F")
+            offset += p.size
+
+    def _compile(self) -> dict[str, Any]:
+        cp = self._cp
+        n = sum(p.size for p in self.parameters.values())
+
+        def data_at(theta: np.ndarray) -> tuple[dict[str, Any], Any, Any]:
+            self._set_theta(theta)
+            return self.problem.get_problem_data(cp.CLARABEL)
+
+        base, chain, inverse = data_at(np.zeros(n))
+        # what Problem.solve records before unpacking (no options: cvxpy's Clarabel defaults)
+        inverse[-1].solver_options = {}
+        # every solver-data entry is affine in the parameters for a DPP problem (P too, for QPs)
+        matrices = [k for k in ("A", "P") if base.get(k) is not None]
+        keys = (*matrices, "b", "c")
+        shapes = {k: base[k].shape for k in matrices}
+
+        def flat(data: dict[str, Any]) -> dict[str, np.ndarray]:
+            out = {k: data[k].toarray().reshape(-1) for k in matrices}
+            if any(data[k].shape != shapes[k] for k in matrices):
+                raise SolverError(f"{self.name}: solver data changed shape with the parameters; not DPP-affine")
+            return {**out, "b": np.asarray(data["b"], float), "c": np.asarray(data["c"], float)}
+
+        zero = flat(base)
+        deltas: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for i in range(n):
+            unit = np.zeros(n)
+            unit[i] = 1.0
+            probe = flat(data_at(unit)[0])
+            for k in keys:
+                deltas[k].append(probe[k] - zero[k])
+        return {
+            "base": base, "chain": chain, "inverse": inverse, "shapes": shapes, "zero": zero,
+            "delta": {k: np.stack(deltas[k], axis=1) if n else np.zeros((zero[k].size, 0)) for k in keys},
+            "interface": chain.reductions[-1],
+        }
 
     def solve(self, **values: np.ndarray) -> SolveResult:
-        """Set the parameters and solve with Clarabel. Never raises for a numerical failure:
+        """Set every parameter and solve with Clarabel. Never raises for a numerical failure:
         an exception, a status other than optimal / optimal_inaccurate or a non-finite
         solution gives ``ok=False`` with the reason."""
-        unknown = set(values) - set(self.parameters)
-        if unknown:
-            raise SolverError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(self.parameters)}")
+        if set(values) != set(self.parameters):
+            raise SolverError(f"{self.name}: solve needs exactly the parameters {sorted(self.parameters)}, "
+                              f"got {sorted(values)}")
         with self._lock:
             return self._solve(values)
 
@@ -106,9 +161,7 @@ class ConvexProblem:
             for key, value in values.items():
                 self.parameters[key].value = value
             self.solves += 1
-            # warm_start=False: cvxpy would otherwise reuse the previous solve's data, making the
-            # result depend on history (a resumed run would not be bit-identical)
-            self.problem.solve(solver=self._cp.CLARABEL, warm_start=False)
+            self._run()
         except Exception as exc:  # a failed solve is reported to the caller, who falls back explicitly
             return SolveResult(False, None, "error", f"{type(exc).__name__}: {exc}")
         status = str(self.problem.status)
@@ -118,6 +171,26 @@ class ConvexProblem:
         if value is None or not np.all(np.isfinite(value)):
             return SolveResult(False, None, status, "non-finite solution")
         return SolveResult(True, np.asarray(value, dtype=np.float64), status)
+
+    def _run(self) -> None:
+        """One Clarabel solve at the current parameter values; sets the variable's value and the
+        problem's status. (Tests replace this to force a failure.)"""
+        if self._affine is None:
+            # warm_start=False: cvxpy would otherwise reuse the previous solve's data, making the
+            # result depend on history (a resumed run would not be bit-identical)
+            self.problem.solve(solver=self._cp.CLARABEL, warm_start=False)
+            return
+        import scipy.sparse as sp
+
+        aff = self._affine
+        theta = self._theta()
+        data = dict(aff["base"])
+        for k in ("b", "c"):
+            data[k] = aff["zero"][k] + aff["delta"][k] @ theta
+        for k, shape in aff["shapes"].items():
+            data[k] = sp.csc_array((aff["zero"][k] + aff["delta"][k] @ theta).reshape(shape))
+        raw = aff["interface"].solve_via_data(data, False, False, {})
+        self.problem.unpack_results(raw, aff["chain"], aff["inverse"])
 
 
 _COMPILED: dict[tuple[Any, ...], ConvexProblem] = {}

@@ -64,15 +64,17 @@ def test_exception_inside_solver_is_a_failure_result(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(prob.problem, "solve", broken)
+    monkeypatch.setattr(prob, "_run", broken)
     res = prob.solve(p=np.ones(2))
     assert not res.ok and res.status == "error" and "RuntimeError: boom" in res.reason
 
 
-def test_unknown_parameter_is_an_error():
+def test_unknown_or_missing_parameter_is_an_error():
     prob = ConvexProblem(projection(2), name="proj")
-    with pytest.raises(SolverError, match="unknown parameter"):
+    with pytest.raises(SolverError, match="exactly the parameters"):
         prob.solve(q=np.ones(2))
+    with pytest.raises(SolverError, match="exactly the parameters"):
+        prob.solve()
 
 
 def test_compiled_is_shared_per_key():
@@ -109,3 +111,24 @@ def test_nonzero_rows_is_relative():
     assert nonzero_rows(k).tolist() == [True, False, False]
     assert nonzero_rows(np.diag([1e-30, 1e-31])).tolist() == [True, True]
     assert nonzero_rows(np.zeros((2, 2))).tolist() == [False, False]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_affine_fast_path_equals_cvxpy_solve(seed):
+    """The recorded affine map from parameters to solver data reproduces Problem.solve."""
+
+    def build(cp):
+        w = cp.Variable(3, nonneg=True)
+        b = cp.Parameter(3, name="b")
+        r = cp.Parameter((3, 3), name="r")
+        return cp.Problem(cp.Minimize(b @ w + cp.norm(r @ w, 2)), [cp.sum(w) == 1]), w, {"b": b, "r": r}
+
+    fast = ConvexProblem(build, name="fast")
+    slow = ConvexProblem(build, name="slow", fast=False)
+    rng = np.random.default_rng(seed)
+    b, r = rng.standard_normal(3), rng.standard_normal((3, 3))
+    x, y = fast.solve(b=b, r=r), slow.solve(b=b, r=r)
+    assert x.ok and y.ok and x.status == y.status
+    np.testing.assert_allclose(x.value, y.value, atol=1e-7)
+    # the fast path really skips cvxpy's per-solve canonicalisation
+    assert fast.problem._cache.param_prog is not None and slow.problem._cache.param_prog is not None

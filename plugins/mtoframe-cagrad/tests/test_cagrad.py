@@ -152,7 +152,7 @@ def test_state_dict_round_trip_and_failure_fallback(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("forced failure")
 
-    monkeypatch.setattr(a.problem(3).problem, "solve", broken)
+    monkeypatch.setattr(a.problem(3), "_run", broken)
     g3 = randg(3, seed=9)
     with pytest.warns(SolverWarning, match="cagrad.*forced failure.*previous weights") as rec:
         d = mtoframe.aggregate(a, g3)
@@ -172,7 +172,7 @@ def test_training_continues_after_failures_and_logs(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("forced failure")
 
-    monkeypatch.setattr(m.problem(3).problem, "solve", broken)
+    monkeypatch.setattr(m.problem(3), "_run", broken)
     batch = factories.make_batch(trainer.model)
     with pytest.warns(SolverWarning):
         for _ in range(2):

@@ -165,7 +165,7 @@ def _force_failure(m: NashMTL, T: int, monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("forced failure")
 
-    monkeypatch.setattr(problem.problem, "solve", broken)
+    monkeypatch.setattr(problem, "_run", broken)
 
 
 def test_forced_solver_failure_is_counted_warned_once_and_keeps_previous_alpha(monkeypatch):
