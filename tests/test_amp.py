@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtoframe import OptionError, hookimpl
-from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer, make_vector_model
+from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
 
 from helpers import ScaledSum, params_of
 
@@ -75,8 +75,8 @@ def test_bfloat16_solver_and_saliency_inputs_are_float32():
 def test_bfloat16_autocast_trains_plugins(stack):
     for name in stack:
         pytest.importorskip(f"mtoframe_{name}")
-    model = make_conv_model(dtype=torch.float32) if "repmtl" in stack else make_vector_model(dtype=torch.float32)
-    _bf16_run(stack, model)
+    # B×C representation: Rep-MTL's saliency code path is the same, bfloat16 convolutions on CPU are slow
+    _bf16_run(stack, make_vector_model(dtype=torch.float32), steps=8)
 
 
 def _scaled_pair(methods_factory, scaler):
