@@ -6,7 +6,9 @@ import torch
 import mtoframe
 from mtoframe_gradmethods.alignedmtl import aligned_weights
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 FULL = [c for c in CASES if c.name.startswith(("random", "conflicting"))]
 

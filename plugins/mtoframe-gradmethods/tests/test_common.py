@@ -10,7 +10,9 @@ import torch
 import mtoframe
 from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer, make_vector_model
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 NAMES = ["mgda", "pcgrad", "imtlg", "gradvac", "alignedmtl", "upgrad", "graddrop"]
 # deterministic aggregators whose output does not depend on the order of the tasks
@@ -94,3 +96,9 @@ def test_partial_labels(name):
     ctx = trainer.step((x, {"a": y["a"], "c": y["c"]}))
     assert ctx.tasks == ("a", "c") and not ctx.skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_task_is_its_gradient(name):
+    g = torch.randn(1, 9, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(mtoframe.aggregate(name, g, torch.ones(1)), g[0])

@@ -38,7 +38,7 @@ def test_trainer_matches_hand_written_masking():
     B = z.shape[0]
     s = (S * z.detach().sign()).sum(1).reshape(3, -1)
     P = 0.5 * (1 + s.sum(0) / (s.abs().sum(0) + 1e-7))
-    U = torch.rand(P.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    U = torch.rand(P.shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # model is float64
     M = ((P > U) & (s > 0)) | ((P < U) & (s < 0))
     new = (S.reshape(3, B, -1) * M.unsqueeze(1)).sum(0).view_as(z)
     torch.autograd.backward(z, new)

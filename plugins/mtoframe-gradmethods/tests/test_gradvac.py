@@ -7,7 +7,9 @@ import mtoframe
 from mtoframe_gradmethods._common import SeededGenerator
 from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 
 def gradvac_loop(G, rho, orders, beta, always, sizes):

@@ -7,7 +7,9 @@ import mtoframe
 from mtoframe.numerics import min_norm_point
 from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

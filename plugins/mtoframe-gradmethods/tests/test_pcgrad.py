@@ -6,7 +6,9 @@ import torch
 import mtoframe
 from mtoframe_gradmethods._common import SeededGenerator
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 
 def pcgrad_loop(G, orders):

@@ -5,7 +5,9 @@ import torch
 
 import mtoframe
 
-from conftest import CASES
+from mtoframe.testing.factories import gradient_families
+
+CASES = list(gradient_families())
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

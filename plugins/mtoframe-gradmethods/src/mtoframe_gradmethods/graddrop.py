@@ -73,7 +73,7 @@ class GradDrop(Method):
         B = z.shape[0] if z is not None else 1
         S = g.reshape(T, B, -1)
         z_sign = z.detach().reshape(B, -1).sign().to(g.dtype) if (z is not None and self.options.input_sign) else None
-        u = torch.rand(S.shape[2], generator=self.rng.gen, dtype=torch.float64).to(g.device, g.dtype)
+        u = torch.rand(S.shape[2], generator=self.rng.gen, dtype=g.dtype).to(g.device)
         ctx.grads = graddrop_rows(S, z_sign, u, self.options.leak).reshape(T, -1)
 
     def state_dict(self) -> dict[str, Any]:

@@ -38,7 +38,6 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     A[T, :T] = 1.0
     b = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
     b[T] = 1.0
-    # scale-free: the unknown c scales with ‖g‖; normalise K so the pinv cut-off is relative
     return (torch.linalg.pinv(A) @ b)[:T]
 
 
@@ -54,6 +53,7 @@ class IMTLG(Method):
     def on_shared_grads(self, ctx: StepContext) -> None:
         g = ctx.grads
         K = ctx.gram().to(torch.float64)
+        # α is invariant to a common rescale of G; normalising keeps pinv's cut-off relative
         scale = K.diagonal().max()
         K = K / torch.where(scale > 0, scale, torch.ones_like(scale))
         alpha = imtlg_weights(K)

@@ -19,8 +19,9 @@ Options (defaults reproduce LibMTL's ``MGDA`` in parameter space):
 * ``space``: ``"params"`` (MGDA) or ``"representation"`` (MGDA-UB: rows are ``∂L_t/∂Z``, the
   update goes through the encoder in one backward).
 * ``solver``: ``"exact"`` (Wolfe's min-norm-point algorithm, :func:`mtoframe.numerics.min_norm_point`,
-  stopping at relative duality gap ``tol`` = 1e-12) or ``"frankwolfe"`` (``max_iter`` Frank–Wolfe
-  steps with exact line search on the device, the ``find_min_norm_element_FW`` variant).
+  stopping at relative duality gap ``tol`` = 1e-12, at most ``max_iter · T`` minor cycles) or
+  ``"frankwolfe"`` (``max_iter`` = 250 Frank–Wolfe steps with exact line search on the device,
+  Sener & Koltun's ``find_min_norm_element_FW`` without its host-checked early stop).
 * ``heads_weighted``: heads receive their unweighted loss gradient (False, LibMTL's gradient
   methods) or ``w*_t``-weighted (True, Sener & Koltun's code, which back-propagates
   ``Σ w*_t L_t``).
