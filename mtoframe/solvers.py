@@ -100,10 +100,6 @@ class ConvexProblem:
         self._lock = threading.Lock()
         self._affine: dict[str, Any] | None = self._compile() if fast else None
 
-    def _theta(self) -> np.ndarray:
-        return np.concatenate([np.asarray(p.value, dtype=np.float64).reshape(-1, order="F")
-                               for p in self.parameters.values()])
-
     def _set_theta(self, theta: np.ndarray) -> None:
         offset = 0
         for p in self.parameters.values():
@@ -157,9 +153,16 @@ class ConvexProblem:
             return self._solve(values)
 
     def _solve(self, values: Mapping[str, np.ndarray]) -> SolveResult:
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+        for key, value in arrays.items():
+            if value.shape != self.parameters[key].shape:
+                raise SolverError(f"{self.name}: parameter {key!r} needs shape {self.parameters[key].shape}, got {value.shape}")
         try:
-            for key, value in values.items():
-                self.parameters[key].value = value
+            if self._affine is None:
+                for key, value in arrays.items():
+                    self.parameters[key].value = value
+            # the fast path reads θ directly (cvxpy's per-assignment validation costs as much as the solve)
+            self._theta_now = np.concatenate([arrays[k].reshape(-1, order="F") for k in self.parameters])
             self.solves += 1
             self._run()
         except Exception as exc:  # a failed solve is reported to the caller, who falls back explicitly
@@ -183,7 +186,7 @@ class ConvexProblem:
         import scipy.sparse as sp
 
         aff = self._affine
-        theta = self._theta()
+        theta = self._theta_now
         data = dict(aff["base"])
         for k in ("b", "c"):
             data[k] = aff["zero"][k] + aff["delta"][k] @ theta
