@@ -9,7 +9,9 @@ the ``r`` eigenvalues above ``λ_max · T · eps`` (the numerical rank, as the o
 
 ``scale`` picks ``σ``: ``"min"`` (``√λ_min`` of the kept eigenvalues; the paper, the official
 code's default and LibMTL), ``"median"`` (``√`` of the lower median, official code),
-``"rmse"`` (``√(Σλ/r)``, official code). Uses ``torch.linalg.eigh`` in float64 on the device
+``"rmse"`` (``√(Σλ/r)``, official code). ``reduction``: ``"sum"`` of the aligned rows (official
+code and LibMTL, default) or ``"mean"`` (TorchJD's ``AlignedMTL``, which equals this with
+``reduction="mean"`` to round-off; checked in the tests). Uses ``torch.linalg.eigh`` in float64 on the device
 (the official code calls ``torch.symeig``, which PyTorch removed). Heads receive their
 unweighted loss gradient (LibMTL).
 """
@@ -29,6 +31,7 @@ from ._common import combine
 @attrs.frozen(kw_only=True)
 class AlignedMTLOptions:
     scale: str = attrs.field(default="min", validator=one_of(("min", "median", "rmse")))
+    reduction: str = attrs.field(default="sum", validator=one_of(("sum", "mean")))
 
 
 def aligned_weights(K: torch.Tensor, scale: str = "min") -> torch.Tensor:
@@ -64,4 +67,6 @@ class AlignedMTL(Method):
     def on_shared_grads(self, ctx: StepContext) -> None:
         g = ctx.grads
         alpha = aligned_weights(ctx.gram().to(torch.float64), self.options.scale)
+        if self.options.reduction == "mean":
+            alpha = alpha / g.shape[0]
         ctx.set_update(combine(alpha, g))

@@ -12,7 +12,9 @@ Here the same conditions are written symmetrically on the ``T×T`` Gram matrix, 
 gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN there),
 ``Σ α_t = 1``; solved by the pseudo-inverse in float64, on the device. Where ``D Uᵀ`` is
 invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
-minimum-norm ``α`` satisfying the conditions. Heads receive their unweighted loss gradient
+minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0`` (e.g. three
+gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
+there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads receive their unweighted loss gradient
 (LibMTL with IMTL-G alone).
 """
 

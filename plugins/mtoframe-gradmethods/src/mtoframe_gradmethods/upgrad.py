@@ -11,7 +11,10 @@ Hence ``G d ≥ 0``: the update conflicts with no task. TorchJD normalises and r
 Gramian (``norm_eps``, ``reg_eps``, both 1e-4) before a ``quadprog`` solve; this
 implementation solves the unregularised problem (the solution is scale-invariant, and the
 active-set method needs no regularisation for rank-deficient ``K``), so the two agree up to
-those epsilons. Heads receive their unweighted loss gradient (TorchJD's ``mtl_backward``).
+those epsilons, and to round-off with both set to 0 (checked in the tests). Where the dual cone
+is only the orthogonal complement of the gradients' span (e.g. ten gradients spanning a plane
+in every direction) the exact answer is ``d = 0``; TorchJD's regularisation returns a small
+non-zero vector there. Heads receive their unweighted loss gradient (TorchJD's ``mtl_backward``).
 A non-converged NNQP warns once and counts ``solver/failures/upgrad``; its last iterate
 (still ``λ ≥ 0``) is used.
 """
