@@ -203,3 +203,16 @@ def test_options_validated():
         CAGrad(c=-0.1)
     with pytest.raises(OptionError, match="scale_by_tasks"):
         CAGrad(scale_by_tasks=1)
+
+
+def test_missing_backend_fails_at_train_start(monkeypatch):
+    import sys
+
+    import mtoframe.solvers as solvers
+    from mtoframe.errors import SolverError
+
+    monkeypatch.setattr(solvers, "_COMPILED", {})
+    monkeypatch.setitem(sys.modules, "clarabel", None)
+    trainer = factories.make_trainer([CAGrad()])
+    with pytest.raises(SolverError, match="mtoframe\\[solvers\\]"):
+        trainer.start()

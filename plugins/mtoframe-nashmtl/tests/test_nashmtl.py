@@ -258,3 +258,16 @@ def test_problem_is_compiled_once_per_size():
     mtoframe.aggregate(m, torch.randn(2, 9, generator=gen, dtype=torch.float64))
     assert sorted(m.problems) == [2, 3]
     assert m.problems[3].problem._cache.param_prog is not None  # DPP: canonicalised once, reused
+
+
+def test_missing_backend_fails_at_train_start(monkeypatch):
+    import sys
+
+    import mtoframe.solvers as solvers
+    from mtoframe.errors import SolverError
+
+    monkeypatch.setattr(solvers, "_COMPILED", {})
+    monkeypatch.setitem(sys.modules, "cvxpy", None)
+    trainer = factories.make_trainer([NashMTL()])
+    with pytest.raises(SolverError, match="pip install cvxpy clarabel"):
+        trainer.start()

@@ -142,6 +142,11 @@ class CAGrad(Method):
         return prev / prev.sum() if prev.sum() > 0 else np.full(len(ids), 1.0 / len(ids))
 
     @hookimpl
+    def on_train_start(self, trainer: Any) -> None:
+        # compile now: a missing back-end fails before the first step, and step 0 is not slow
+        self.problem(len(trainer.tasks))
+
+    @hookimpl
     def on_shared_grads(self, ctx: Any) -> None:
         n_all = len(ctx.all_tasks)
         if self.weights is None or len(self.weights) != n_all:

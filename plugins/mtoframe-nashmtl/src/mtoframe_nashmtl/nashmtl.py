@@ -164,6 +164,11 @@ class NashMTL(Method):
     # -- hooks ---------------------------------------------------------------------------------
 
     @hookimpl
+    def on_train_start(self, trainer: Any) -> None:
+        # compile now: a missing back-end fails before the first step, and step 0 is not slow
+        self.problem(len(trainer.tasks))
+
+    @hookimpl
     def on_shared_grads(self, ctx: Any) -> None:
         n_all = len(ctx.all_tasks)
         if self.alpha is None or len(self.alpha) != n_all:
