@@ -98,6 +98,7 @@ class ConvexProblem:
             raise SolverError(f"{name}: the convex problem is not DPP, so it cannot be compiled once")
         self.solves = 0
         self._lock = threading.Lock()
+        self._theta_now = np.zeros(0)
         self._affine: dict[str, Any] | None = self._compile() if fast else None
 
     def _set_theta(self, theta: np.ndarray) -> None:
@@ -193,6 +194,8 @@ class ConvexProblem:
         for k, shape in aff["shapes"].items():
             data[k] = sp.csc_array((aff["zero"][k] + aff["delta"][k] @ theta).reshape(shape))
         raw = aff["interface"].solve_via_data(data, False, False, {})
+        # sets the variable's value and the status; problem.value would carry the objective's
+        # constant term of the compile-time parameters, so callers read the variable only
         self.problem.unpack_results(raw, aff["chain"], aff["inverse"])
 
 
