@@ -271,3 +271,18 @@ def test_missing_backend_fails_at_train_start(monkeypatch):
     trainer = factories.make_trainer([NashMTL()])
     with pytest.raises(SolverError, match="pip install cvxpy clarabel"):
         trainer.start()
+
+
+def test_optim_niter_bounds_solves_and_every_iterate_is_feasible():
+    """Each sub-problem's constraints are α_t (GGᵀα)_t ≥ 1, so even one iteration gives weights
+    under which every task improves at least as much as at the solution."""
+    gen = torch.Generator().manual_seed(11)
+    g = torch.randn(5, 30, generator=gen, dtype=torch.float64)
+    m = nash(optim_niter=1)
+    mtoframe.aggregate(m, g)
+    assert m.solves == 1
+    alpha = alpha_of(m, 5)
+    assert float((alpha * (g @ g.T @ alpha)).min()) >= 1 - 1e-6
+    full = nash()
+    mtoframe.aggregate(full, g)
+    assert 1 <= full.solves <= 20
