@@ -16,8 +16,9 @@ NYUv2 value (LibMTL's default is 0.5). ``c = 0`` gives ``g0`` exactly (no solve)
 
 The problem only needs the Gram matrix ``K = GGᵀ``. It is normalised, ``K̂ = K / ‖K‖_F`` (w* and
 the ratio ‖g0‖/‖g_w‖ do not change, and the 1e-8 … 1e8 gradient scales behave alike), factored
-as ``K̂ = RᵀR`` with ``R = diag(sqrt(max(λ, 0))) Vᵀ`` from ``torch.linalg.eigh``-style symmetric
-eigendecomposition (clamping the round-off negative eigenvalues of a rank-deficient ``K̂``), and
+as ``K̂ = RᵀR`` with ``R = diag(sqrt(max(λ, 0))) Vᵀ`` from its symmetric eigendecomposition
+(``numpy.linalg.eigh`` on the host copy; clamping the round-off negative eigenvalues of a
+rank-deficient ``K̂``, where a Cholesky factor would fail), and
 posed as a second-order cone programme with parameters ``b = K̂ 1/T`` and ``R' = c ‖ĝ0‖ R``::
 
     minimise  bᵀw + ‖R' w‖₂   subject to  w ≥ 0, Σ w = 1
