@@ -6,9 +6,7 @@ import datetime
 import importlib
 import os
 import socket
-import sys
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,9 +34,9 @@ STACKS = {
     "famo": ("mtoframe_famo", lambda: ["famo"], "vector", "sgd"),
     "uw": ("mtoframe_lossweighting", lambda: ["uw"], "vector", "adam"),
     "dbmtl": ("mtoframe_dbmtl", lambda: ["dbmtl"], "vector", "sgd"),
-    "repmtl-tsr": ("mtoframe_repmtl", lambda: [("repmtl", {"use_csa": False})], "conv", "sgd"),
-    "repmtl": ("mtoframe_repmtl", lambda: ["repmtl"], "conv", "sgd"),
-    "repmtl+nashmtl": (("mtoframe_repmtl", "mtoframe_nashmtl"), lambda: ["repmtl", "nashmtl"], "conv", "sgd"),
+    "repmtl-tsr": ("mtoframe_repmtl", lambda: [("repmtl", {"use_csa": False})], "vector", "sgd"),
+    "repmtl": ("mtoframe_repmtl", lambda: ["repmtl"], "vector", "sgd"),
+    "repmtl+nashmtl": (("mtoframe_repmtl", "mtoframe_nashmtl"), lambda: ["repmtl", "nashmtl"], "vector", "sgd"),
 }
 
 
@@ -109,16 +107,8 @@ def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, d
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # spawned children unpickle _worker by its module name (tests.test_distributed): give them the root
-    root = str(Path(__file__).resolve().parent.parent)
-    added = root not in sys.path
-    if added:
-        sys.path.insert(0, root)
-    try:
-        mp.spawn(_worker, args=(port, AVAILABLE, out), nprocs=2, join=True)
-    finally:
-        if added:
-            sys.path.remove(root)
+    # fork: the children start with torch and the plugins already imported (spawn re-imports them)
+    mp.start_processes(_worker, args=(port, AVAILABLE, out), nprocs=2, join=True, start_method="fork")
     return {r: torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)}
 
 
