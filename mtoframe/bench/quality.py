@@ -152,12 +152,19 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, float]]], runs: dict[st
                       seconds: dict[str, float]) -> dict[str, Any]:
     directions = task_directions(tasks)
     baseline = _mean_metrics(stl.values())
+    # A relative change against a zero baseline is undefined: such a metric (e.g. the share of
+    # normals within 11.25° after a very short budget) is left out of Δp_task and Δm%, and named.
+    excluded = [f"{t}/{m}" for t, ms in baseline.items() for m, v in ms.items() if v == 0 or math.isnan(v)]
+    kept = {t: {m: d for m, d in ds.items() if f"{t}/{m}" not in excluded} for t, ds in directions.items()}
+
+    def keep(r: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {t: {m: v for m, v in ms.items() if m in kept[t]} for t, ms in r.items()}
     records = []
     means = {label: _mean_metrics(per.values()) for label, per in runs.items()}
     ranks = mean_ranks(means, directions) if means else {}
     for label, per in runs.items():
-        dp = [delta_p_task(r, baseline, directions) for r in per.values()]
-        dm = [delta_m(r, baseline, directions) for r in per.values()]
+        dp = [delta_p_task(keep(r), keep(baseline), kept) for r in per.values()]
+        dm = [delta_m(keep(r), keep(baseline), kept) for r in per.values()]
         records.append({
             "stack": label,
             "metrics": means[label],
@@ -180,6 +187,7 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, float]]], runs: dict[st
         "baseline": {"metrics": baseline, "per_seed": {str(s): r for s, r in stl.items()},
                      "seconds": {k: v for k, v in seconds.items() if k.startswith("stl:")}},
         "records": records,
+        "excluded_from_deltas": excluded,
         "errors": errors,
     }
 
@@ -213,6 +221,8 @@ def run_quality_cli(stacks: Sequence[Sequence[str]], cfg: QualityConfig, *, out:
     say(f"\nmetrics are means over {cfg.seeds} seed(s) on the validation split; checkpoint: {CHECKPOINT_RULE}.")
     say("Δp_task (higher is better) and Δm% (lower is better) vs the single-task baselines (STL); "
         "mean rank over all metrics among the stacks (1 = best).")
+    if result["excluded_from_deltas"]:
+        say(f"left out of Δp_task and Δm% (single-task baseline is 0): {', '.join(result['excluded_from_deltas'])}")
     for label, err in result["errors"].items():
         say(f"not trained: {label}: {err}")
     out.mkdir(parents=True, exist_ok=True)

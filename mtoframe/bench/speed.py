@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,7 +97,14 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
 
     block = max([cfg.min_block] + [c.period for c in contenders])
     say(f"timing {len(contenders)} contenders: {cfg.warmup} warm-up + {cfg.rounds} interleaved rounds, block {block}")
-    times = run_interleaved(contenders, rounds=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, device=device)
+    t0 = time.perf_counter()
+
+    def tick(r: int) -> None:
+        if r >= 0 and (r + 1) % max(1, cfg.rounds // 5) == 0:
+            say(f"round {r + 1}/{cfg.rounds} ({time.perf_counter() - t0:.0f} s)")
+
+    times = run_interleaved(contenders, rounds=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, device=device,
+                            on_round=tick)
     stats = {name: summarise_times(ts, block) for name, ts in times.items()}
     mem: dict[str, tuple[float, str]] = {}
     if cfg.memory:

@@ -130,7 +130,7 @@ def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int
             if r >= warmup:
                 times[c.name].append((time.perf_counter() - t0) * 1e3)
         if on_round is not None:
-            on_round(r)
+            on_round(r - warmup)
     return times
 
 
@@ -207,6 +207,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

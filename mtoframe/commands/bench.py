@@ -20,8 +20,8 @@ SPEED_SIZES = {
 }
 #: (full, --quick) budgets of the quality run
 QUALITY_SIZES = {
-    "size": (64, 32), "batch": (32, 32), "width": (32, 16), "seeds": (3, 2), "epochs": (20, 4),
-    "n_train": (2000, 384), "n_val": (400, 128),
+    "size": (64, 32), "batch": (32, 32), "width": (32, 16), "seeds": (3, 2), "epochs": (20, 3),
+    "n_train": (2000, 256), "n_val": (400, 64),
 }
 
 
@@ -40,11 +40,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     for key in ("size", "batch", "width", "rounds", "warmup"):
         p.add_argument(f"--{key}", type=int, help=f"override ({'/'.join(map(str, SPEED_SIZES[key]))} full/quick)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 is steadier on a loaded machine")
     q = p.add_argument_group("quality")
     q.add_argument("--seeds", type=int, help="number of seeds (3/2 full/quick)")
-    q.add_argument("--epochs", type=int, help="epochs per run (20/4 full/quick)")
-    q.add_argument("--n-train", type=int, help="training images (2000/384 full/quick)")
-    q.add_argument("--n-val", type=int, help="validation images (400/128 full/quick)")
+    q.add_argument("--epochs", type=int, help="epochs per run (20/3 full/quick)")
+    q.add_argument("--n-train", type=int, help="training images (2000/256 full/quick)")
+    q.add_argument("--n-val", type=int, help="validation images (400/64 full/quick)")
     q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
     p.add_argument("--cache-dir", help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
     return p
@@ -71,7 +72,22 @@ def _stacks(args: argparse.Namespace) -> tuple[list[list[str]], bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    import warnings
+
+    import torch
+
     from ..errors import OptionError
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise OptionError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    cores = os.cpu_count() or 1
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > cores:
+        hint = "; --threads 1 avoids intra-op thread contention" if torch.get_num_threads() > 1 else ""
+        warnings.warn(f"load average {os.getloadavg()[0]:.1f} exceeds the {cores} CPU cores: timings are noisy "
+                      f"and slower{hint}", stacklevel=1)
 
     if args.quality and args.tasks is not None:
         raise OptionError("--quality runs on scenes; --tasks (manytask) is for timing only")
@@ -103,7 +119,7 @@ def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
     workload.to(_device(args.device))
     cfg = SpeedConfig(rounds=_pick(args, "rounds", SPEED_SIZES), warmup=_pick(args, "warmup", SPEED_SIZES),
                       lr=args.lr if args.lr is not None else 1e-4, seed=args.seed, memory=not args.no_memory,
-                      device=args.device)
+                      device=args.device, memory_repeats=1 if args.quick else 3)
     info = ", ".join(f"{k}={v}" for k, v in workload.info.items())
     print(f"mtoframe bench: {workload.name} ({info}) on {args.device}, Adam lr {cfg.lr}", flush=True)
     records = run_speed(workload, stacks, cfg, peers=peers, strict=strict,
