@@ -490,6 +490,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.amp.scaler.state_dict() if self.amp.scaler is not None else None,
             "methods": {m.name: m.state_dict() for m in self.stack},
             "method_params": [p.detach().clone() for p in self._method_params],
             "step": self.global_step,
@@ -518,6 +519,10 @@ class Trainer:
             raise MtoError("checkpoint and trainer disagree on whether there is an LR scheduler")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if (state["grad_scaler"] is None) != (self.amp.scaler is None):
+            raise MtoError("checkpoint and trainer disagree on whether there is a GradScaler")
+        if self.amp.scaler is not None:
+            self.amp.scaler.load_state_dict(state["grad_scaler"])
         for m in self.stack:
             m.load_state_dict(state["methods"][m.name])
         self.global_step, self.epoch = state["step"], state["epoch"]

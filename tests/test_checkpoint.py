@@ -82,3 +82,17 @@ def test_checkpoint_from_another_stack_is_rejected(tmp_path):
     other = _build(0, STACKS["random+sum"])
     with pytest.raises(mtoframe.MtoError, match=r"written by the stack \[\], this trainer has \['randomweights', 'scaledsum'\]"):
         other.load_checkpoint(tmp_path / "c.pt")
+
+
+def test_grad_scaler_state_is_checkpointed(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
+    trainer = make_trainer([], model=make_vector_model(), grad_scaler=scaler)
+    # the first 3 optimiser steps succeed, so GradScaler's growth tracker advances
+    for s in range(3):
+        trainer.step(make_batch(trainer.model, seed=s))
+    assert scaler._growth_tracker.item() == 3
+    trainer.save_checkpoint(tmp_path / "c.pt")
+    fresh_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    fresh = make_trainer([], model=make_vector_model(), grad_scaler=fresh_scaler)
+    fresh.load_checkpoint(tmp_path / "c.pt")
+    assert fresh_scaler.state_dict() == scaler.state_dict()
