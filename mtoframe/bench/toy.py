@@ -290,8 +290,9 @@ class AggregateForm:
 # -- which methods run ------------------------------------------------------------------------------
 
 
-def plan(names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The methods the toy can run and, for the others, why not."""
+def plan(names: Sequence[str], *, generic: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The methods the toy can run and, for the others, why not. ``generic=False`` leaves out
+    methods without a closed form (they cost one ``mtoframe.aggregate`` call per start and step)."""
     from ..method import GRADIENT_ROLES, Role
     from ..registry import get_registry
 
@@ -306,7 +307,11 @@ def plan(names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         if m.saliency != "none":
             skipped[n] = "needs a representation (saliency); the toy has none"
         elif m.roles & GRADIENT_ROLES and m.grad_space == "params" and not m.roles & Role.LOSS:
-            run.append(n)
+            if generic:
+                run.append(n)
+            else:
+                skipped[n] = ("no 2-task closed form in the toy; name it with --methods to run it through "
+                              "mtoframe.aggregate (one call per start and step: minutes per 10k steps)")
         elif m.roles & GRADIENT_ROLES:
             skipped[n] = f"gradient method in {m.grad_space!r} space or with a loss role; the toy has parameters only"
         else:

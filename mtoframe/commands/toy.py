@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import OptionError
 
     names = [n.strip() for n in args.methods.split(",")] if args.methods else available()
-    run_names, skipped = plan(names)
+    run_names, skipped = plan(names, generic=bool(args.methods))
     if args.methods and skipped:
         raise OptionError("the toy cannot run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     protocols = ["a", "b"] if args.protocol == "both" else [args.protocol]
