@@ -1,9 +1,13 @@
-"""Hand computations the method tests compare the trainer against (imported by the tests)."""
+"""Hand computations the method tests compare the trainer against, as the ``hand`` fixture
+(a fixture rather than an import: the repository runs pytest with ``--import-mode=importlib``)."""
 
 from __future__ import annotations
 
 import copy
+import sys
+from types import ModuleType
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -46,3 +50,9 @@ def conv_setup(seed: int = 0, batch: int = 4) -> tuple[MultiTaskModel, tuple]:
 
 def clone(model: MultiTaskModel) -> MultiTaskModel:
     return copy.deepcopy(model)
+
+
+@pytest.fixture
+def hand() -> ModuleType:
+    """This module: ``hand.hand_losses``, ``hand.hand_regulariser``, ``hand.trainer_grads`` ..."""
+    return sys.modules[__name__]

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from _helpers import clone, conv_setup, grads_of, hand_losses, hand_regulariser, trainer_grads
 
 import mtoframe
 from mtoframe import Role, Trainer
@@ -48,15 +47,15 @@ def test_roles_follow_log_transform() -> None:
 
 
 @pytest.mark.parametrize("make", ["conv", "vector"])
-def test_lambda_zero_reproduces_ew_exactly(make: str) -> None:
+def test_lambda_zero_reproduces_ew_exactly(make: str, hand) -> None:
     if make == "conv":
-        model, _ = conv_setup()
+        model, _ = hand.conv_setup()
     else:
         model = make_vector_model()
-    ew_model, rep_model = clone(model), clone(model)
+    ew_model, rep_model = hand.clone(model), hand.clone(model)
     ew = make_trainer([], model=ew_model, optimizer="adam", lr=0.01)
     rep = make_trainer([RepMTL(lambda_tsr=0.0, lambda_csa=0.0)], model=rep_model, optimizer="adam", lr=0.01)
-    for step in range(3):
+    for step in range(2):
         batch = make_batch(model, batch=4, seed=10 + step)
         ew.step(batch)
         ctx = rep.step(batch)
@@ -69,18 +68,18 @@ def test_lambda_zero_reproduces_ew_exactly(make: str) -> None:
     "opts",
     [{}, {"negatives": "task", "positive_in_denominator": True, "tau": 0.2}, {"lambda_tsr": 1.5, "lambda_csa": 0.7}],
 )
-def test_gradients_equal_hand_objective_and_reach_encoder_and_heads(opts: dict) -> None:
-    model, batch = conv_setup()
+def test_gradients_equal_hand_objective_and_reach_encoder_and_heads(opts: dict, hand) -> None:
+    model, batch = hand.conv_setup()
     lam_tsr, lam_csa = opts.get("lambda_tsr", 0.9), opts.get("lambda_csa", 0.9)
     csa_opts = {k: v for k, v in opts.items() if not k.startswith("lambda")}
-    ew = trainer_grads([], clone(model), batch)
-    got = trainer_grads([RepMTL(**opts)], m := clone(model), batch)
+    ew = hand.trainer_grads([], hand.clone(model), batch)
+    got = hand.trainer_grads([RepMTL(**opts)], m := hand.clone(model), batch)
 
-    ref = clone(model)
-    z, losses, _ = hand_losses(ref, batch)
-    reg = hand_regulariser(z, losses, lam_tsr=lam_tsr, lam_csa=lam_csa, **csa_opts)
+    ref = hand.clone(model)
+    z, losses, _ = hand.hand_losses(ref, batch)
+    reg = hand.hand_regulariser(z, losses, lam_tsr=lam_tsr, lam_csa=lam_csa, **csa_opts)
     params = list(ref.parameters())
-    want_task, want_reg = grads_of(losses.sum(), params), grads_of(reg, params)
+    want_task, want_reg = hand.grads_of(losses.sum(), params), hand.grads_of(reg, params)
     for g, t, r in zip(got, want_task, want_reg):
         torch.testing.assert_close(g, t + r, rtol=1e-10, atol=1e-13)
 
@@ -91,7 +90,7 @@ def test_gradients_equal_hand_objective_and_reach_encoder_and_heads(opts: dict) 
         assert diff > 1e-6, prefix
 
 
-def test_gradcheck_through_a_tiny_model() -> None:
+def test_gradcheck_through_a_tiny_model(hand) -> None:
     """The regulariser as a function of the parameters, differentiated through the saliency."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 4, generator=g, dtype=torch.float64)
@@ -102,45 +101,45 @@ def test_gradcheck_through_a_tiny_model() -> None:
     def regulariser(w_enc: torch.Tensor, w_heads: torch.Tensor) -> torch.Tensor:
         z = torch.tanh(x @ w_enc)
         losses = torch.stack([((torch.sin(z) @ w_heads[t] - y[t]) ** 2).mean() for t in range(2)])
-        return hand_regulariser(z, losses, tau=0.5)
+        return hand.hand_regulariser(z, losses, tau=0.5)
 
     assert torch.autograd.gradcheck(regulariser, (w_enc, w_heads))
 
 
-def test_log_transform_regularises_the_log_losses_saliency() -> None:
-    model, batch = conv_setup()
-    got = trainer_grads([RepMTL(log_transform=True)], clone(model), batch)
-    ref = clone(model)
-    z, losses, _ = hand_losses(ref, batch)
+def test_log_transform_regularises_the_log_losses_saliency(hand) -> None:
+    model, batch = hand.conv_setup()
+    got = hand.trainer_grads([RepMTL(log_transform=True)], hand.clone(model), batch)
+    ref = hand.clone(model)
+    z, losses, _ = hand.hand_losses(ref, batch)
     logs = torch.log(losses + 1e-8)
-    objective = logs.sum() + hand_regulariser(z, logs)
-    for g, w in zip(got, grads_of(objective, list(ref.parameters()))):
+    objective = logs.sum() + hand.hand_regulariser(z, logs)
+    for g, w in zip(got, hand.grads_of(objective, list(ref.parameters()))):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
 
 
-def test_terms_can_be_switched_off() -> None:
-    model, batch = conv_setup()
-    trainer = make_trainer([RepMTL(use_csa=False)], model=clone(model), lr=0.0)
+def test_terms_can_be_switched_off(hand) -> None:
+    model, batch = hand.conv_setup()
+    trainer = make_trainer([RepMTL(use_csa=False)], model=hand.clone(model), lr=0.0)
     assert set(trainer.step(batch).extra_losses) == {"tsr"}
-    off = trainer_grads([RepMTL(use_tsr=False, use_csa=False)], clone(model), batch)
-    for a, b in zip(off, trainer_grads([], clone(model), batch)):
+    off = hand.trainer_grads([RepMTL(use_tsr=False, use_csa=False)], hand.clone(model), batch)
+    for a, b in zip(off, hand.trainer_grads([], hand.clone(model), batch)):
         assert torch.equal(a, b)
 
 
-def test_partial_labels_use_present_tasks_only() -> None:
-    model, (x, targets) = conv_setup()
+def test_partial_labels_use_present_tasks_only(hand) -> None:
+    model, (x, targets) = hand.conv_setup()
     batch = (x, {"a": targets["a"], "c": targets["c"]})
-    got = trainer_grads([RepMTL()], clone(model), batch)
-    ref = clone(model)
-    z, losses, names = hand_losses(ref, batch)
+    got = hand.trainer_grads([RepMTL()], hand.clone(model), batch)
+    ref = hand.clone(model)
+    z, losses, names = hand.hand_losses(ref, batch)
     assert names == ("a", "c")
-    objective = losses.sum() + hand_regulariser(z, losses)
-    for g, w in zip(got, grads_of(objective, list(ref.parameters()))):
+    objective = losses.sum() + hand.hand_regulariser(z, losses)
+    for g, w in zip(got, hand.grads_of(objective, list(ref.parameters()))):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
 
 
-def test_logs_regularisers_cosines_and_entropy(tmp_path) -> None:
-    model, batch = conv_setup()
+def test_logs_regularisers_cosines_and_entropy(tmp_path, hand) -> None:
+    model, batch = hand.conv_setup()
     trainer = make_trainer([RepMTL()], model=model, log_dir=tmp_path, log_every=1)
     ctx = trainer.step(batch)
     trainer.close()
@@ -153,15 +152,15 @@ def test_logs_regularisers_cosines_and_entropy(tmp_path) -> None:
     assert -1 <= float(s["repmtl/cos_neg"]) <= 1 and 0 <= float(s["repmtl/cos_pos"]) <= 1
 
 
-def test_batch_of_one_is_a_clear_error() -> None:
-    model, _ = conv_setup()
+def test_batch_of_one_is_a_clear_error(hand) -> None:
+    model, _ = hand.conv_setup()
     trainer = make_trainer([RepMTL()], model=model)
     with pytest.raises(BatchError, match="at least 2 samples"):
         trainer.step(make_batch(model, batch=1))
 
 
-def test_mixed_precision_terms_in_float32() -> None:
-    model, batch = conv_setup()
+def test_mixed_precision_terms_in_float32(hand) -> None:
+    model, batch = hand.conv_setup()
     model = model.float()
     x, targets = batch
     batch = (x.float(), {k: v.float() for k, v in targets.items()})

@@ -6,17 +6,13 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
-from _helpers import clone, conv_setup, grads_of, hand_losses, hand_regulariser, trainer_grads
 
 import mtoframe
 from mtoframe import Method, Role, hookimpl
 from mtoframe.gradients import GradientEngine
 from mtoframe.method import SPACES
 from mtoframe.options import one_of
-from mtoframe.testing.conformance import conformance_tests
 from mtoframe_repmtl import RepMTL
-
-test_conformance = conformance_tests("repmtl")
 
 COEFFS = torch.tensor([0.5, 2.0, 1.5], dtype=torch.float64)
 
@@ -42,7 +38,9 @@ class FixedWeights(Method):
 
 
 @pytest.mark.parametrize("space", SPACES)
-def test_regulariser_gradient_is_added_after_aggregation(space: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_regulariser_gradient_is_added_after_aggregation(
+    space: str, monkeypatch: pytest.MonkeyPatch, hand
+) -> None:
     calls = []
     original = GradientEngine.rep_grads
 
@@ -51,28 +49,28 @@ def test_regulariser_gradient_is_added_after_aggregation(space: str, monkeypatch
         return original(self, ctx, differentiable=differentiable)
 
     monkeypatch.setattr(GradientEngine, "rep_grads", counting)
-    model, batch = conv_setup()
-    got = trainer_grads([RepMTL(), FixedWeights(space=space)], m := clone(model), batch)
+    model, batch = hand.conv_setup()
+    got = hand.trainer_grads([RepMTL(), FixedWeights(space=space)], m := hand.clone(model), batch)
     assert calls == [True]  # one differentiable saliency, reused by the engine
 
-    ref = clone(model)
-    z, losses, names = hand_losses(ref, batch)
+    ref = hand.clone(model)
+    z, losses, names = hand.hand_losses(ref, batch)
     params = list(ref.parameters())
-    want = grads_of((COEFFS * losses).sum(), params)  # Σ c_t g_t for the encoder, c_t-weighted heads
-    reg = grads_of(hand_regulariser(z, losses), params)
+    want = hand.grads_of((COEFFS * losses).sum(), params)  # Σ c_t g_t for the encoder, c_t-weighted heads
+    reg = hand.grads_of(hand.hand_regulariser(z, losses), params)
     for n, g, w, r in zip([n for n, _ in m.named_parameters()], got, want, reg):
         torch.testing.assert_close(g, w + r, rtol=1e-10, atol=1e-13, msg=n)
 
 
 @pytest.mark.parametrize("name", ["nashmtl", "cagrad", "famo", "dbmtl", "mgda", "pcgrad"])
-def test_installed_methods_plus_repmtl(name: str) -> None:
+def test_installed_methods_plus_repmtl(name: str, hand) -> None:
     if name not in mtoframe.available():
         pytest.skip(f"method {name!r} is not installed")
-    model, batch = conv_setup()
-    alone = trainer_grads([mtoframe.create(name)], clone(model), batch)
-    stacked = trainer_grads([RepMTL(), mtoframe.create(name)], clone(model), batch)
-    ref = clone(model)
-    z, losses, _ = hand_losses(ref, batch)
-    reg = grads_of(hand_regulariser(z, losses), list(ref.parameters()))
+    model, batch = hand.conv_setup()
+    alone = hand.trainer_grads([mtoframe.create(name)], hand.clone(model), batch)
+    stacked = hand.trainer_grads([RepMTL(), mtoframe.create(name)], hand.clone(model), batch)
+    ref = hand.clone(model)
+    z, losses, _ = hand.hand_losses(ref, batch)
+    reg = hand.grads_of(hand.hand_regulariser(z, losses), list(ref.parameters()))
     for s, a, r in zip(stacked, alone, reg):
         torch.testing.assert_close(s, a + r, rtol=1e-6, atol=1e-9)
