@@ -1,0 +1,121 @@
+"""Reference models: shapes, where the FLOPs are, losses on hand-made cases, parameter counts,
+and that the three scene tasks are learnable."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtoframe import Trainer
+from mtoframe.data import NUM_CLASSES, generate_scenes
+from mtoframe.models import build_manytask_model, build_scene_model, manytask_tasks, scene_tasks
+from mtoframe.models.hps import count_macs, depth_loss, normal_loss, segmentation_loss
+from mtoframe.models.resnet import build_resnet18_office, build_resnet50_aspp
+
+
+def test_scene_model_shapes_and_encoder_dominates():
+    model = build_scene_model(num_classes=NUM_CLASSES, width=8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    out = model(x)
+    assert out["segmentation"].shape == (2, NUM_CLASSES, 32, 32)
+    assert out["depth"].shape == (2, 1, 32, 32) and out["normal"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(out["normal"].norm(dim=1), torch.ones(2, 32, 32))
+    assert model.encoder(x).shape == (2, 32, 8, 8)  # Z: 4·width channels at stride 4
+    macs = count_macs(build_scene_model(num_classes=NUM_CLASSES), torch.rand(1, 3, 32, 32))
+    heads = sum(v for k, v in macs.items() if k.startswith("head/"))
+    assert macs["encoder"] / (macs["encoder"] + heads) > 0.8
+
+
+def test_losses_on_hand_made_cases():
+    logits = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, 3, 3))
+    target[0, 0, :] = -1
+    valid = target >= 0
+    by_hand = -torch.log_softmax(logits, 1).permute(0, 2, 3, 1)[valid].gather(1, target[valid][:, None]).mean()
+    torch.testing.assert_close(segmentation_loss(logits, target), by_hand)
+
+    depth = torch.tensor([[[[1.0, 2.0], [0.0, 4.0]]]], dtype=torch.float64)
+    pred = torch.tensor([[[[1.5, 1.0], [9.0, 4.0]]]], dtype=torch.float64)
+    torch.testing.assert_close(depth_loss(pred, depth), torch.tensor((0.5 + 1.0 + 0.0) / 3, dtype=torch.float64))
+
+    n = F.normalize(torch.randn(1, 3, 2, 2, dtype=torch.float64), dim=1)
+    target = n.clone()
+    target[..., 0, 0] = 0.0  # invalid pixel: ignored whatever is predicted there
+    pred = n.clone()
+    pred[..., 0, 0] = -n[..., 0, 0]
+    torch.testing.assert_close(normal_loss(pred, target), torch.tensor(0.0, dtype=torch.float64))
+    pred[..., 1, 1] = -n[..., 1, 1]  # one of three valid pixels opposite: 1 − (1 + 1 − 1)/3
+    torch.testing.assert_close(normal_loss(pred, target), torch.tensor(2 / 3, dtype=torch.float64))
+
+
+def test_scene_tasks_metrics_are_fresh_objects():
+    a, b = scene_tasks(NUM_CLASSES), scene_tasks(NUM_CLASSES)
+    assert [t.name for t in a] == ["segmentation", "depth", "normal"]
+    assert a[0].metrics[0] is not b[0].metrics[0]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth", "normal"])
+def test_each_scene_task_is_learnable(task):
+    """A few Adam steps on a fixed tiny batch of scenes lower the task's loss clearly."""
+    torch.manual_seed(0)
+    s = generate_scenes(4, size=16, seed=7)
+    x = torch.from_numpy(s["image"])
+    key = {"segmentation": "label", "depth": "depth", "normal": "normal"}[task]
+    batch = (x, {task: torch.from_numpy(s[key])})
+    model = build_scene_model(num_classes=NUM_CLASSES, tasks=(task,), width=4)
+    trainer = Trainer(model, scene_tasks(NUM_CLASSES, (task,)), optimizer=torch.optim.Adam(model.parameters(), 1e-2))
+    first = trainer.step(batch).raw_losses.item()
+    for _ in range(20):
+        last = trainer.step(batch).raw_losses.item()
+    assert math.isfinite(last) and last < 0.7 * first
+
+
+def test_manytask_model_and_tasks():
+    model = build_manytask_model(tasks=5, d_in=6, d_rep=4)
+    out = model(torch.randn(3, 6))
+    assert sorted(out) == [f"t{i}" for i in range(5)] and all(v.shape == (3, 1) for v in out.values())
+    assert model.encoder(torch.randn(3, 6)).shape == (3, 4)
+    assert [t.name for t in manytask_tasks(5)] == sorted(out)
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_resnet50_aspp_matches_the_libmtl_parameter_count():
+    """LibMTL documents 71.9M parameters for HPS on NYUv2 (dilated ResNet-50 + three ASPP heads
+    with 13, 1 and 3 outputs). Built on the meta device: no memory, no init cost."""
+    with torch.device("meta"):
+        model = build_resnet50_aspp(num_classes=13)
+        encoder = _count(model.encoder)
+        assert encoder == 23_508_032  # torchvision's ResNet-50 without its fc layer
+        # per head: ASPP (1×1, three 3×3 at 2048→256, pooled 1×1, 1280→256 projection, six BNs),
+        # a 3×3 256→256 conv + BN, then the 256→k classifier
+        aspp = 2048 * 256 * (1 + 9 * 3 + 1) + 1280 * 256 + 6 * 512
+        per_head = aspp + 256 * 256 * 9 + 512
+        assert _count(model) == encoder + sum(per_head + 256 * k + k for k in (13, 1, 3))
+        assert abs(_count(model) / 1e6 - 71.9) < 0.05
+
+
+def test_resnet50_is_dilated_to_output_stride_8_and_heads_restore_the_input_size():
+    from mtoframe.models.resnet import ASPPHead, resnet50_dilated
+
+    trunk = resnet50_dilated().eval()
+    head = ASPPHead(16, 3, normalize=True).eval()  # a narrow input keeps the test light
+    with torch.no_grad():
+        assert trunk(torch.rand(1, 3, 32, 48)).shape == (1, 2048, 4, 6)
+        out = head(torch.rand(1, 16, 4, 6))
+    assert out.shape == (1, 3, 32, 48)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(1, 32, 48))
+
+
+def test_resnet18_office():
+    with torch.device("meta"):
+        office = build_resnet18_office(num_classes=31, tasks=("amazon", "dslr", "webcam"))
+        assert _count(office.encoder.backbone) == 11_176_512  # torchvision's ResNet-18 without fc
+    office = build_resnet18_office(num_classes=5, tasks=("a", "b"), hidden=None).eval()
+    with torch.no_grad():
+        assert office(torch.rand(2, 3, 32, 32))["b"].shape == (2, 5)
