@@ -16,12 +16,14 @@ from pathlib import Path
 from ..errors import OptionError
 from .manytask import ManyTaskDataset, manytask_data, manytask_datasets
 from .npy import NpyMultiTaskDataset, write_npy_layout
+from .office import MultiInputLoader, office_datasets
 from .scenes import CLASSES, NUM_CLASSES, generate_scenes
 
 __all__ = [
     "CLASSES",
     "NUM_CLASSES",
     "ManyTaskDataset",
+    "MultiInputLoader",
     "NpyMultiTaskDataset",
     "cache_root",
     "cityscapes_datasets",
@@ -29,6 +31,7 @@ __all__ = [
     "manytask_data",
     "manytask_datasets",
     "nyuv2_datasets",
+    "office_datasets",
     "scenes_datasets",
     "write_npy_layout",
 ]
