@@ -81,13 +81,20 @@ class DBMTL(Method):
         if not self.options.balance_magnitude:
             return
         g = ctx.grads
-        if self.buffer is None or self.buffer.shape[1] != g.shape[1]:
+        if self.buffer is None or self.buffer.shape != (len(ctx.all_tasks), g.shape[1]):
+            # first use, or a different task list / parameter count: an EMA of other gradients
+            # would be meaningless, so the recursion starts again (ĝ = 0, k = 1)
             self.buffer = torch.zeros(len(ctx.all_tasks), g.shape[1], dtype=g.dtype, device=g.device)
+            self.k = 0
         self.k += 1
         beta_k = self.options.beta / self.k**self.options.beta_sigma
-        ids = ctx.task_ids.to(g.device)
-        ema = torch.lerp(g, self.buffer[ids], beta_k)  # β_k ĝ + (1 − β_k) g
-        self.buffer[ids] = ema
+        if len(ctx.tasks) == len(ctx.all_tasks):
+            # every task present: update in place (saves two T×P copies per step)
+            ema = self.buffer.lerp_(g, 1.0 - beta_k)  # β_k ĝ + (1 − β_k) g
+        else:
+            ids = ctx.task_ids.to(g.device)
+            ema = torch.lerp(self.buffer[ids], g, 1.0 - beta_k)
+            self.buffer[ids] = ema
         norms = torch.linalg.vector_norm(ema, dim=1)
         scale = norms.max() / (norms + EPS)
         ctx.set_update(scale @ ema)

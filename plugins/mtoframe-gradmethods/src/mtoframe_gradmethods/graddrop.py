@@ -42,10 +42,15 @@ class GradDropOptions:
 
 def graddrop_rows(S: torch.Tensor, z_sign: torch.Tensor | None, u: torch.Tensor, leak: float) -> torch.Tensor:
     """Masked rows; ``S`` is ``T × B × F``, ``z_sign`` ``B × F`` (or None), ``u`` ``F``."""
-    s = (S * z_sign if z_sign is not None else S).sum(1)
-    purity = 0.5 * (1 + s.sum(0) / (s.abs().sum(0) + 1e-7))
-    mask = (purity > u) & (s > 0) | (purity < u) & (s < 0)
-    return S * (leak + (1 - leak) * mask.to(S.dtype)).unsqueeze(1)
+    if z_sign is None:
+        s = S[:, 0] if S.shape[1] == 1 else S.sum(1)
+    else:
+        s = (S * z_sign).sum(1)  # measured: several times faster than einsum/bmm on CPU
+    purity = 0.5 + 0.5 * s.sum(0) / (s.abs().sum(0) + 1e-7)
+    # keep positive entries where the sampled sign is +, negative ones where it is −; s = 0 drops
+    keep = torch.where(s > 0, purity > u, (purity < u) & (s < 0))
+    factor = keep.to(S.dtype) if leak == 0 else leak + (1 - leak) * keep.to(S.dtype)
+    return S * factor.unsqueeze(1)
 
 
 class GradDrop(Method):
