@@ -56,7 +56,7 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None)
         raise MtoError(f"losses must have shape ({t},) to match grads, got {tuple(losses.shape)}")
     ctx = StepContext(tasks=tuple(f"task{i}" for i in range(t)), losses=losses, space=m.grad_space,
                       device=grads.device)
-    ctx.weights = torch.ones(t, dtype=grads.dtype, device=grads.device)
+    ctx._weights = torch.ones(t, dtype=grads.dtype, device=grads.device)
     ctx.grads = grads
     hook = getattr(m, "on_shared_grads", None)
     if hook is not None:

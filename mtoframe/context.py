@@ -70,7 +70,9 @@ class StepContext:
         self.predictions: dict[str, Any] = {}
         self._losses = losses
         self.raw_losses: Tensor | None = losses
-        self.weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=losses.dtype if losses is not None else torch.float32)
+        self._weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=losses.dtype if losses is not None else torch.float32)
+        #: True until a method assigns ``weights`` (lets the engine skip scaling rows by ones)
+        self.unit_weights = True
         self.extra_losses: dict[str, Tensor] = {}
         self._grads: Tensor | None = None
         #: the gradient matrix as first computed, before any transform (for logging)
@@ -104,10 +106,24 @@ class StepContext:
             raise MtoError(f"ctx.losses must keep shape {tuple(self._losses.shape)}, got {tuple(value.shape)}")
         if self._losses is None:
             # the first losses fix the weights' dtype and device (float64 models get float64 weights)
-            self.weights = self.weights.to(dtype=value.dtype, device=value.device)
+            self._weights = self._weights.to(dtype=value.dtype, device=value.device)
         self._losses = value
         # gradients of the old losses are stale now
         self._saliency = None
+        self._grads = None
+        self._gram = None
+
+    @property
+    def weights(self) -> Tensor:
+        """``Tensor[T]`` loss weights (ones until a loss-level method sets them)."""
+        return self._weights
+
+    @weights.setter
+    def weights(self, value: Tensor) -> None:
+        if value.shape != self._weights.shape:
+            raise MtoError(f"ctx.weights must have shape {tuple(self._weights.shape)}, got {tuple(value.shape)}")
+        self._weights = value
+        self.unit_weights = False
         self._grads = None
         self._gram = None
 

@@ -79,7 +79,8 @@ class GradientEngine:
             raise MtoError(f"unknown gradient space {ctx.space!r}; allowed: 'params', 'representation'")
         if self.comm is not None:
             g = self.comm.task_matrix(g, ctx.space)
-        g = g * w.to(g.dtype).unsqueeze(1)
+        if not ctx.unit_weights:
+            g = g * w.to(g.dtype).unsqueeze(1)
         ctx.raw_grads = g
         return g
 

@@ -106,7 +106,8 @@ def on_shared_grads(ctx: StepContext) -> None:
         ``weights[t] * losses[t]`` with respect to the shared parameters (``D = P``) or to the
         representation (``D = numel(Z)``), per ``ctx.space``. Computed once, lazily, cached.
 
-    A *transform* replaces ``ctx.grads`` with another ``T×D`` matrix (PCGrad, scaling).
+    A *transform* replaces ``ctx.grads`` with another ``T×D`` matrix (PCGrad, scaling); it must
+    not modify the matrix in place (it may share storage with the cached saliency).
     An *aggregator* (last gradient method of a stack) calls
     ``ctx.set_update(d, head_weights=...)`` with the final ``D`` vector; without one the
     update is the sum of the rows. ``head_weights`` (``Tensor[T]``) scales what each task's head

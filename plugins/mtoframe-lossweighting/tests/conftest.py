@@ -1,58 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
-import torch
 
-from mtoframe import Method, Role, hookimpl
+sys.path.insert(0, str(Path(__file__).parent))
 
-
-class Identity(Method):
-    """Test-only gradient transform: leaves the T×P rows unchanged (forces the per-task path)."""
-
-    name = "identitytransform"
-    roles = Role.TRANSFORM
-
-    @hookimpl
-    def on_shared_grads(self, ctx):
-        self.rows = ctx.grads.clone()
-        ctx.grads = ctx.grads * 1.0
-
-
-class Observer:
-    """Trainer observer plugin: records what the stack left in the context of every step."""
-
-    name = "observer"
-
-    def __init__(self, fn=None):
-        self.records = []
-        self.fn = fn
-
-    @hookimpl
-    def on_task_losses(self, ctx):
-        rec = {
-            "epoch": ctx.epoch,
-            "step": ctx.step,
-            "weights": ctx.weights.detach().clone(),
-            "losses": ctx.losses.detach().clone(),
-            "raw": ctx.raw_losses.detach().clone(),
-            "extra": sorted(ctx.extra_losses),
-        }
-        if self.fn is not None:
-            rec.update(self.fn(ctx))
-        self.records.append(rec)
+from lossweighting_helpers import Identity  # noqa: E402
 
 
 @pytest.fixture
 def identity():
     return Identity()
-
-
-def loader(model, n=3, batch=8):
-    from mtoframe.testing import make_batch
-
-    return [make_batch(model, batch=batch, seed=10 + i) for i in range(n)]
-
-
-def mse(pred, target):
-    return ((pred - target) ** 2).mean()
-
-
-D64 = torch.float64

@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from conftest import D64, Observer, loader
+from lossweighting_helpers import D64, Observer, loader
 
 from mtoframe.errors import MtoError
 from mtoframe.testing import make_batch, make_trainer, make_vector_model

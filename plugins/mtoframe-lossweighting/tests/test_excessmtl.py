@@ -2,7 +2,7 @@ import io
 
 import pytest
 import torch
-from conftest import D64, Identity
+from lossweighting_helpers import D64, Identity
 
 import mtoframe
 from mtoframe import Method, Role

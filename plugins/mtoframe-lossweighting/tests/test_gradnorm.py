@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import D64, Identity, Observer, loader, mse
+from lossweighting_helpers import D64, Identity, Observer, loader, mse
 
 from mtoframe.errors import MtoError, OptionError
 from mtoframe.testing import make_batch, make_trainer, make_vector_model

@@ -4,7 +4,7 @@ import copy
 import io
 
 import torch
-from conftest import D64, Identity, mse
+from lossweighting_helpers import D64, Identity, mse
 
 from mtoframe import StepContext
 from mtoframe.testing import make_batch, make_trainer, make_vector_model

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import Identity
+from lossweighting_helpers import Identity
 
 import mtoframe
 from mtoframe import Method, Role, hookimpl

@@ -3,7 +3,7 @@ import io
 
 import pytest
 import torch
-from conftest import D64, Identity, mse
+from lossweighting_helpers import D64, Identity, mse
 
 from mtoframe import StepContext
 from mtoframe.errors import OptionError
