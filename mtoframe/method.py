@@ -69,6 +69,10 @@ class Method:
     roles: ClassVar[Role] = Role.NONE
     #: what task-specific (head) parameters receive, for the docs and ``mtoframe plugins``.
     heads_receive: ClassVar[str] = "their task's (weighted) loss gradient"
+    #: for aggregators whose update does not depend on the scale of each task's row (or that set
+    #: their own task weights): why, so that a loss weighting placed before them is rejected as
+    #: meaningless (:func:`check_loss_weighting_stack`).
+    ignores_loss_weights: ClassVar[str] = ""
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         if options is not None and kwargs:
@@ -167,3 +171,25 @@ def check_generic_stack(stack: Sequence[Method]) -> None:
         )
     for m in stack:
         m.check_stack(stack)
+
+
+def check_loss_weighting_stack(method: Method, stack: Sequence[Method]) -> None:
+    """Stacking rule for loss-weighting methods (FAMO, UW, DWA, ...), called from their
+    ``check_stack``: they compose with gradient transforms and with aggregators that read the
+    rows' scales; they are rejected next to another loss-level method (two weighting schemes on
+    the same losses are no published method and fight each other) and before an aggregator that
+    declares ``ignores_loss_weights`` (the weights would have no effect)."""
+    names = [m.name for m in stack]
+    for other in stack:
+        if other is method:
+            continue
+        if other.roles & Role.LOSS:
+            raise StackError(
+                f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
+                "two loss-weighting schemes would fight over the same task weights; use one"
+            )
+        if other.ignores_loss_weights:
+            raise StackError(
+                f"{method.name!r} before {other.name!r} in {names} is meaningless: "
+                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would have no effect"
+            )

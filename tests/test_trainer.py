@@ -202,3 +202,22 @@ def test_multi_input_batches_equal_hand_written_per_task_inputs(methods):
     with pytest.raises(mtoframe.BatchError, match="one shape per sample"):
         t1.step({"a": (torch.zeros(2, 8, dtype=torch.float64), batches["a"][1]["a"][:2]),
                  "b": (torch.zeros(2, 9, dtype=torch.float64), batches["b"][1]["b"][:2])})
+
+
+def test_loss_weighting_before_a_weight_blind_aggregator_is_rejected():
+    from helpers import Halve
+    from mtoframe.method import check_loss_weighting_stack
+
+    class Blind(ScaledSum):
+        name = "blind"
+        ignores_loss_weights = "it normalises every row"
+
+    class Weighting(Halve):
+        def check_stack(self, stack):
+            check_loss_weighting_stack(self, stack)
+
+    with pytest.raises(mtoframe.StackError, match="'halve' before 'blind' .* meaningless: it normalises every row"):
+        make_trainer([Weighting(), Blind()])
+    with pytest.raises(mtoframe.StackError, match="two loss-weighting schemes"):
+        make_trainer([Weighting(), type("Other", (Halve,), {"name": "other"})()])
+    make_trainer([Weighting(), ScaledSum()])

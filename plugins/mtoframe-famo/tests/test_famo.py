@@ -261,7 +261,8 @@ def test_stack_rejections_name_the_reason():
         roles = Role.LOSS
 
     class Nash(Fake):
-        name = "nashmtl"
+        name = "scaleinvariant"
+        ignores_loss_weights = "its update is invariant to rescaling each task's gradient"
 
     class Cagrad(Fake):
         name = "cagrad"

@@ -33,7 +33,8 @@ class Aggregator(Method):
 
 
 class Nash(Aggregator):
-    name = "nashmtl"
+    name = "scaleinvariant"
+    ignores_loss_weights = "its update is invariant to rescaling each task's gradient"
 
 
 class CAGradLike(Aggregator):

@@ -59,6 +59,7 @@ class DBMTL(Method):
     paper = "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv 2308.12029"
     Options = DBMTLOptions
     roles = Role.LOSS | Role.AGGREGATOR
+    ignores_loss_weights = "DB-MTL normalises every task's gradient and log-transforms the losses itself"
     heads_receive = "the unscaled gradient of log(L_t + 1e-8) (of L_t with log_transform=False)"
 
     def __init__(self, options: DBMTLOptions | None = None, /, **kwargs: object) -> None:

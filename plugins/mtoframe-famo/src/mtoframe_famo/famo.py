@@ -56,35 +56,9 @@ import torch
 from torch import Tensor
 
 from mtoframe import Method, Role, hookimpl
-from mtoframe.errors import MtoError, OptionError, StackError
+from mtoframe.errors import MtoError, OptionError
+from mtoframe.method import check_loss_weighting_stack
 from mtoframe.options import in_range, one_of
-
-#: aggregators whose update ignores per-task loss weights (or replaces them), with the reason
-WEIGHT_BLIND_AGGREGATORS = {
-    "nashmtl": "Nash-MTL's update is invariant to rescaling each task's gradient",
-    "imtlg": "IMTL-G's update is invariant to rescaling each task's gradient",
-    "dbmtl": "DB-MTL normalises every task's gradient and log-transforms the losses itself",
-    "excessmtl": "ExcessMTL sets its own task weights",
-}
-
-
-def check_loss_level_stack(method: Method, stack: Sequence[Method]) -> None:
-    """The stacking rule of a loss-weighting method (see the module docstring)."""
-    names = [m.name for m in stack]
-    for other in stack:
-        if other is method:
-            continue
-        if other.roles & Role.LOSS:
-            raise StackError(
-                f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
-                "two loss-weighting schemes would fight over the same task weights; use one"
-            )
-        if other.name in WEIGHT_BLIND_AGGREGATORS:
-            raise StackError(
-                f"{method.name!r} before {other.name!r} in {names} is meaningless: "
-                f"{WEIGHT_BLIND_AGGREGATORS[other.name]}, so {method.name!r}'s weights would have no effect"
-            )
-
 
 def softmax_vjp(logits: Tensor, delta: Tensor) -> Tensor:
     """``(diag z − z zᵀ) δ`` with ``z = softmax(logits)``: the gradient FAMO applies to ``ξ``."""
@@ -135,7 +109,7 @@ class FAMO(Method):
         return True
 
     def check_stack(self, stack: Sequence[Method]) -> None:
-        check_loss_level_stack(self, stack)
+        check_loss_weighting_stack(self, stack)
 
     def reset(self) -> None:
         self.logits: Tensor | None = None

@@ -49,6 +49,7 @@ class IMTLG(Method):
     summary = "IMTL-G: update with equal projections onto each task's unit gradient."
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     roles = Role.AGGREGATOR
+    ignores_loss_weights = "IMTL-G's update is invariant to rescaling each task's gradient"
     heads_receive = "their unweighted loss gradient"
 
     @hookimpl

@@ -11,38 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from mtoframe import Method, Role, hookimpl
-from mtoframe.errors import MtoError, StackError
+from mtoframe.errors import MtoError
+from mtoframe.method import check_loss_weighting_stack
 from mtoframe.options import in_range
-
-#: aggregators whose update ignores per-task loss weights (or replaces them), with the reason
-WEIGHT_BLIND_AGGREGATORS = {
-    "nashmtl": "Nash-MTL's update is invariant to rescaling each task's gradient",
-    "imtlg": "IMTL-G's update is invariant to rescaling each task's gradient",
-    "dbmtl": "DB-MTL normalises every task's gradient and log-transforms the losses itself",
-    "excessmtl": "ExcessMTL sets its own task weights",
-}
-
-
-def check_loss_level_stack(method: Method, stack: Sequence[Method]) -> None:
-    """A loss-level method composes with gradient transforms and with aggregators that read the
-    rows' scales; it is rejected next to another loss-level method (two weighting schemes on
-    the same losses are no published method and fight each other) and before an aggregator
-    that discards row scales (the weights would have no effect)."""
-    names = [m.name for m in stack]
-    for other in stack:
-        if other is method:
-            continue
-        if other.roles & Role.LOSS:
-            raise StackError(
-                f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
-                "two loss-weighting schemes would fight over the same task weights; use one"
-            )
-        if other.name in WEIGHT_BLIND_AGGREGATORS:
-            raise StackError(
-                f"{method.name!r} before {other.name!r} in {names} is meaningless: "
-                f"{WEIGHT_BLIND_AGGREGATORS[other.name]}, so {method.name!r}'s weights would have no effect"
-            )
-
 
 def optional_lr() -> Any:
     """``None`` (the optimiser's learning rate) or a positive number."""
@@ -55,7 +26,7 @@ class LossLevel(Method):
     roles = Role.LOSS
 
     def check_stack(self, stack: Sequence[Method]) -> None:
-        check_loss_level_stack(self, stack)
+        check_loss_weighting_stack(self, stack)
 
 
 class Learnable(LossLevel):

@@ -55,6 +55,7 @@ class ExcessMTL(Method):
     paper = "He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024, arXiv 2402.02009"
     Options = ExcessMTLOptions
     roles = Role.AGGREGATOR
+    ignores_loss_weights = "ExcessMTL sets its own task weights"
     heads_receive = "their task's gradient weighted by λ_t (as the reference)"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:

@@ -103,6 +103,7 @@ class NashMTL(Method):
     paper = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022, arXiv:2202.01017"
     Options = NashMTLOptions
     roles = Role.AGGREGATOR
+    ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"
     heads_receive = "α-weighted task gradients (the reference back-propagates Σ α_t L_t)"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
