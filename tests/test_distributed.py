@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mtoframe import MultiTaskModel
 from mtoframe.distributed import Communicator, all_gather_cat, all_reduce_mean, world_size
 from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer, make_vector_model
 
@@ -36,6 +37,10 @@ STACKS = {
     "dbmtl": ("mtoframe_dbmtl", lambda: ["dbmtl"], "vector", "sgd"),
     "repmtl-tsr": ("mtoframe_repmtl", lambda: [("repmtl", {"use_csa": False})], "vector", "sgd"),
     "repmtl": ("mtoframe_repmtl", lambda: ["repmtl"], "vector", "sgd"),
+    # CSA's negatives are the global batch's: every rank's anchors (or cross products) gathered.
+    # "task" negatives need non-linear heads: with scalar linear heads every sample's task Gram
+    # has the same direction, so the loss would be constant.
+    "repmtl-task": ("mtoframe_repmtl", lambda: [("repmtl", {"negatives": "task", "positive_in_denominator": True})], "mlp", "sgd"),
     "repmtl+nashmtl": (("mtoframe_repmtl", "mtoframe_nashmtl"), lambda: ["repmtl", "nashmtl"], "vector", "sgd"),
 }
 
@@ -50,17 +55,24 @@ def _installed(mods: object) -> bool:
     return True
 
 
-# CSA's negatives are the other samples' anchors: equal to the union only once Rep-MTL gathers every
-# rank's anchors with mtoframe.distributed.all_gather_cat (the plugin's change; strict so it is noticed).
-NEEDS_GLOBAL_ANCHORS = {"repmtl", "repmtl+nashmtl"}
-
 AVAILABLE = [k for k, (mods, *_) in STACKS.items() if _installed(mods)]
+
+
+def _model(kind: str) -> MultiTaskModel:
+    if kind == "conv":
+        return make_conv_model(seed=0)
+    model = make_vector_model(seed=0)
+    if kind == "mlp":  # non-linear heads: per-sample saliency directions differ
+        torch.manual_seed(1)
+        heads = {t: torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)) for t in model.heads}
+        model = MultiTaskModel(encoder=model.encoder, heads=heads).to(torch.float64)
+    return model
 
 
 def _run(key: str, rank: int | None) -> list[torch.Tensor]:
     """Train ``key`` STEPS steps: the whole batch (rank None) or this rank's half."""
     _, stack, kind, opt = STACKS[key]
-    model = (make_conv_model if kind == "conv" else make_vector_model)(seed=0)
+    model = _model(kind)
     trainer = make_trainer(stack(), model=model, optimizer=opt, lr=0.05)
     for step in range(STEPS):
         x, y = make_batch(model, batch=BATCH, seed=10 + step)
@@ -83,6 +95,8 @@ def _worker(rank: int, port: int, keys: list[str], out: str) -> None:
             except Exception:  # reported by the test of this key, which then fails
                 results[key] = traceback.format_exc()
         results["_primitives"] = _primitives(rank)
+        if _installed("mtoframe_repmtl"):
+            results["_csa"] = _csa_shards(rank)
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -101,6 +115,26 @@ def _primitives(rank: int) -> dict[str, torch.Tensor]:
     return {"mean": mean, "gathered": gathered.detach(), "grad": a.grad, "update": upd}
 
 
+CSA_OPTIONS = [(n, p) for n in ("anchor", "task") for p in (False, True)]
+
+
+def _csa_saliency() -> torch.Tensor:
+    return torch.randn(6, 3, 4, 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def _csa_shards(rank: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each rank's CSA value and saliency gradient on its half of one batch, for every option."""
+    from mtoframe_repmtl import csa_loss
+
+    out = []
+    for negatives, pid in CSA_OPTIONS:
+        s = _csa_saliency()[rank * 3 : (rank + 1) * 3].requires_grad_()
+        loss = csa_loss(s, 0.3, negatives=negatives, positive_in_denominator=pid)
+        loss.backward()
+        out.append((loss.detach(), s.grad))
+    return out
+
+
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, object]]:
     out = str(tmp_path_factory.mktemp("ddp") / "result")
@@ -112,11 +146,7 @@ def distributed_results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, d
     return {r: torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)}
 
 
-@pytest.mark.parametrize("key", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="Rep-MTL CSA does not gather anchors yet"))
-    if k in NEEDS_GLOBAL_ANCHORS else k
-    for k in STACKS
-])
+@pytest.mark.parametrize("key", list(STACKS))
 def test_two_ranks_on_halves_equal_one_process_on_union(key: str, distributed_results: dict) -> None:
     if key not in AVAILABLE:
         pytest.skip(f"plugin for {key!r} not installed")
@@ -127,7 +157,7 @@ def test_two_ranks_on_halves_equal_one_process_on_union(key: str, distributed_re
         for p, q in zip(got, reference):
             torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9)  # Nash-MTL is iterative: ulp-level G differences
     # the stack really trained (a no-op update would match trivially)
-    start = [p.detach() for p in (make_conv_model if STACKS[key][2] == "conv" else make_vector_model)(seed=0).parameters()]
+    start = [p.detach() for p in _model(STACKS[key][2]).parameters()]
     assert any(not torch.equal(p, q) for p, q in zip(reference, start))
 
 
@@ -151,3 +181,17 @@ def test_single_process_helpers_are_identities() -> None:
     assert world_size() == 1
     assert all_reduce_mean(x) is x
     assert all_gather_cat(x) is x
+
+
+def test_csa_shards_give_the_union_loss_and_gradient(distributed_results: dict) -> None:
+    """Mean over ranks of the shard values is the union's CSA; a rank's saliency gradient (its
+    gather's backward sums both ranks' terms) is N times the union's rows for its samples."""
+    repmtl = pytest.importorskip("mtoframe_repmtl")
+    for i, (negatives, pid) in enumerate(CSA_OPTIONS):
+        s = _csa_saliency().requires_grad_()
+        union = repmtl.csa_loss(s, 0.3, negatives=negatives, positive_in_denominator=pid)
+        union.backward()
+        (l0, g0), (l1, g1) = distributed_results[0]["_csa"][i], distributed_results[1]["_csa"][i]
+        torch.testing.assert_close((l0 + l1) / 2, union.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(torch.cat([g0, g1]) / 2, s.grad, rtol=1e-10, atol=1e-14)
+        assert not torch.allclose(l0, l1)  # the shards differ: the test is not symmetric by accident

@@ -117,6 +117,31 @@ def test_csa_gram_form_equals_dense(opts: dict, shape: tuple[int, ...]) -> None:
     assert (s1.grad - s2.grad).abs().max() < 1e-10
 
 
+def test_cross_grams_against_external_anchors_equal_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the distributed path passes the (gathered) anchors in; given this sample set's own anchors
+    # built with autograd, values and the saliency gradient must equal the built-in path's
+    from mtoframe_repmtl._layout import sample_scale
+
+    w = rand(5, 3, 5, seed=2)
+    for chunk in (csa_mod._CHUNK_ELEMENTS, 1):  # kept Grams, and recomputed one sample at a time
+        monkeypatch.setattr(csa_mod, "_CHUNK_ELEMENTS", chunk)
+        s1 = rand(5, 3, 4, 6).requires_grad_(True)
+        s2 = s1.detach().clone().requires_grad_(True)
+        c = sample_scale(s1)
+        m1, _, q1 = csa_mod._SaliencyGrams.apply(s1, c, True)
+        anchors = s2.mean(dim=-1) * c[:, None, None]
+        m2, _, q2 = csa_mod._SaliencyGrams.apply(s2, c, True, anchors)
+        torch.testing.assert_close(q2, q1, rtol=1e-13, atol=0)
+        ((q1 * w).sum() + m1.sum()).backward()
+        ((q2 * w).sum() + m2.sum()).backward()
+        torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-11, atol=1e-14)
+
+
+def test_negative_mask_excludes_self_only() -> None:
+    _, _, neg = csa_terms(rand(4, 2, 3, 2, 2))
+    assert torch.equal(csa_mod.negative_mask(neg), ~torch.eye(4, dtype=torch.bool))
+
+
 def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
     s = rand(5, 3, 6, 2, 2)
     ref = s.clone().requires_grad_(True)

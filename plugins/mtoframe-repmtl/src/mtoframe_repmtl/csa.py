@@ -26,6 +26,15 @@ Ambiguities, each an option (the paper has no code to settle them):
 * ``positive_in_denominator=False`` (default, literal): the log-sum-exp runs over negatives only;
   ``True`` is the usual InfoNCE ``−log(e^{pos/τ} / (e^{pos/τ} + Σ e^{neg/τ}))``.
 * ``tau = 0.07``: not reported in the paper (MoCo/SupCon's common value).
+
+Under torch.distributed (``N`` ranks, ``B`` samples each) the negatives are the **global**
+batch's: each rank gathers every rank's anchors (and, for ``"task"``, every rank's cross products
+``⟨Â_b, M_{k,t}⟩`` and ``‖M_{k,t}‖``, never the saliency itself) with
+:func:`mtoframe.distributed.all_gather_cat` and returns the mean of **its own** ``B·T`` terms
+against all ``N·B − 1`` negatives (self at column ``rank·B + b``). The union loss is the mean of
+the ranks' values, and since the gather's backward sums every rank's gradient for this rank's
+rows, the trainer's mean reduction of ``.grad`` yields the union loss's gradient exactly. Every
+rank must call it in the same order with the same ``B``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mtoframe.distributed import all_gather_cat, rank, world_size
 from mtoframe.errors import BatchError, OptionError
 
 from ._layout import as_btcn, full_precision, sample_scale, tiny
@@ -66,17 +76,27 @@ class _SaliencyGrams(torch.autograd.Function):
         q[b, t]    = ‖A_bᵀ u_{b,t}‖²_F       = ⟨Â_b, M_{b,t}⟩         (cross=False)
         q[b, t, k] = ‖A_bᵀ u_{k,t}‖²_F       = ⟨Â_b, M_{k,t}⟩         (cross=True)
 
+    With ``anchors`` (``[B', T, C]``, cross only) the cross products are taken against those
+    anchors instead of ``a`` (``q`` is ``[B', T, B]``) and their gradient is returned: under
+    torch.distributed they are every rank's anchors, which depend on this call's ``a`` through
+    a collective, so they cannot be this call's own output.
+
     Autograd would allocate one full-size gradient per slice ``S[:, t]`` and one for the mean;
     this backward writes them all into a single ``S``-sized buffer, a few samples at a time.
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, scale: Tensor, cross: bool) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         B, T = s.shape[:2]
         a = s.mean(dim=-1) * scale[:, None, None]
+        external = anchors is not None
+        against = anchors.detach() if external else a
+        Bq = against.shape[0]
         m = s.new_empty(B, T)
-        q = s.new_empty(B, T, B) if cross else s.new_empty(B, T)
-        flat = a.reshape(B * T, -1)
+        q = s.new_empty(Bq, T, B) if cross else s.new_empty(B, T)
+        flat = against.reshape(Bq * T, -1)
         side = min(s.shape[-2:])
         # Small problems keep their Grams for the backward (a third of the work); large ones,
         # whose Grams would rival S in size, recompute them chunk by chunk.
@@ -90,21 +110,26 @@ class _SaliencyGrams(torch.autograd.Function):
                     grams[t, k] = g
                 m[k, t] = g.square().sum(dim=(-1, -2))
                 if cross:
-                    q[:, t, k] = torch.matmul(flat, u).unflatten(1, (B, T)).square().sum(dim=(-1, -2)).T
+                    q[:, t, k] = torch.matmul(flat, u).unflatten(1, (Bq, T)).square().sum(dim=(-1, -2)).T
                 else:
                     q[k, t] = torch.bmm(a[k], u).square().sum(dim=(-1, -2))
-        ctx.save_for_backward(s, scale, a, grams)
-        ctx.cross, ctx.keep = cross, keep
+        ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
+        ctx.cross, ctx.keep, ctx.external = cross, keep, external
         return m, a, q
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        s, scale, a, grams = ctx.saved_tensors
+    def backward(  # type: ignore[override]
+        ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor
+    ) -> tuple[Tensor, None, None, Tensor | None]:
+        s, scale, a, grams, anchors = ctx.saved_tensors
         B, T, _, N = s.shape
         grad = torch.empty_like(s)
         ga = g_a.clone()  # plus what q sends back through the anchors
-        flat = a.reshape(B * T, -1)
+        against = anchors if ctx.external else a
+        g_against = torch.zeros_like(anchors) if ctx.external else ga
+        Bq = against.shape[0]
+        flat = against.reshape(Bq * T, -1)
         for t in range(T):
             for k in _chunks(s):
                 c = scale[k, None, None]
@@ -114,10 +139,10 @@ class _SaliencyGrams(torch.autograd.Function):
                 gu = (g @ u if u.shape[-2] <= u.shape[-1] else u @ g) * (4 * g_m[k, t, None, None])
                 # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
                 if ctx.cross:
-                    r = torch.matmul(flat, u).unflatten(1, (B, T))  # [k, B, T, N]
+                    r = torch.matmul(flat, u).unflatten(1, (Bq, T))  # [k, Bq, T, N]
                     wr = r * (2 * g_q[:, t, k].T)[:, :, None, None]
                     gu += torch.matmul(flat.T, wr.flatten(1, 2))
-                    ga += torch.einsum("kcn,kbsn->bsc", u, wr)
+                    g_against += torch.einsum("kcn,kbsn->bsc", u, wr)
                 else:
                     wr = torch.bmm(a[k], u) * (2 * g_q[k, t, None, None])
                     gu += torch.bmm(a[k].transpose(1, 2), wr)
@@ -125,7 +150,7 @@ class _SaliencyGrams(torch.autograd.Function):
                 grad[k, t] = gu * c
         # a = c · mean_n S: every position gets c/N of the anchor's gradient
         grad += (ga * (scale[:, None, None] / N))[..., None]
-        return grad, None, None
+        return grad, None, None, g_against if ctx.external else None
 
 
 def csa_terms(
@@ -135,8 +160,9 @@ def csa_terms(
     negatives: str = "anchor",
     positive_in_denominator: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(L_csa, cos_pos [B, T], cos_neg [B, T, B])``; ``cos_neg[b, t, b]`` is not a negative
-    (it is masked out of the loss)."""
+    """``(L_csa, cos_pos [B, T], cos_neg [B, T, N·B])`` with ``N`` ranks (1 outside
+    torch.distributed); ``cos_neg[b, t, rank·B + b]`` is not a negative (it is masked out of the
+    loss; :func:`negative_mask` marks the rest)."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise OptionError(f"csa_loss: tau must be a positive number, got {tau!r}")
     if negatives not in NEGATIVES:
@@ -144,28 +170,47 @@ def csa_terms(
     with full_precision(saliency):
         s = as_btcn(saliency, "csa_loss")
         B, T = s.shape[:2]
-        if B < 2:
+        if B * world_size() < 2:
             raise BatchError(
                 f"csa_loss needs at least 2 samples per batch (its negatives are the other samples), got B={B}; "
                 "use batches of 2 or more (e.g. DataLoader(drop_last=True)) or use_csa=False"
             )
         eps = tiny(s)
-        m, a, q = _SaliencyGrams.apply(s, sample_scale(s), negatives == "task")
-        aa = torch.einsum("btc,ksc->bkts", a, a).square().sum(dim=(-1, -2))  # [B, B] = ⟨Â_b, Â_k⟩
-        a_norm = aa.diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
-        m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
+        scale = sample_scale(s)
+        offset = rank() * B  # this rank's rows in the gathered (global) batch
+        local = slice(offset, offset + B)
+        m, a, q = _SaliencyGrams.apply(s, scale, negatives == "task" and world_size() == 1)
+        a_all = all_gather_cat(a)  # [N·B, T, C]
+        aa = torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))  # [B, N·B] = ⟨Â_b, Â_k⟩
+        a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
         if negatives == "anchor":
+            m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
             pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
-            neg = (aa / (a_norm[:, None] * a_norm[None, :]).clamp_min(eps))[:, None, :].expand(B, T, B)
+            a_norm_all = all_gather_cat(a_norm)
+            neg = (aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps))[:, None, :].expand(B, T, aa.shape[1])
         else:
-            neg = q / (a_norm[:, None, None] * m_norm.T[None, :, :]).clamp_min(eps)
-            pos = torch.diagonal(neg, dim1=0, dim2=2).T
-        self_pair = torch.eye(B, dtype=torch.bool, device=s.device)[:, None, :]
-        logits = (neg / tau).masked_fill(self_pair, float("-inf"))
+            if world_size() > 1:
+                # every rank's anchors against this rank's task Grams, then every rank's columns
+                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)
+                q = all_gather_cat(q, dim=2)[local]
+            m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
+            neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
+            pos = torch.diagonal(neg[:, :, local], dim1=0, dim2=2).T
+        logits = (neg / tau).masked_fill(~negative_mask(neg)[:, None, :], float("-inf"))
         if positive_in_denominator:
             logits = torch.cat([(pos / tau)[..., None], logits], dim=-1)
         loss = (torch.logsumexp(logits, dim=-1) - pos / tau).mean()
         return loss, pos, neg
+
+
+def negative_mask(neg: Tensor) -> Tensor:
+    """``[B, N·B]`` boolean: which columns of ``cos_neg`` (from :func:`csa_terms`) are negatives of
+    row ``b`` (all but this rank's own sample, at ``rank·B + b``)."""
+    B, total = neg.shape[0], neg.shape[-1]
+    mask = torch.ones(B, total, dtype=torch.bool, device=neg.device)
+    idx = torch.arange(B, device=neg.device)
+    mask[idx, rank() * B + idx] = False
+    return mask
 
 
 def csa_loss(

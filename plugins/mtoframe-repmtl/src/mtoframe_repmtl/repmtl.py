@@ -41,6 +41,10 @@ Options (defaults in brackets):
 Heads receive their task's (weighted) loss gradient plus the regulariser's gradient. Logs
 ``reg/tsr``, ``reg/csa`` (λ-scaled), ``repmtl/cos_pos``, ``repmtl/cos_neg`` and
 ``repmtl/entropy/<task>`` (task t's share of the TSR entropy) on logging steps.
+
+Under torch.distributed CSA's negatives are the global batch's (see :mod:`mtoframe_repmtl.csa`),
+each rank's terms are means over its own samples (the trainer's mean of ``.grad`` then gives the
+union's gradient), and the regulariser values and logs are all-reduced to the union's.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ import torch
 
 from mtoframe import Method, Role, hookimpl
 from mtoframe.context import StepContext
+from mtoframe.distributed import all_reduce_mean, is_distributed
 from mtoframe.options import boolean, in_range, one_of
 
-from .csa import NEGATIVES, csa_terms
+from .csa import NEGATIVES, csa_terms, negative_mask
 from .tsr import tsr_terms
 
 #: the same guard DB-MTL uses for ``log(L_t)`` when a loss reaches 0.
@@ -103,19 +108,41 @@ class RepMTL(Method):
         if not (o.use_tsr or o.use_csa):
             return
         s = ctx.rep_grads(differentiable=True).transpose(0, 1)  # [B, T, ...], a view
+        distributed = is_distributed()
+        stats = ctx.logging or distributed
+        reg: dict[str, torch.Tensor] = {}
+        logs: dict[str, torch.Tensor] = {}
         if o.use_tsr:
             tsr, per_task = tsr_terms(s)
-            ctx.add_loss("tsr", o.lambda_tsr * tsr)
-            if ctx.logging:
-                for name, h in zip(ctx.tasks, per_task):
-                    ctx.log(f"repmtl/entropy/{name}", h)
+            reg["tsr"] = o.lambda_tsr * tsr
+            if stats:
+                logs.update({f"repmtl/entropy/{name}": h for name, h in zip(ctx.tasks, per_task)})
         if o.use_csa:
             csa, pos, neg = csa_terms(
                 s, o.tau, negatives=o.negatives, positive_in_denominator=o.positive_in_denominator
             )
-            ctx.add_loss("csa", o.lambda_csa * csa)
-            if ctx.logging:
-                B = neg.shape[0]
-                others = ~torch.eye(B, dtype=torch.bool, device=neg.device)[:, None, :].expand_as(neg)
-                ctx.log("repmtl/cos_pos", pos.mean())
-                ctx.log("repmtl/cos_neg", neg[others].mean())
+            reg["csa"] = o.lambda_csa * csa
+            if stats:
+                logs["repmtl/cos_pos"] = pos.mean()
+                logs["repmtl/cos_neg"] = neg[negative_mask(neg)[:, None, :].expand_as(neg)].mean()
+        if distributed:
+            reg, logs = _union_values(reg, logs)
+        for name, value in reg.items():
+            ctx.add_loss(name, value)
+        for tag, value in logs.items():
+            ctx.log(tag, value)
+
+
+def _union_values(
+    reg: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The union batch's values (one all-reduce), keeping each term's rank-local gradient.
+
+    Each rank's terms are means over its own, equally many, samples, so their rank mean is the
+    union's value; the gradient stays local (the trainer averages ``.grad`` over ranks), as the
+    trainer does for task losses. Every rank calls this every step (``ctx.logging`` may differ).
+    """
+    values = list(reg.values()) + list(logs.values())
+    mean = all_reduce_mean(torch.stack([v.detach() for v in values]))  # one dtype: the saliency's
+    out = [m + (v - v.detach()) for m, v in zip(mean, values)]
+    return dict(zip(reg, out[: len(reg)])), dict(zip(logs, out[len(reg) :]))
