@@ -206,14 +206,17 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise OptionError(f"cannot read config {p}: {exc.strerror or exc}") from exc
-    return config_from_text(text, overrides, source=str(p))
+    return parse_config(text, overrides, source=str(p))
 
 
-def config_from_text(text: str, overrides: Sequence[str] = (), *, source: str = "<config>") -> RunConfig:
+def parse_config(text: str, overrides: Sequence[str] = (), *, source: str = "<config>") -> RunConfig:
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # its message carries "(at line L, column C)"
-        raise OptionError(f"{source} is not valid TOML: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)  # "(at line L, column C)", or "(at end of document)": name that line too
+        if "line" not in msg:
+            msg += f" (line {max(len(text.splitlines()), 1)} is the last)"
+        raise OptionError(f"{source} is not valid TOML: {msg}") from exc
     return build(RunConfig, apply_overrides(table, overrides))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from mtoframe.cli import main
 from mtoframe.commands.train import train
-from mtoframe.config import RunConfig, config_from_text, load_config
+from mtoframe.config import RunConfig, parse_config, load_config
 from mtoframe.errors import OptionError
 
 @pytest.fixture(autouse=True)
@@ -108,17 +108,18 @@ def test_resume_continues_identically(tmp_path):
     ("methods = [{ name = 'cagrad', opts = {} }]\n", [], r"allowed keys: name, options"),
     ("[data]\nname = 'nyuv2'\n", [], r"needs path"),
     ("epochs = 1\nseed = = 2\n", [], r"not valid TOML.*at line 2"),
+    ("epochs = 1\nmethods = [\n", [], r"not valid TOML: .*end of document.*line 2 is the last"),
     ("data = 3\n", [], r"\[data\] must be a table"),
     ("", ["epochs"], r"--set expects key=value"),
     ("", ["epochs=two"], r"'epochs'.*got 'two'"),
 ])
 def test_config_errors_name_the_key_and_the_allowed_values(text, overrides, match):
     with pytest.raises(OptionError, match=match):
-        config_from_text(text, overrides)
+        parse_config(text, overrides)
 
 
 def test_defaults_and_cli_error_exit(tmp_path, capsys):
-    cfg = config_from_text("")
+    cfg = parse_config("")
     assert isinstance(cfg, RunConfig) and cfg.data.name == "scenes" and cfg.optimizer.name == "adam"
     bad = _write(tmp_path, "[optimizer]\nlr = 'fast'\n")
     assert main(["train", str(bad)]) == 2
@@ -126,7 +127,7 @@ def test_defaults_and_cli_error_exit(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.toml")]) == 2
     assert "cannot read config" in capsys.readouterr().err
     with pytest.raises(OptionError, match="does not have"):
-        train(config_from_text(MANYTASK, ['tasks=["t7"]']))
+        train(parse_config(MANYTASK, ['tasks=["t7"]']))
     with pytest.raises(OptionError, match="--resume needs checkpoint"):
-        train(config_from_text(MANYTASK), resume=True)
+        train(parse_config(MANYTASK), resume=True)
     assert torch.get_default_dtype() == torch.float32
