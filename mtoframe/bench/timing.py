@@ -8,12 +8,14 @@ instead of whichever happened to run last.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -142,6 +144,28 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@contextlib.contextmanager
+def _freed_memory_returned() -> Iterator[bool]:
+    """glibc keeps freed blocks in its heap, so after the first step the RSS no longer grows
+    and a delta reads ~0. For the memory pass, allocations of 64 KiB and more are served by
+    mmap and freed to the system at once (``mallopt``), so the RSS follows the live tensors;
+    afterwards the glibc default thresholds (128 KiB) are set back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024))
+    except (OSError, AttributeError):
+        yield False
+        return
+    try:
+        yield ok
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
 def rss_available() -> bool:
     try:
         _rss_bytes()
@@ -155,8 +179,9 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
 
     CUDA: ``max_memory_allocated`` above what was allocated before the step (exact, tensors only).
     CPU: peak resident-set size above the size before the step, sampled every ~0.2 ms by a
-    thread (an estimate: the allocator may reuse freed pages, so it can undercount); maximum
-    over ``repeats`` steps.
+    thread, with large blocks returned to the system on free (see
+    :func:`_freed_memory_returned`); an estimate (sampling can miss a short peak, small blocks
+    stay pooled); maximum over ``repeats`` steps.
     """
     if device.type == "cuda":
         best = 0
@@ -170,6 +195,12 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
         return best / 2**20, "cuda max_memory_allocated delta"
     if not rss_available():
         return math.nan, "unavailable (no /proc/self/statm)"
+    with _freed_memory_returned() as returned:
+        mib = _peak_rss_delta(step, repeats) / 2**20
+    return mib, "cpu peak RSS delta (sampled" + (", glibc mmap threshold 64 KiB)" if returned else ")")
+
+
+def _peak_rss_delta(step: Callable[[], Any], repeats: int) -> int:
     best = 0
     for _ in range(repeats):
         base = _rss_bytes()
@@ -190,7 +221,7 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
             th.join()
         peak[0] = max(peak[0], _rss_bytes())
         best = max(best, peak[0] - base)
-    return best / 2**20, "cpu peak RSS delta (sampled)"
+    return best
 
 
 def environment(device: torch.device) -> dict[str, Any]:
