@@ -15,13 +15,14 @@ Example (every key optional except where the data set needs it)::
     checkpoint = "runs/repmtl-nash/last.pt"        # written after every epoch
 
     [data]
-    name = "scenes"        # scenes | manytask | nyuv2 | cityscapes
+    name = "scenes"        # scenes | manytask | nyuv2 | cityscapes | office31 | officehome
     n_train = 2000
     n_val = 400
     size = 64
 
     [model]
     name = "auto"          # hps (scenes, nyuv2, cityscapes) | mlp (manytask) | resnet50 (nyuv2, cityscapes)
+                           # | resnet18 (office31, officehome: images under path, lists under list_dir)
     width = 32
 
     [optimizer]
@@ -47,8 +48,8 @@ import attrs
 from .errors import OptionError
 from .options import boolean, in_range, integer, one_of
 
-DATASETS = ("scenes", "manytask", "nyuv2", "cityscapes")
-MODELS = ("auto", "hps", "mlp", "resnet50")
+DATASETS = ("scenes", "manytask", "nyuv2", "cityscapes", "office31", "officehome")
+MODELS = ("auto", "hps", "mlp", "resnet50", "resnet18")
 DENSE_TASKS = ("segmentation", "depth", "normal")
 
 
@@ -66,7 +67,7 @@ def _optional_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
 
 def _str_list(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value)):
-        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty list of task names, got {value!r}")
+        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty list of names (strings), got {value!r}")
 
 
 def _tuple_or_none(value: Any) -> Any:
@@ -90,12 +91,20 @@ class DataConfig:
     # cityscapes
     label_dir: str = attrs.field(default="label_7", validator=_optional_str)
     num_classes: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(2)))
+    # office31 / officehome: {list_dir}/{domain}_{split}.txt, image paths relative to path
+    list_dir: str | None = attrs.field(default=None, validator=_optional_str)
+    domains: tuple[str, ...] | None = attrs.field(default=None, converter=_tuple_or_none, validator=_str_list)
+    image_size: int = attrs.field(default=224, validator=integer(8, 4096))
+    val_split: str = attrs.field(default="val", validator=_optional_str)
     workers: int = attrs.field(default=0, validator=integer(0, 64))
 
     def __attrs_post_init__(self) -> None:
         if self.name in ("nyuv2", "cityscapes") and self.path is None:
             raise OptionError(f"[data] name = {self.name!r} needs path = the directory holding train/ and val/ "
                               "of the preprocessed .npy release")
+        if self.name in ("office31", "officehome") and self.path is None:
+            raise OptionError(f"[data] name = {self.name!r} needs path = the image root (and list_dir = the "
+                              "directory of {domain}_{split}.txt lists when they live elsewhere)")
 
 
 @_named("[model]")

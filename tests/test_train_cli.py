@@ -131,3 +131,36 @@ def test_defaults_and_cli_error_exit(tmp_path, capsys):
     with pytest.raises(OptionError, match="--resume needs checkpoint"):
         train(parse_config(MANYTASK), resume=True)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_office_multi_input_end_to_end(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for domain, n in (("amazon", 4), ("webcam", 2)):
+        for split in ("train", "val"):
+            lines = []
+            for i in range(n):
+                rel = f"{domain}/{split}{i}.npy"
+                (tmp_path / domain).mkdir(exist_ok=True)
+                np.save(tmp_path / rel, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+                lines.append(f"{rel} {i % 3}")
+            (tmp_path / f"{domain}_{split}.txt").write_text("\n".join(lines))
+    cfg = _write(tmp_path, f"""
+epochs = 1
+batch_size = 2
+tasks = ["amazon", "webcam"]
+[data]
+name = "office31"
+path = "{tmp_path.as_posix()}"
+image_size = 16
+""")
+    hist = tmp_path / "h.json"
+    assert main(["train", str(cfg), "--history", str(hist)]) == 0
+    assert "training ew on office31 (6 train / 6 val)" in capsys.readouterr().out
+    val = json.loads(hist.read_text())[0]["val"]
+    assert set(val) == {"amazon", "webcam"} and all(0.0 <= v["acc"] <= 1.0 for v in val.values())
+    with pytest.raises(OptionError, match=r"'tasks' names \['Clipart'\].*allowed: \['amazon', 'dslr', 'webcam'\]"):
+        train(parse_config(cfg.read_text(), ['tasks=["Clipart"]']))
+    with pytest.raises(OptionError, match=r"no image list .*dslr_train.txt.*lists present"):
+        train(parse_config(cfg.read_text(), ['tasks=["dslr"]']))

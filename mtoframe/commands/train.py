@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Dataset, Dataset]:
-    """``(model, tasks, train dataset, val dataset)`` of a config."""
+def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
+    """``(model, tasks, train, val)`` of a config: datasets, or ``{task: dataset}`` for
+    multi-input data (Office)."""
     from ..models.hps import build_manytask_model, build_scene_model, manytask_tasks, scene_tasks
 
     d, m = cfg.data, cfg.model
@@ -56,6 +57,9 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Dataset, Dataset]:
         model.heads = torch.nn.ModuleDict({k: v for k, v in model.heads.items() if k in keep})
         return (model, [t for t in manytask_tasks(d.num_tasks) if t.name in keep],
                 _Subset(train_ds, keep), _Subset(val_ds, keep))
+
+    if d.name in ("office31", "officehome"):
+        return _office_run(cfg)
 
     from .. import data as datamod
 
@@ -84,6 +88,28 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Dataset, Dataset]:
     else:
         raise OptionError(f"[model] name = {m.name!r} does not fit data {d.name!r}; allowed: auto, hps, resnet50")
     return model, scene_tasks(classes, tasks), _Subset(train_ds, tasks), _Subset(val_ds, tasks)
+
+
+def _office_run(cfg: RunConfig) -> tuple[Any, list[Any], dict[str, Dataset], dict[str, Dataset]]:
+    from ..data.office import OFFICE31, OFFICEHOME, office_datasets
+    from ..metrics import Accuracy
+    from ..model import Task
+    from ..models.resnet import build_resnet18_office
+
+    d = cfg.data
+    if cfg.model.name not in ("auto", "resnet18"):
+        raise OptionError(f"[model] name = {cfg.model.name!r} does not fit data {d.name!r}; allowed: auto, resnet18")
+    domains = d.domains or (OFFICE31 if d.name == "office31" else OFFICEHOME)
+    _check_subset(cfg, domains)
+    domains = cfg.tasks or domains
+    lists = d.list_dir or d.path
+    assert d.path is not None and lists is not None
+    train_ds = office_datasets(d.path, lists, domains=domains, split="train", size=d.image_size)
+    val_ds = office_datasets(d.path, lists, domains=domains, split=d.val_split, size=d.image_size)
+    classes = d.num_classes or (31 if d.name == "office31" else 65)
+    model = build_resnet18_office(num_classes=classes, tasks=domains)
+    tasks = [Task(t, loss=torch.nn.functional.cross_entropy, metrics=[Accuracy()]) for t in domains]
+    return model, tasks, train_ds, val_ds
 
 
 class _Subset(Dataset):
@@ -121,7 +147,7 @@ def _to(obj: Any, device: torch.device) -> Any:
 
 
 class _OnDevice:
-    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+    def __init__(self, loader: Any, device: torch.device) -> None:
         self.loader, self.device = loader, device
 
     def __iter__(self) -> Iterator[Any]:
@@ -152,9 +178,18 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
     model, tasks, train_ds, val_ds = build_run(cfg)
     model.to(device)
     # The loader shuffles from the global RNG, which checkpoints restore: resume stays identical.
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
-                          num_workers=cfg.data.workers)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=cfg.data.workers)
+    workers = cfg.data.workers
+    train_dl: Any
+    val_dl: Any
+    if isinstance(train_ds, dict):  # multi-input: each task has its own images
+        from ..data.office import MultiInputLoader
+
+        train_dl = MultiInputLoader(train_ds, batch_size=cfg.batch_size, num_workers=workers)
+        val_dl = MultiInputLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, cycle=False, num_workers=workers)
+    else:
+        train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
+                              drop_last=len(train_ds) > cfg.batch_size, num_workers=workers)
+        val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
     trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
                       log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
                       progress=cfg.progress, hparams=flat(cfg))
@@ -164,7 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
             echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
     stack = "+".join(m.name for m in trainer.stack) or "ew"
     if echo:
-        echo(f"training {stack} on {cfg.data.name} ({len(train_ds)} train / {len(val_ds)} val), "
+        echo(f"training {stack} on {cfg.data.name} ({_size(train_ds)} train / {_size(val_ds)} val), "
              f"tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
     with trainer:
         while trainer.epoch < cfg.epochs:
@@ -177,6 +212,10 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
     if cfg.log_dir is not None:
         Path(cfg.log_dir, "history.json").write_text(json.dumps(trainer.history, indent=2))
     return trainer.history
+
+
+def _size(ds: Any) -> int:
+    return sum(len(v) for v in ds.values()) if isinstance(ds, dict) else len(ds)
 
 
 def format_epoch(stats: dict[str, Any], epochs: int, seconds: float) -> str:
