@@ -20,7 +20,8 @@ def test_kkt_of_the_min_norm_point(case):
     scale = float((g * g).sum(1).max())
     assert (g @ d >= d @ d - 1e-9 * scale).all()
     # and d lies in the hull: its weights solve the simplex-constrained least squares
-    w = torch.linalg.lstsq(g.T, d.unsqueeze(1)).solution.squeeze(1)
+    # gelsd (SVD) is robust to the rank-deficient families (duplicate rows); the default driver is not
+    w = torch.linalg.lstsq(g.T, d.unsqueeze(1), driver="gelsd").solution.squeeze(1)
     assert float(torch.linalg.vector_norm(w @ g - d)) <= 1e-8 * scale**0.5 + 1e-300
 
 
