@@ -17,6 +17,7 @@ class EW(Method):
     name = "ew"
     summary = "Equal weighting: sum of the task losses (one backward)."
     paper = "baseline"
+    defaults_reproduce = "LibMTL (the sum of the losses, not the mean)"
     roles = Role.NONE
 
 

@@ -67,6 +67,8 @@ class Method:
     Options: ClassVar[type] = NoOptions
     #: what the method does in the pipeline.
     roles: ClassVar[Role] = Role.NONE
+    #: which reference implementation (or paper) the default options reproduce, in a phrase.
+    defaults_reproduce: ClassVar[str] = ""
     #: what task-specific (head) parameters receive, for the docs and ``mtoframe plugins``.
     heads_receive: ClassVar[str] = "their task's (weighted) loss gradient"
     #: for aggregators whose update does not depend on the scale of each task's row (or that set

@@ -65,6 +65,7 @@ class MethodInfo:
             "version": self.version,
             "summary": self.cls.summary,
             "paper": self.cls.paper,
+            "defaults_reproduce": self.cls.defaults_reproduce,
             "roles": [r.name.lower() for r in Role if r in self.cls.roles and r.name],
             "hooks": self.hooks,
             "heads_receive": self.cls.heads_receive,

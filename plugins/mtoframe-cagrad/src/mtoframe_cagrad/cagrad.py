@@ -88,6 +88,7 @@ class CAGrad(Method):
     name = "cagrad"
     summary = "CAGrad: maximise the worst task improvement in a ball around the mean gradient (cvxpy/Clarabel SOCP)."
     paper = "Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021, arXiv:2110.14048"
+    defaults_reproduce = "c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); scale_by_tasks off (LibMTL; the official code multiplies by T)"
     Options = CAGradOptions
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted task gradients (both references)"

@@ -57,6 +57,7 @@ class DBMTL(Method):
     name = "dbmtl"
     summary = "DB-MTL: log-loss scale balancing + EMA gradient-magnitude balancing (max norm)."
     paper = "Lin et al., Dual-Balancing for Multi-Task Learning, arXiv 2308.12029"
+    defaults_reproduce = "LibMTL's DB_MTL (β = 0.9, σ = 0, log(L + 1e-8))"
     Options = DBMTLOptions
     roles = Role.LOSS | Role.AGGREGATOR
     ignores_loss_weights = "DB-MTL normalises every task's gradient and log-transforms the losses itself"

@@ -96,6 +96,7 @@ class FairGrad(Method):
     name = "fairgrad"
     summary = "FairGrad: α-fair weights GGᵀw = w^(−1/α) by bounded least squares (α = 1 is Nash-MTL)."
     paper = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024, arXiv:2402.15638"
+    defaults_reproduce = "α = 2.0 (authors' runs; their code defaults to 1.0); variant 'libmtl' (no ×T, no clipping)"
     Options = FairGradOptions
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted task gradients (both references)"

@@ -96,6 +96,7 @@ class FAMO(Method):
     name = "famo"
     summary = "FAMO: balances the rate at which log-losses fall; EW's cost plus one no-grad forward."
     paper = "Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023, arXiv 2306.03792"
+    defaults_reproduce = "official code, NYUv2 setting (w_lr 0.025, γ 1e-3); extra forward in train mode as the reference"
     Options = FAMOOptions
     roles = Role.LOSS
     heads_receive = "their task's gradient of z_t·c·log D_t (FAMO-weighted, as the reference)"

@@ -59,6 +59,7 @@ class AlignedMTL(Method):
     name = "alignedmtl"
     summary = "Aligned-MTL: sum of the task gradients aligned to an orthogonal equal-norm system."
     paper = "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023"
+    defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum)"
     Options = AlignedMTLOptions
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"

@@ -58,6 +58,7 @@ class GradDrop(Method):
     name = "graddrop"
     summary = "GradDrop: drop representation-gradient entries whose sign disagrees with a sampled sign."
     paper = "Chen et al., Just Pick a Sign (GradDrop), NeurIPS 2020"
+    defaults_reproduce = "LibMTL (leak 0, sign masks per feature)"
     Options = GradDropOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"

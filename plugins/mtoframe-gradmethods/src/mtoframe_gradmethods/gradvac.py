@@ -73,6 +73,7 @@ class GradVac(Method):
     name = "gradvac"
     summary = "GradVac: move each task pair's gradient cosine up to an EMA target (per parameter group)."
     paper = "Wang et al., Gradient Vaccine, ICLR 2021"
+    defaults_reproduce = "LibMTL (β = 0.5, EMA moved on conflicts, one group for the whole model)"
     Options = GradVacOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"

@@ -48,6 +48,7 @@ class IMTLG(Method):
     name = "imtlg"
     summary = "IMTL-G: update with equal projections onto each task's unit gradient."
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
+    defaults_reproduce = "the paper's closed form (as LibMTL)"
     roles = Role.AGGREGATOR
     ignores_loss_weights = "IMTL-G's update is invariant to rescaling each task's gradient"
     heads_receive = "their unweighted loss gradient"

@@ -60,6 +60,7 @@ class MGDA(Method):
     name = "mgda"
     summary = "MGDA / MGDA-UB: min-norm point of the convex hull of the (normalised) task gradients."
     paper = "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018"
+    defaults_reproduce = "LibMTL (no gradient normalisation, exact min-norm point)"
     Options = MGDAOptions
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient (heads_weighted=True: weighted by the MGDA weights w*)"

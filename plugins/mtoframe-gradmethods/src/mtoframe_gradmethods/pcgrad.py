@@ -58,6 +58,7 @@ class PCGrad(Method):
     name = "pcgrad"
     summary = "PCGrad: project each task gradient off the conflicting ones, in random order."
     paper = "Yu et al., Gradient Surgery for Multi-Task Learning, NeurIPS 2020"
+    defaults_reproduce = "paper (reduction sum); random order per task as LibMTL"
     Options = PCGradOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"

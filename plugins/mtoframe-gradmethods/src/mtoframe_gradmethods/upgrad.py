@@ -35,6 +35,7 @@ class UPGrad(Method):
     name = "upgrad"
     summary = "UPGrad: mean of the projections of each task gradient onto the dual cone {v: Gv >= 0}."
     paper = "Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024"
+    defaults_reproduce = "TorchJD's UPGrad without its regularisation"
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
 

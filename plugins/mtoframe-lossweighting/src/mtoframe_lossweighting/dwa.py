@@ -40,6 +40,7 @@ class DWA(LossLevel):
     name = "dwa"
     summary = "Dynamic weight average: T·softmax(r/2) of the last two epochs' loss ratios."
     paper = "Liu et al., End-to-End Multi-Task Learning with Attention, CVPR 2019, arXiv 1803.10704"
+    defaults_reproduce = "paper and LibMTL (temperature 2, weights 1 for the first two epochs)"
     Options = DWAOptions
     heads_receive = "their task's gradient weighted by w_t"
 

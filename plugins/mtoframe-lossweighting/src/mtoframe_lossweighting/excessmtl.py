@@ -53,6 +53,7 @@ class ExcessMTL(Method):
     name = "excessmtl"
     summary = "ExcessMTL: weights from AdaGrad-estimated excess risks, exponentiated-gradient updates."
     paper = "He et al., Robust Multi-Task Learning with Excess Risks, ICML 2024, arXiv 2402.02009"
+    defaults_reproduce = "official code and LibMTL (step_size 1e-2)"
     Options = ExcessMTLOptions
     roles = Role.AGGREGATOR
     ignores_loss_weights = "ExcessMTL sets its own task weights"

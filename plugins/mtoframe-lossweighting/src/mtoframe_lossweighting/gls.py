@@ -26,6 +26,7 @@ class GLS(LossLevel):
     name = "gls"
     summary = "Geometric loss strategy: (Π L_t)^(1/T)."
     paper = "Chennupati et al., MultiNet++, CVPR Workshops 2019, arXiv 1904.08492"
+    defaults_reproduce = "LibMTL"
     heads_receive = "their task's gradient weighted by GLS/(T·L_t)"
 
     @hookimpl

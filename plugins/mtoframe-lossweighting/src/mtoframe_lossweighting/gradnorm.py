@@ -90,6 +90,7 @@ class GradNorm(Learnable):
     name = "gradnorm"
     summary = "GradNorm: learn task weights so weighted gradient norms at a shared layer track r_t^α."
     paper = "Chen et al., GradNorm, ICML 2018, arXiv 1711.02257"
+    defaults_reproduce = "α = 1.5 and last shared layer (paper); initial losses from the first epoch, softmax weights (LibMTL)"
     Options = GradNormOptions
     heads_receive = "their task's gradient weighted by w_t (detached)"
 

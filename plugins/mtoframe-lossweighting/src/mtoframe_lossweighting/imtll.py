@@ -37,6 +37,7 @@ class IMTLL(Learnable):
     name = "imtll"
     summary = "IMTL-L: learnable loss scales s, loss Σ e^s L − s (scaled losses held equal)."
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
+    defaults_reproduce = "LibMTL"
     Options = IMTLLOptions
     heads_receive = "their task's gradient weighted by e^s_t"
     init_value = 0.0

@@ -38,6 +38,7 @@ class RLW(LossLevel):
     name = "rlw"
     summary = "Random loss weighting: softmax of a fresh N(0, I) draw each step."
     paper = "Lin et al., Reasonable Effectiveness of Random Weighting, TMLR 2022, arXiv 2111.10603"
+    defaults_reproduce = "LibMTL (softmax of N(0, I) each step)"
     Options = RLWOptions
     heads_receive = "their task's gradient weighted by the drawn weight"
 

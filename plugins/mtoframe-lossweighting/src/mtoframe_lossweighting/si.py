@@ -32,6 +32,7 @@ class SI(LossLevel):
     name = "si"
     summary = "Scale-invariant loss: Σ log(L_t + eps)."
     paper = "scale-invariant baseline (Navon et al., Nash-MTL, ICML 2022; Liu et al., FAMO, NeurIPS 2023)"
+    defaults_reproduce = "LibMTL (Σ log L_t)"
     Options = SIOptions
     heads_receive = "the gradient of log(L_t + eps)"
 

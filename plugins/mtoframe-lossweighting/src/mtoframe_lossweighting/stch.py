@@ -51,6 +51,7 @@ class STCH(LossLevel):
     name = "stch"
     summary = "Smooth Tchebycheff: T·μ·logsumexp(log(L/nadir)/μ) after a log-loss warm-up."
     paper = "Lin et al., Smooth Tchebycheff Scalarization for Multi-Objective Optimization, ICML 2024"
+    defaults_reproduce = "LibMTL (μ = 1, 4 warm-up epochs)"
     Options = STCHOptions
     heads_receive = "the gradient of log(L_t/nadir_t) weighted by T·softmax(ℓ/μ)_t (log L_t during warm-up)"
 

@@ -36,6 +36,7 @@ class UW(Learnable):
     name = "uw"
     summary = "Uncertainty weighting: learnable log-variances s, loss Σ L/(2e^s) + s/2."
     paper = "Kendall et al., Multi-Task Learning Using Uncertainty to Weigh Losses, CVPR 2018, arXiv 1705.07115"
+    defaults_reproduce = "Kendall et al. as LibMTL (s initialised to −0.5)"
     Options = UWOptions
     heads_receive = "their task's gradient weighted by 1/(2e^s_t)"
     init_value = -0.5

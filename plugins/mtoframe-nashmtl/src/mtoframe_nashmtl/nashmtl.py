@@ -101,6 +101,7 @@ class NashMTL(Method):
     name = "nashmtl"
     summary = "Nash-MTL: Nash bargaining weights α_t (GGᵀα)_t = 1 by sequential convex programming (cvxpy/Clarabel)."
     paper = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022, arXiv:2202.01017"
+    defaults_reproduce = "official code (optim_niter 20, max_norm 1.0, update every step); Clarabel instead of ECOS"
     Options = NashMTLOptions
     roles = Role.AGGREGATOR
     ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"

@@ -87,6 +87,7 @@ class RepMTL(Method):
     name = "repmtl"
     summary = "Rep-MTL: task-saliency entropy (TSR) and cross-task saliency alignment (CSA) regularisers."
     paper = "Wang, Li, Xu, Rep-MTL, ICCV 2025, https://arxiv.org/abs/2507.21049"
+    defaults_reproduce = "the paper (λ_tsr = λ_csa = 0.9; τ = 0.07 is not reported by the paper); no official code exists"
     Options = RepMTLOptions
     # What the class may do; an instance is a loss method only with log_transform=True.
     roles = Role.REGULARISER | Role.LOSS

@@ -29,6 +29,7 @@ class TorchJDMethod(Method):
 
     roles = Role.AGGREGATOR
     paper = PAPER
+    defaults_reproduce = "TorchJD 0.18's own defaults, called through TorchJD"
     heads_receive = "their task's unweighted loss gradient"
     #: the ``torchjd.aggregation`` class this method wraps
     aggregator_name: ClassVar[str] = ""
