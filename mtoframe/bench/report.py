@@ -9,6 +9,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +70,36 @@ def pyplot() -> Any | None:
     return plt
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One horizontal bar chart of a figure: a value per label (None or NaN: no bar)."""
+
+    values: Sequence[float | None]
+    xlabel: str
+    errors: Sequence[float] | None = None
+    reference: float | None = None
+
+
 def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], *, errors: Sequence[float] | None = None,
               xlabel: str, title: str, reference: float | None = None) -> bool:
+    return bar_panels(path, labels, [Panel(values, xlabel, errors, reference)], title=title)
+
+
+def bar_panels(path: Path, labels: Sequence[str], panels: Sequence[Panel], *, title: str) -> bool:
+    """Side-by-side bar charts sharing the labels; False (with a warning) without matplotlib."""
     plt = pyplot()
     if plt is None:
         return False
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.35 * len(labels) + 1.5), squeeze=False)
     y = list(range(len(labels)))[::-1]
-    ax.barh(y, values, xerr=errors, color="tab:blue", alpha=0.8)
-    ax.set_yticks(y, labels)
-    if reference is not None:
-        ax.axvline(reference, color="k", lw=0.8, ls="--")
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=10)
+    for i, (ax, panel) in enumerate(zip(axes[0], panels)):
+        vals = [math.nan if v is None else v for v in panel.values]
+        ax.barh(y, vals, xerr=panel.errors, color="tab:blue", alpha=0.8)
+        ax.set_yticks(y, labels if i == 0 else [""] * len(labels))
+        if panel.reference is not None:
+            ax.axvline(panel.reference, color="k", lw=0.8, ls="--")
+        ax.set_xlabel(panel.xlabel)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -9,11 +9,11 @@ instead of whichever happened to run last.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import gc
 import math
 import os
 import random
-import threading
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -139,50 +139,19 @@ def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int
 # -- memory --------------------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@contextlib.contextmanager
-def _freed_memory_returned() -> Iterator[bool]:
-    """glibc keeps freed blocks in its heap, so after the first step the RSS no longer grows
-    and a delta reads ~0. For the memory pass, allocations of 64 KiB and more are served by
-    mmap and freed to the system at once (``mallopt``), so the RSS follows the live tensors;
-    afterwards the glibc default thresholds (128 KiB) are set back."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024))
-    except (OSError, AttributeError):
-        yield False
-        return
-    try:
-        yield ok
-    finally:
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def rss_available() -> bool:
-    try:
-        _rss_bytes()
-    except OSError:
-        return False
-    return True
-
-
 def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 3) -> tuple[float, str]:
-    """Peak extra memory of one step in MiB and how it was measured.
+    """Peak extra memory of one step in MiB (maximum over ``repeats`` steps) and how it was measured.
 
-    CUDA: ``max_memory_allocated`` above what was allocated before the step (exact, tensors only).
-    CPU: peak resident-set size above the size before the step, sampled every ~0.2 ms by a
-    thread, with large blocks returned to the system on free (see
-    :func:`_freed_memory_returned`); an estimate (sampling can miss a short peak, small blocks
-    stay pooled); maximum over ``repeats`` steps.
+    CUDA: ``max_memory_allocated`` above what was allocated before the step.
+    CPU: the step runs under ``torch.profiler`` with ``profile_memory=True``; the peak of the
+    running sum of its tensor allocations and frees, in the order they happened. Both count
+    tensor storage only, relative to the memory held before the step (a free of a tensor that
+    existed before, e.g. a gradient set to None, lowers the running sum below zero). The
+    process's RSS cannot serve on CPU: the allocator keeps freed blocks and reuses them, so
+    after the first step the RSS hardly moves.
     """
+    if repeats < 1:
+        raise MtoError(f"repeats must be >= 1, got {repeats}")
     if device.type == "cuda":
         best = 0
         for _ in range(repeats):
@@ -193,35 +162,70 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
             torch.cuda.synchronize(device)
             best = max(best, torch.cuda.max_memory_allocated(device) - base)
         return best / 2**20, "cuda max_memory_allocated delta"
-    if not rss_available():
-        return math.nan, "unavailable (no /proc/self/statm)"
-    with _freed_memory_returned() as returned:
-        mib = _peak_rss_delta(step, repeats) / 2**20
-    return mib, "cpu peak RSS delta (sampled" + (", glibc mmap threshold 64 KiB)" if returned else ")")
-
-
-def _peak_rss_delta(step: Callable[[], Any], repeats: int) -> int:
-    best = 0
+    # The first profiled step misses the frees of tensors allocated before profiling began (the
+    # previous step's gradients, set to None in this one) and would read too high: discarded.
+    # Collecting garbage first keeps frees of earlier steps' cyclic garbage out of the step.
+    # c10 warns of those missed frees on stderr; the warning is about this discarded step.
+    gc.collect()
+    with _quiet_stderr_fd():
+        cpu_allocations(step)
+    peaks = []
     for _ in range(repeats):
-        base = _rss_bytes()
-        peak = [base]
-        done = threading.Event()
+        gc.collect()
+        peaks.append(allocation_peak(cpu_allocations(step)))
+    return max(peaks) / 2**20, "cpu profiler peak of live tensor bytes"
 
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss_bytes())
-                time.sleep(0.0002)
 
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        try:
-            step()
-        finally:
-            done.set()
-            th.join()
-        peak[0] = max(peak[0], _rss_bytes())
-        best = max(best, peak[0] - base)
-    return best
+def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
+    """Signed sizes (bytes; negative = free) of the CPU tensor allocations made while ``fn``
+    runs, in time order, as recorded by the PyTorch profiler.
+
+    A free of a tensor allocated before the first profiled call is not seen."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr_fd():  # Kineto writes a line to fd 2 on every start and stop
+        prof.start()
+    try:
+        fn()
+    finally:
+        with _quiet_stderr_fd():
+            prof.stop()
+    # The public ``prof.events()`` folds an allocation made inside an op into that op's totals
+    # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
+    # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
+    events: list[tuple[int, int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
+        stack.extend(e.children)
+    return [size for _, _, size in sorted(events)]
+
+
+@contextlib.contextmanager
+def _quiet_stderr_fd() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def allocation_peak(sizes: Sequence[int]) -> int:
+    """Peak of the running sum of signed allocation sizes, from 0 (bytes; 0 when it never rises)."""
+    live = peak = 0
+    for s in sizes:
+        live += s
+        peak = max(peak, live)
+    return peak
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -140,9 +140,12 @@ def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
             print(f"not timed: {r['stack']}: {r['error']}")
     report.write_json(out / "results.json", records)
     (out / "results.md").write_text(report.markdown_table(rows, header) + "\n")
-    png = report.bar_chart(out / "bench.png", [r["stack"] for r in ok], [r["ratio_to_ew"] for r in ok],
-                           xlabel=f"step time / EW (block mean, {block}-step blocks)", reference=1.0,
-                           title=f"mtoframe bench on {workload.name} ({args.device})")
+    panels = [report.Panel([r["ratio_to_ew"] for r in ok], f"step time / EW (block mean, {block}-step blocks)",
+                           reference=1.0)]
+    if cfg.memory:
+        panels.append(report.Panel([r["peak_mem_mib"] for r in ok], "peak memory of a step (MiB)"))
+    png = report.bar_panels(out / "bench.png", [r["stack"] for r in ok], panels,
+                            title=f"mtoframe bench on {workload.name} ({args.device})")
     scalars = {}
     for r in ok:
         for key in ("median_ms", "iqr_ms", "block_mean_ms", "ratio_to_ew", "peak_mem_mib"):
