@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -304,7 +305,10 @@ class Trainer:
             logging=self.logger is not None and self.global_step % self.log_every == 0,
             device=ref.device,
         )
-        ctx._recompute = lambda train_mode: self._recompute_losses(ctx, train_mode)
+        # a weak reference: a closure over ctx stored on ctx is a reference cycle, which kept each
+        # step's gradients and graph alive until the cyclic garbage collector ran
+        ref = weakref.ref(ctx)
+        ctx._recompute = lambda train_mode: self._recompute_losses(ref(), train_mode)
         return ctx
 
     def _task_losses(self, preds: Mapping[str, Any], targets: Mapping[str, Any], present: Sequence[str]) -> Tensor:

@@ -221,3 +221,28 @@ def test_loss_weighting_before_a_weight_blind_aggregator_is_rejected():
     with pytest.raises(mtoframe.StackError, match="two loss-weighting schemes"):
         make_trainer([Weighting(), type("Other", (Halve,), {"name": "other"})()])
     make_trainer([Weighting(), ScaledSum()])
+
+
+def test_a_step_context_is_freed_by_reference_counting():
+    """No reference cycle keeps a step's context (its gradient matrix, its graph) alive until the
+    cyclic garbage collector runs."""
+    import gc
+    import weakref
+
+    seen = []
+
+    class Keep(ScaledSum):
+        name = "keepref"
+
+        @mtoframe.hookimpl
+        def on_shared_grads(self, ctx):
+            seen.append(weakref.ref(ctx))
+            super().on_shared_grads(ctx)
+
+    trainer = make_trainer([Keep()])
+    gc.disable()
+    try:
+        trainer.step(make_batch(trainer.model))
+        assert seen and seen[0]() is None
+    finally:
+        gc.enable()
