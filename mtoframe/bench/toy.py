@@ -122,9 +122,9 @@ def mgda_weights(G: np.ndarray) -> np.ndarray:
     return np.clip(w, 0.0, 1.0)
 
 
-def mgda_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direction:
+def mgda_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direction | None:
     if opts.get("normalization", "none") != "none":
-        raise NotImplementedError("toy closed form covers normalization='none'")
+        return None  # the closed form covers normalization='none'; others go through aggregate()
 
     def step(G: np.ndarray, L: np.ndarray) -> np.ndarray:
         w = mgda_weights(G)[:, None]
@@ -350,8 +350,8 @@ def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | Non
         if name == "famo":
             forms.append(FamoForm(opts, S, rng, protocol.scale))
             impl[name] = "closed form"
-        elif name in CLOSED_FORMS:
-            forms.append(CLOSED_FORMS[name](opts, S, rng))
+        elif name in CLOSED_FORMS and (form := CLOSED_FORMS[name](opts, S, rng)) is not None:
+            forms.append(form)
             impl[name] = "closed form"
         else:
             forms.append(AggregateForm(name, opts, S))
