@@ -421,18 +421,20 @@ class Trainer:
         train = shard_loader(train)
         for _ in range(epochs):
             set_epoch(train, self.epoch)
-            sums = torch.zeros(len(self.tasks), dtype=torch.float64)
-            counts = torch.zeros(len(self.tasks), dtype=torch.float64)
+            # accumulated on the device: the host reads the epoch means once, not every step
+            device = next(self.model.parameters()).device
+            sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
+            counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
             for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
                 ctx = self.step(batch)
                 if ctx.raw_losses is not None:
-                    ids = ctx.task_ids.cpu()
-                    sums.index_add_(0, ids, ctx.raw_losses.detach().double().cpu())
-                    counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+                    sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())
+                    counts.index_add_(0, ctx.task_ids, torch.ones_like(sums[: len(ctx.tasks)]))
+            means, seen = (sums / counts.clamp_min(1)).tolist(), (counts > 0).tolist()
             stats: dict[str, Any] = {
                 "epoch": self.epoch,
-                "train_loss": {t: (sums[i] / counts[i]).item() for i, t in enumerate(self.task_names) if counts[i] > 0},
+                "train_loss": {t: means[i] for i, t in enumerate(self.task_names) if seen[i]},
             }
             if val is not None:
                 stats["val"] = self.evaluate(val)
