@@ -41,6 +41,9 @@ class Trainer:
     :param log_every: write step scalars every this many steps.
     :param nonfinite: ``"raise"`` (name the task and step) or ``"skip"`` (skip and count the
         update) when a loss or the update is NaN/inf. Either way parameters never become NaN.
+        The check reads one boolean per step on the host (as ``GradScaler.step`` does): the one
+        deliberate exception to "no host sync outside logging steps", because a skip decided on
+        the device would still move Adam's moments.
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
         (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
     :param plugins: extra hook implementations (observers) called after the methods.
