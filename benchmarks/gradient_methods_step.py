@@ -28,31 +28,17 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 import mtoframe
 from mtoframe.method import GRADIENT_ROLES
 from mtoframe.registry import get_registry
 from mtoframe.testing import make_tasks
 
-TASKS = ("a", "b", "c")
-
-
-def model(channels: int, seed: int = 0) -> mtoframe.MultiTaskModel:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    c_in = 3
-    for _ in range(4):
-        layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
-        c_in = channels
-    heads = {t: nn.Conv2d(channels, 1, 1) for t in TASKS}
-    return mtoframe.MultiTaskModel(encoder=nn.Sequential(*layers), heads=heads)
-
+from _shared import TASKS, conv_batch, conv_model, median_step_ms
 
 def gradient_methods() -> list[str]:
     reg = get_registry()
     return [n for n in reg.names() if reg.get(n).cls.roles & GRADIENT_ROLES]
-
 
 def hand_loop(net: mtoframe.MultiTaskModel, space: str) -> Callable[[tuple], None]:
     """A plain PyTorch step computing the same per-task gradients as the engine, then their sum."""
@@ -81,36 +67,25 @@ def hand_loop(net: mtoframe.MultiTaskModel, space: str) -> Callable[[tuple], Non
 
     return step
 
-
 def trainer_step(name: str, net: mtoframe.MultiTaskModel) -> tuple[Callable[[tuple], None], str | None]:
     stack = [] if name == "ew" else [mtoframe.create(name)]
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     trainer = mtoframe.Trainer(net, make_tasks(TASKS), stack, optimizer=opt)
     return trainer.step, trainer.space
 
-
 def time_steps(args: argparse.Namespace, names: list[str]) -> None:
-    base = model(args.channels)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=g)
-    batch = (x, {t: torch.randn(args.batch, 1, args.size, args.size, generator=g) for t in TASKS})
+    base = conv_model(args.channels)
+    batch = conv_batch(args.batch, args.size)
     steps: dict[str, Callable[[tuple], None]] = {}
     spaces: dict[str, str | None] = {}
     for n in ["ew", *names]:
         steps[n], spaces[n] = trainer_step(n, copy.deepcopy(base))
     steps["loop-params"] = hand_loop(copy.deepcopy(base), "params")
     steps["loop-rep"] = hand_loop(copy.deepcopy(base), "representation")
-    for s in steps.values():  # warm-up: allocator, lazy state, first-call overheads
-        for _ in range(3):
-            s(batch)
-    times: dict[str, list[float]] = {n: [] for n in steps}
-    for _ in range(args.rounds):
-        for n, s in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                s(batch)
-            times[n].append((time.perf_counter() - t0) / args.steps * 1e3)
-    med = {n: statistics.median(v) for n, v in times.items()}
+    # each timed call runs `steps` steps so that sub-millisecond jitter averages out
+    med = median_step_ms({n: (lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()},
+                         rounds=args.rounds, warmup=1)
+    med = {n: v / args.steps for n, v in med.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.channels} channels, T={len(TASKS)}, "
           f"{args.rounds} rounds x {args.steps} steps")
@@ -122,7 +97,6 @@ def time_steps(args: argparse.Namespace, names: list[str]) -> None:
         r = med[n] / med[loop]
         print(f"{n:<18} {str(spaces[n]):<15} {med[n]:8.2f} {med[n] / med['ew']:6.3f} {r:8.3f}  "
               + ("ok" if r <= 1.10 else "MISSED"))
-
 
 def time_aggregation(args: argparse.Namespace, names: list[str]) -> None:
     print("\nper-call aggregation time (mtoframe.aggregate on a bare float32 matrix, median of "
@@ -147,7 +121,6 @@ def time_aggregation(args: argparse.Namespace, names: list[str]) -> None:
             row.append(f"{statistics.median(ts):13.2f} ms")
         print(f"{n:<18}" + "".join(f"{c:>16}" for c in row))
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -165,7 +138,6 @@ def main() -> None:
     time_steps(args, names)
     if not args.no_aggregate:
         time_aggregation(args, names)
-
 
 if __name__ == "__main__":
     main()

@@ -17,28 +17,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
-from torch import nn
 
 import mtoframe
 from mtoframe.testing import make_tasks
 
-TASKS = ("a", "b", "c")
-
-
-def model(channels: int, seed: int = 0) -> mtoframe.MultiTaskModel:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    c_in = 3
-    for _ in range(4):
-        layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
-        c_in = channels
-    heads = {t: nn.Conv2d(channels, 1, 1) for t in TASKS}
-    return mtoframe.MultiTaskModel(encoder=nn.Sequential(*layers), heads=heads)
-
+from _shared import TASKS, conv_batch, conv_model, median_step_ms
 
 def primed(name: str) -> tuple[mtoframe.Method, int]:
     """The method in its active phase, and the trainer epoch to run at."""
@@ -78,33 +63,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     names = ["ew", *[n for n in args.methods.split(",") if n]]
-    base = model(args.channels)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=g)
-    batch = (x, {t: torch.randn(args.batch, 1, args.size, args.size, generator=g) for t in TASKS})
+    base = conv_model(args.channels)
+    batch = conv_batch(args.batch, args.size)
     trainers = {n: trainer_for(n, base) for n in names}
-    for t in trainers.values():  # warm-up: allocator, lazy state, first-call overheads
-        for _ in range(3):
-            t.step(batch)
-
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(args.rounds):
-        for n in names:
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                trainers[n].step(batch)
-            times[n].append((time.perf_counter() - t0) / args.steps * 1e3)
-
-    ew = statistics.median(times["ew"])
+    # each timed call runs `steps` steps so that sub-millisecond jitter averages out
+    med = median_step_ms({n: (lambda t=t: [t.step(batch) for _ in range(args.steps)]) for n, t in trainers.items()},
+                         rounds=args.rounds, warmup=1)
+    med = {n: v / args.steps for n, v in med.items()}
+    ew = med["ew"]
     goals = {"famo": 1.4, "gradnorm": None, "excessmtl": None}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.channels} channels, {args.rounds} rounds x {args.steps} steps")
     print(f"{'method':<10} {'ms/step':>8} {'ratio':>6}  goal")
     for n in names:
-        med = statistics.median(times[n])
         goal = goals.get(n, 1.05) if n != "ew" else None
-        verdict = "" if goal is None else ("ok" if med / ew <= goal else "MISSED") + f" (<= {goal})"
-        print(f"{n:<10} {med:8.2f} {med / ew:6.3f}  {verdict}")
+        verdict = "" if goal is None else ("ok" if med[n] / ew <= goal else "MISSED") + f" (<= {goal})"
+        print(f"{n:<10} {med[n]:8.2f} {med[n] / ew:6.3f}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
+
 from collections.abc import Callable
 
 import torch
@@ -30,17 +29,16 @@ import mtoframe
 from mtoframe.data.scenes import NUM_CLASSES, generate_scenes
 from mtoframe.models.hps import build_scene_model, scene_tasks
 
+from _shared import median_step_ms
 
 def make_batch(n: int, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     d = {k: torch.from_numpy(v) for k, v in generate_scenes(n, size=size, seed=0).items()}
     return d["image"], {"segmentation": d["label"], "depth": d["depth"], "normal": d["normal"]}
 
-
 def trainer_step(stack: list[str], net: mtoframe.MultiTaskModel) -> Callable[[tuple], object]:
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     trainer = mtoframe.Trainer(net, scene_tasks(NUM_CLASSES), [mtoframe.create(n) for n in stack], optimizer=opt)
     return trainer.step
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,17 +59,10 @@ def main() -> None:
         stacks["nashmtl"] = ["nashmtl"]
         stacks["repmtl+nashmtl"] = ["repmtl", "nashmtl"]
     steps = {name: trainer_step(stack, copy.deepcopy(base)) for name, stack in stacks.items()}
-    for step in steps.values():  # warm-up: allocator, solver compilation, first-call overheads
-        for _ in range(2):
-            step(batch)
-    times: dict[str, list[float]] = {n: [] for n in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(batch)
-            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
-    med = {n: statistics.median(v) for n, v in times.items()}
+    # each timed call runs `steps` steps so that sub-millisecond jitter averages out
+    med = median_step_ms({n: (lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()},
+                         rounds=args.rounds, warmup=1)
+    med = {n: v / args.steps for n, v in med.items()}
 
     z = base.encoder(batch[0][:1])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); scene model width {args.width}, "
@@ -87,7 +78,6 @@ def main() -> None:
         r_nash = med["repmtl"] / med["nashmtl"]
         line += f", {r_nash:.3f}x Nash-MTL (goal <= 0.5: {'ok' if r_nash <= 0.5 else 'MISSED'})"
     print(line)
-
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,41 @@
+"""What the benchmark scripts share: the small encoder-dominant conv model, its batch, and
+interleaved timing (mtoframe.bench.timing) reduced to the median per-step time."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+import mtoframe
+from mtoframe.bench.timing import Contender, run_interleaved
+
+TASKS = ("a", "b", "c")
+
+
+def conv_model(channels: int, *, tasks: Sequence[str] = TASKS, seed: int = 0) -> mtoframe.MultiTaskModel:
+    """Four 3×3 conv + BatchNorm + ReLU layers as the encoder (most of the compute), a 1×1 conv
+    head per task."""
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    c_in = 3
+    for _ in range(4):
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+        c_in = channels
+    heads = {t: nn.Conv2d(channels, 1, 1) for t in tasks}
+    return mtoframe.MultiTaskModel(encoder=nn.Sequential(*layers), heads=heads)
+
+
+def conv_batch(batch: int, size: int, *, tasks: Sequence[str] = TASKS, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    return x, {t: torch.randn(batch, 1, size, size, generator=g) for t in tasks}
+
+
+def median_step_ms(steps: Mapping[str, Callable[[], Any]], *, rounds: int, warmup: int) -> dict[str, float]:
+    """Median step time (ms) of each contender over interleaved, shuffled rounds."""
+    times = run_interleaved([Contender(n, s) for n, s in steps.items()], rounds=rounds, warmup=warmup)
+    return {n: statistics.median(v) for n, v in times.items()}
