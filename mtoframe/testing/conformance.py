@@ -453,13 +453,10 @@ def _trainer(factory: Factory, atol: float) -> None:
                   f"({before:.6g} -> {after:.6g})")
 
 
-class _Identity(Method):
-    """A gradient transform that leaves the matrix unchanged, to probe the stacking rule."""
+class _Probe(Method):
+    """A stack member in a chosen gradient space, to probe the stacking rule."""
 
-    name = "conformanceidentity"
-    summary = "identity gradient transform (conformance suite)"
     paper = "none"
-    roles = Role.TRANSFORM
 
     def __init__(self, space: str) -> None:
         super().__init__()
@@ -468,27 +465,26 @@ class _Identity(Method):
     @property
     def grad_space(self) -> Any:
         return self._space
+
+
+class _Identity(_Probe):
+    """A gradient transform that leaves the matrix unchanged."""
+
+    name = "conformanceidentity"
+    summary = "identity gradient transform (conformance suite)"
+    roles = Role.TRANSFORM
 
     @hookimpl
     def on_shared_grads(self, ctx: Any) -> None:
         ctx.grads = ctx.grads.clone()
 
 
-class _Sum(Method):
-    """An aggregator returning the row sum, to probe the stacking rule."""
+class _Sum(_Probe):
+    """An aggregator returning the row sum."""
 
     name = "conformancesum"
     summary = "row-sum aggregator (conformance suite)"
-    paper = "none"
     roles = Role.AGGREGATOR
-
-    def __init__(self, space: str) -> None:
-        super().__init__()
-        self._space = space
-
-    @property
-    def grad_space(self) -> Any:
-        return self._space
 
     @hookimpl
     def on_shared_grads(self, ctx: Any) -> None:
