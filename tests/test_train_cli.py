@@ -164,3 +164,15 @@ image_size = 16
         train(parse_config(cfg.read_text(), ['tasks=["Clipart"]']))
     with pytest.raises(OptionError, match=r"no image list .*dslr_train.txt.*lists present"):
         train(parse_config(cfg.read_text(), ['tasks=["dslr"]']))
+
+
+def test_example_configs_parse():
+    from pathlib import Path
+
+    from mtoframe.config import load_config
+
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.epochs >= 1 and cfg.methods
