@@ -7,19 +7,23 @@ from __future__ import annotations
 from .factories import (
     GradientCase,
     gradient_families,
+    head_grads,
     make_batch,
     make_conv_model,
     make_tasks,
     make_trainer,
     make_vector_model,
+    step_keeping_grads,
 )
 
 __all__ = [
     "GradientCase",
     "gradient_families",
+    "head_grads",
     "make_batch",
     "make_conv_model",
     "make_tasks",
     "make_trainer",
     "make_vector_model",
+    "step_keeping_grads",
 ]

@@ -95,6 +95,25 @@ def make_batch(model: MultiTaskModel, *, batch: int = 8, seed: int = 1,
     return x, {t: torch.randn(*shape, generator=g, dtype=p.dtype) for t in names}
 
 
+def head_grads(model: MultiTaskModel, batch: tuple[Tensor, dict[str, Tensor]]) -> dict[str, tuple[Tensor, ...]]:
+    """Each head's gradient of its own unweighted task loss (the MSE of :func:`make_tasks`) on
+    ``batch``, for checking what a method's heads receive."""
+    x, targets = batch
+    z = model.encoder(x)
+    return {t: torch.autograd.grad(_mse(model.heads[t](z), targets[t]), list(model.heads[t].parameters()))
+            for t in targets}
+
+
+def step_keeping_grads(trainer: Any, batch: Any) -> Any:
+    """One ``trainer.step`` whose optimiser step is skipped, so ``.grad`` stays as the engine wrote it."""
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: None
+    try:
+        return trainer.step(batch)
+    finally:
+        trainer.optimizer.step = step
+
+
 def make_trainer(methods: Sequence[Any] = (), *, model: MultiTaskModel | None = None, lr: float = 0.05,
                  optimizer: str = "sgd", **kwargs: Any) -> Any:
     """A :class:`mtoframe.Trainer` on :func:`make_vector_model` unless ``model`` is given."""

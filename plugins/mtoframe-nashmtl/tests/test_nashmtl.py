@@ -214,15 +214,8 @@ def test_heads_receive_alpha_weighted_gradients():
     model = factories.make_vector_model()
     trainer = factories.make_trainer([NashMTL(max_norm=0.0)], model=model)
     batch = factories.make_batch(model)
-    x, targets = batch
-    # the per-task head gradients of the unweighted losses, before the step
-    z = model.encoder(x)
-    expected = {}
-    for t in model.heads:
-        loss = ((model.heads[t](z) - targets[t]) ** 2).mean()
-        expected[t] = torch.autograd.grad(loss, list(model.heads[t].parameters()))
-    trainer.optimizer.step = lambda *a, **k: None  # keep .grad as written by the engine
-    trainer.step(batch)
+    expected = factories.head_grads(model, batch)  # unweighted losses, before the step
+    factories.step_keeping_grads(trainer, batch)
     alpha = trainer.stack[0].alpha
     for i, t in enumerate(model.heads):
         for p, e in zip(model.heads[t].parameters(), expected[t]):
