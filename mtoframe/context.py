@@ -67,6 +67,10 @@ class StepContext:
         #: multi-input batches: each task's rows of ``z`` (None for single-input batches)
         self.slices: dict[str, slice] | None = None
         self.z: Tensor | None = None
+        #: the trainer's per-head aliases of ``z``, in task order (only when it has a gradient
+        #: engine). Per-task gradients are taken at these, so a tensor hook on ``z`` itself sees
+        #: only the single backward of the update, and hooks on these see the per-task ones.
+        self.head_inputs: tuple[Tensor, ...] | None = None
         self.predictions: dict[str, Any] = {}
         self._losses = losses
         self.raw_losses: Tensor | None = losses

@@ -3,9 +3,10 @@
 Paths (DESIGN §4):
 
 * no gradient method in the stack -> the trainer does a single backward of the weighted sum;
-* ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``, one ``autograd.grad`` per task
-  (or, when the saliency ``∂L_t/∂Z`` is already cached, one encoder VJP per task, which skips
-  the heads), flattened into a preallocated ``T×P`` buffer;
+* ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``: the saliency ``∂L_t/∂Z`` (every
+  head traversed once, see :meth:`GradientEngine.rep_grads`), then one encoder VJP per task,
+  flattened into a preallocated ``T×P`` buffer; without a tensor ``Z``, one ``autograd.grad``
+  per task;
 * ``representation`` space -> row ``t`` is ``∂(w_t L_t)/∂Z`` flattened; the aggregated ``Z``
   gradient then goes through the encoder in one backward (so the encoder always trains, unlike
   LibMTL issue 83).
@@ -54,18 +55,34 @@ class GradientEngine:
     # -- computing -----------------------------------------------------------------------------
 
     def rep_grads(self, ctx: StepContext, *, differentiable: bool) -> Tensor:
-        """``Tensor[T, *Z.shape]``: ``∂L_t/∂Z`` of the current (unweighted) losses."""
+        """``Tensor[T, *Z.shape]``: ``∂L_t/∂Z`` of the current (unweighted) losses.
+
+        Each raw loss reaches ``Z`` only through its own head's alias of it, so one autograd call
+        on their sum traverses every head once and yields ``R_s = ∂L_s/∂Z``; losses transformed
+        by earlier methods (``log``, FAMO, ...) are then ``J R`` with ``J`` the ``T×T`` Jacobian
+        of the transform. When the transformed losses reach ``Z`` by another path, or the trainer
+        made no aliases, each task gets its own call instead.
+        """
         z = ctx.z
         if z is None or not isinstance(z, Tensor):
             raise MtoError("representation gradients need a tensor representation ctx.z (the encoder output)")
         if not z.requires_grad:
             raise MtoError("the representation does not require grad (is the encoder frozen or run under no_grad?)")
+        if _one_traversal_applies(ctx):
+            assert ctx.head_inputs is not None and ctx.raw_losses is not None
+            parts = torch.autograd.grad(self._scaled(ctx.raw_losses.sum()), ctx.head_inputs, retain_graph=True,
+                                        create_graph=differentiable, allow_unused=True)
+            rows = self._unscaled(torch.stack([torch.zeros_like(z) if g is None else g for g in parts]))
+            if ctx.losses is ctx.raw_losses:
+                return rows
+            jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=differentiable).to(rows.dtype)
+            return (jac @ rows.flatten(1)).view_as(rows)
         losses = self._scaled(ctx.losses)
-        rows = []
+        out = []
         for t in range(ctx.num_tasks):
             (g,) = torch.autograd.grad(losses[t], z, retain_graph=True, create_graph=differentiable, allow_unused=True)
-            rows.append(torch.zeros_like(z) if g is None else g)
-        return self._unscaled(torch.stack(rows))
+            out.append(torch.zeros_like(z) if g is None else g)
+        return self._unscaled(torch.stack(out))
 
     def task_grads(self, ctx: StepContext) -> Tensor:
         """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
@@ -87,9 +104,9 @@ class GradientEngine:
     def _param_grads(self, ctx: StepContext) -> Tensor:
         T = ctx.num_tasks
         ref = self.shared[0]
-        if ctx._saliency is not None and ctx.z is not None:
-            # saliency already paid for the heads: one encoder VJP per task
-            s = self._scaled(ctx._saliency.detach()).to(ctx.z.dtype)
+        if ctx.z is not None and (ctx._saliency is not None or _one_traversal_applies(ctx)):
+            # the heads once (or already, for a saliency method), then one encoder VJP per task
+            s = self._scaled(ctx.rep_grads(differentiable=False)).to(ctx.z.dtype)
             if self.batched:
                 parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)
@@ -153,3 +170,37 @@ class GradientEngine:
             torch.autograd.backward(heads_objective, inputs=trainable, retain_graph=bool(ctx.extra_losses))
         if ctx.extra_losses:
             torch.autograd.backward(self._scaled(sum(ctx.extra_losses.values())))  # type: ignore[arg-type]
+
+
+def _one_traversal_applies(ctx: StepContext) -> bool:
+    """Whether ``ctx.losses`` reach ``Z`` only through ``ctx.raw_losses`` and the heads' aliases."""
+    if ctx.head_inputs is None or ctx.raw_losses is None or not ctx.losses.requires_grad:
+        return False
+    if ctx.losses is ctx.raw_losses:
+        return True
+    # Walk the (few-node) transform graph back to the raw losses; reaching Z, or a head's alias of
+    # it, another way means the transform read the predictions or Z itself.
+    stop = ctx.raw_losses.grad_fn
+    avoid = {a.grad_fn for a in ctx.head_inputs}
+    if ctx.z is not None:
+        avoid.add(ctx.z.grad_fn)
+    seen: set[object] = set()
+    todo = [ctx.losses.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn is stop or fn in seen:
+            continue
+        if fn in avoid:
+            return False
+        seen.add(fn)
+        todo.extend(f for f, _ in fn.next_functions)
+    return True
+
+
+def _jacobian(out: Tensor, base: Tensor, *, differentiable: bool) -> Tensor:
+    """``∂out/∂base`` (``T×T``) of a loss transform, one row per task."""
+    rows = []
+    for t in range(out.shape[0]):
+        (g,) = torch.autograd.grad(out[t], base, retain_graph=True, create_graph=differentiable, allow_unused=True)
+        rows.append(torch.zeros_like(base) if g is None else g)
+    return torch.stack(rows)

@@ -205,7 +205,7 @@ class Trainer:
 
         # 2. heads and task losses
         with self.amp.autocast():
-            ctx.predictions = self._heads(ctx.z, present, slices)
+            ctx.predictions = self._heads(ctx.z, present, slices, ctx)
             losses = self._task_losses(ctx.predictions, targets, present)
         ctx.losses = ctx.raw_losses = self._union_losses(ctx, losses)
         self._call("on_task_losses", ctx, ctx=ctx)
@@ -291,10 +291,18 @@ class Trainer:
         if unknown:
             raise BatchError(f"batch has targets for unknown task(s) {unknown}; the trainer's tasks are {list(self.task_names)}")
 
-    def _heads(self, z: Any, present: Sequence[str], slices: Mapping[str, slice] | None) -> dict[str, Any]:
+    def _heads(self, z: Any, present: Sequence[str], slices: Mapping[str, slice] | None,
+               ctx: StepContext | None = None) -> dict[str, Any]:
+        inputs = {t: z for t in present}
+        if ctx is not None and self.engine is not None and isinstance(z, Tensor) and z.requires_grad:
+            # One alias of Z per head: task t's loss then reaches Z only through its own alias, so
+            # one autograd call gives every ∂L_t/∂Z and traverses each head once (grad of a
+            # stacked loss's element would run every head, the others with zeros).
+            inputs = {t: z.view_as(z) for t in present}
+            ctx.head_inputs = tuple(inputs.values())
         if slices is None:
-            return {t: self.model.heads[t](z) for t in present}
-        return {t: self.model.heads[t](z[slices[t]]) for t in present}
+            return {t: self.model.heads[t](inputs[t]) for t in present}
+        return {t: self.model.heads[t](inputs[t][slices[t]]) for t in present}
 
     def _new_context(self, present: tuple[str, ...]) -> StepContext:
         ref = next(self.model.parameters())

@@ -30,7 +30,8 @@ class Probe(ScaledSum):
 
 
 class ForceInf:
-    """Observer plugin: the gradient reaching ``Z`` becomes inf on the chosen steps."""
+    """Observer plugin: the gradient reaching ``Z`` becomes inf on the chosen steps (per-task
+    gradients are taken at the heads' aliases of ``Z``, the single backward at ``Z`` itself)."""
 
     name = "forceinf"
 
@@ -38,9 +39,10 @@ class ForceInf:
         self.steps = set(steps)
 
     @hookimpl
-    def on_representation(self, ctx):
+    def on_task_losses(self, ctx):
         if ctx.step in self.steps:
-            ctx.z.register_hook(lambda g: torch.full_like(g, float("inf")))
+            for z in ctx.head_inputs or (ctx.z,):
+                z.register_hook(lambda g: torch.full_like(g, float("inf")))
 
 
 def _bf16_run(methods, model, steps=15):
