@@ -39,3 +39,10 @@ def median_step_ms(steps: Mapping[str, Callable[[], Any]], *, rounds: int, warmu
     """Median step time (ms) of each contender over interleaved, shuffled rounds."""
     times = run_interleaved([Contender(n, s) for n, s in steps.items()], rounds=rounds, warmup=warmup)
     return {n: statistics.median(v) for n, v in times.items()}
+
+
+def paired_ratio(times: Mapping[str, Sequence[float]], name: str, baseline: str) -> float:
+    """Median over rounds of ``name``'s time over ``baseline``'s in the same round: on a machine
+    whose speed drifts by tens of percent between seconds, the ratio of two medians taken from
+    different moments is noisier than this."""
+    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))

@@ -3,7 +3,9 @@
 Model: the core's encoder-dominant HPS conv net (``mtoframe.models.hps.build_scene_model``, three
 dense tasks: segmentation, depth, normals) on a fixed batch of generated ``scenes`` images. One
 trainer per stack on identical copies; interleaved rounds (every round times every contender in
-turn, so drift and noise from other processes hit all alike); the median of per-round means.
+turn, so drift and noise from other processes hit all alike); ratios are the median of per-round
+ratios. The last line also prints the arithmetic floor of each ratio (multiply-adds only, see
+:func:`arithmetic_floor`).
 
 Contenders: ``ew`` (one backward), ``repmtl`` (saliency with ``create_graph``, TSR + CSA, one
 backward of the second-order objective), ``nashmtl`` (if installed: T per-task encoder
@@ -12,7 +14,7 @@ per-task encoder gradients).
 
 Goals: ``repmtl`` ≤ 1.3× EW and ≤ 0.5× Nash-MTL (the paper reports about 0.74× Nash-MTL).
 
-    python benchmarks/repmtl_step.py [--rounds 7] [--steps 3] [--batch 8] [--size 64] [--width 32]
+    python benchmarks/repmtl_step.py [--rounds 9] [--steps 3] [--batch 8] [--size 64] [--width 32]
         [--threads 1]
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 
 from collections.abc import Callable
 
@@ -27,9 +30,10 @@ import torch
 
 import mtoframe
 from mtoframe.data.scenes import NUM_CLASSES, generate_scenes
-from mtoframe.models.hps import build_scene_model, scene_tasks
+from mtoframe.bench.timing import Contender, run_interleaved
+from mtoframe.models.hps import build_scene_model, count_macs, scene_tasks
 
-from _shared import median_step_ms
+from _shared import paired_ratio
 
 def make_batch(n: int, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     d = {k: torch.from_numpy(v) for k, v in generate_scenes(n, size=size, seed=0).items()}
@@ -40,9 +44,26 @@ def trainer_step(stack: list[str], net: mtoframe.MultiTaskModel) -> Callable[[tu
     trainer = mtoframe.Trainer(net, scene_tasks(NUM_CLASSES), [mtoframe.create(n) for n in stack], optimizer=opt)
     return trainer.step
 
+def arithmetic_floor(macs: dict[str, int], tasks: int) -> tuple[float, float]:
+    """Lower bounds of Rep-MTL's step time relative to EW and to Nash-MTL from conv/linear
+    multiply-adds alone (``E`` encoder, ``H`` all heads; a backward pass costs twice its forward:
+    input and weight gradients).
+
+    EW: forward ``E + H``, backward ``2E + 2H``. Rep-MTL adds the saliency (the heads' input
+    gradients, ``H``) and its double backward (the gradient's gradient w.r.t. the heads' inputs and
+    weights, ``2H``): ``3E + 6H``, before any work for TSR/CSA. Nash-MTL: forward, the heads'
+    input gradients once, their weight gradients once, and ``T`` encoder backwards:
+    ``(1 + 2T)E + 3H``, before the solve.
+    """
+    E = macs["encoder"]
+    H = sum(v for k, v in macs.items() if k.startswith("head/"))
+    rep, ew, nash = 3 * E + 6 * H, 3 * E + 3 * H, (1 + 2 * tasks) * E + 3 * H
+    return rep / ew, rep / nash
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
@@ -60,23 +81,26 @@ def main() -> None:
         stacks["repmtl+nashmtl"] = ["repmtl", "nashmtl"]
     steps = {name: trainer_step(stack, copy.deepcopy(base)) for name, stack in stacks.items()}
     # each timed call runs `steps` steps so that sub-millisecond jitter averages out
-    med = median_step_ms({n: (lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()},
-                         rounds=args.rounds, warmup=1)
-    med = {n: v / args.steps for n, v in med.items()}
+    times = run_interleaved([Contender(n, lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()],
+                            rounds=args.rounds, warmup=1)
 
     z = base.encoder(batch[0][:1])
+    macs = count_macs(base, batch[0][:1])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); scene model width {args.width}, "
-          f"batch {args.batch} x 3x{args.size}x{args.size}, Z {tuple(z.shape[1:])}, T=3; "
-          f"{args.rounds} rounds x {args.steps} steps, median of round means")
+          f"batch {args.batch} x 3x{args.size}x{args.size}, Z {tuple(z.shape[1:])}, T=3; heads "
+          f"{sum(v for k, v in macs.items() if k.startswith('head/')) / macs['encoder']:.1%} of the encoder's "
+          f"multiply-adds; {args.rounds} rounds x {args.steps} steps; ratios are medians of per-round ratios")
     print(f"{'stack':<16} {'ms/step':>9} {'vs EW':>7} {'vs Nash-MTL':>12}")
-    for n, ms in med.items():
-        vs_nash = f"{ms / med['nashmtl']:12.3f}" if "nashmtl" in med else f"{'-':>12}"
-        print(f"{n:<16} {ms:9.1f} {ms / med['ew']:7.3f} {vs_nash}")
-    r_ew = med["repmtl"] / med["ew"]
-    line = f"repmtl: {r_ew:.3f}x EW (goal <= 1.3: {'ok' if r_ew <= 1.3 else 'MISSED'})"
-    if "nashmtl" in med:
-        r_nash = med["repmtl"] / med["nashmtl"]
-        line += f", {r_nash:.3f}x Nash-MTL (goal <= 0.5: {'ok' if r_nash <= 0.5 else 'MISSED'})"
+    for n, ts in times.items():
+        vs_nash = f"{paired_ratio(times, n, 'nashmtl'):12.3f}" if "nashmtl" in times else f"{'-':>12}"
+        print(f"{n:<16} {statistics.median(ts) / args.steps:9.1f} {paired_ratio(times, n, 'ew'):7.3f} {vs_nash}")
+    floor_ew, floor_nash = arithmetic_floor(macs, tasks=3)
+    r_ew = paired_ratio(times, "repmtl", "ew")
+    line = f"repmtl: {r_ew:.3f}x EW (goal <= 1.3: {'ok' if r_ew <= 1.3 else 'MISSED'}; arithmetic floor {floor_ew:.3f})"
+    if "nashmtl" in times:
+        r_nash = paired_ratio(times, "repmtl", "nashmtl")
+        line += (f", {r_nash:.3f}x Nash-MTL (goal <= 0.5: {'ok' if r_nash <= 0.5 else 'MISSED'}; "
+                 f"arithmetic floor {floor_nash:.3f})")
     print(line)
 
 if __name__ == "__main__":
