@@ -52,7 +52,9 @@ def hand_loop(net: mtoframe.MultiTaskModel, space: str) -> Callable[[tuple], Non
         x, y = batch
         opt.zero_grad(set_to_none=True)
         z = net.encoder(x)
-        losses = torch.stack([((net.heads[t](z) - y[t]) ** 2).mean() for t in TASKS])
+        # separate scalars, not a stacked vector: the gradient of one element of a stack would
+        # run every head's backward (the others with zeros)
+        losses = [((net.heads[t](z) - y[t]) ** 2).mean() for t in TASKS]
         if space == "params":
             for t in range(len(TASKS)):
                 grads = torch.autograd.grad(losses[t], shared, retain_graph=True)
@@ -62,7 +64,7 @@ def hand_loop(net: mtoframe.MultiTaskModel, space: str) -> Callable[[tuple], Non
         else:
             rows = [torch.autograd.grad(losses[t], z, retain_graph=True)[0] for t in range(len(TASKS))]
             torch.autograd.backward(z, torch.stack(rows).sum(0), retain_graph=True)
-        torch.autograd.backward(losses.sum(), inputs=heads)
+        torch.autograd.backward(sum(losses), inputs=heads)
         opt.step()
 
     return step

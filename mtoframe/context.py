@@ -74,6 +74,9 @@ class StepContext:
         self.predictions: dict[str, Any] = {}
         self._losses = losses
         self.raw_losses: Tensor | None = losses
+        #: the trainer's per-task loss scalars before stacking (``raw_losses`` stacks them); the
+        #: gradient of one of them runs only its own head's backward
+        self.task_losses: tuple[Tensor, ...] | None = None
         self._weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=losses.dtype if losses is not None else torch.float32)
         #: True until a method assigns ``weights`` (lets the engine skip scaling rows by ones)
         self.unit_weights = True

@@ -3,10 +3,11 @@
 Paths (DESIGN §4):
 
 * no gradient method in the stack -> the trainer does a single backward of the weighted sum;
-* ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``: the saliency ``∂L_t/∂Z`` (every
-  head traversed once, see :meth:`GradientEngine.rep_grads`), then one encoder VJP per task,
-  flattened into a preallocated ``T×P`` buffer; without a tensor ``Z``, one ``autograd.grad``
-  per task;
+* ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``, flattened into a preallocated
+  ``T×P`` buffer, with each head traversed once: one ``autograd.grad`` of each task's own loss
+  scalar; or, for losses transformed by an earlier method or when a saliency method already paid
+  for the heads, one encoder VJP per task of the saliency ``∂L_t/∂Z`` (see
+  :meth:`GradientEngine.rep_grads`);
 * ``representation`` space -> row ``t`` is ``∂(w_t L_t)/∂Z`` flattened; the aggregated ``Z``
   gradient then goes through the encoder in one backward (so the encoder always trains, unlike
   LibMTL issue 83).
@@ -104,9 +105,17 @@ class GradientEngine:
     def _param_grads(self, ctx: StepContext) -> Tensor:
         T = ctx.num_tasks
         ref = self.shared[0]
-        if ctx.z is not None and (ctx._saliency is not None or _one_traversal_applies(ctx)):
-            # the heads once (or already, for a saliency method), then one encoder VJP per task
-            s = self._scaled(ctx.rep_grads(differentiable=False)).to(ctx.z.dtype)
+        if ctx.losses is ctx.raw_losses and ctx.task_losses is not None and ctx._saliency is None and not self.batched:
+            # each task's own scalar: its gradient runs only its head, and holds nothing T×|Z|
+            per_task = [
+                torch.autograd.grad(self._scaled(loss), self.shared, retain_graph=True, allow_unused=True)
+                for loss in ctx.task_losses
+            ]
+        elif ctx.z is not None and (ctx._saliency is not None or _one_traversal_applies(ctx)):
+            # the heads once (or already, for a saliency method), then one encoder VJP per task;
+            # a saliency computed only for this is not cached, so it is freed with the rows
+            sal = ctx._saliency.detach() if ctx._saliency is not None else self.rep_grads(ctx, differentiable=False)
+            s = self._scaled(sal).to(ctx.z.dtype)
             if self.batched:
                 parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)

@@ -206,8 +206,8 @@ class Trainer:
         # 2. heads and task losses
         with self.amp.autocast():
             ctx.predictions = self._heads(ctx.z, present, slices, ctx)
-            losses = self._task_losses(ctx.predictions, targets, present)
-        ctx.losses = ctx.raw_losses = self._union_losses(ctx, losses)
+            ctx.task_losses = self._task_loss_values(ctx.predictions, targets, present)
+        ctx.losses = ctx.raw_losses = self._union_losses(ctx, torch.stack(ctx.task_losses))
         self._call("on_task_losses", ctx, ctx=ctx)
 
         # 3. gradients: one backward, or per-task gradients -> gradient methods -> update
@@ -323,6 +323,10 @@ class Trainer:
         return ctx
 
     def _task_losses(self, preds: Mapping[str, Any], targets: Mapping[str, Any], present: Sequence[str]) -> Tensor:
+        return torch.stack(self._task_loss_values(preds, targets, present))
+
+    def _task_loss_values(self, preds: Mapping[str, Any], targets: Mapping[str, Any],
+                          present: Sequence[str]) -> tuple[Tensor, ...]:
         by_name = {t.name: t for t in self.tasks}
         values = []
         for name in present:
@@ -335,7 +339,7 @@ class Trainer:
                 shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise BatchError(f"loss of task {name!r} must be a scalar tensor, got {shape}")
             values.append(value)
-        return torch.stack(values)
+        return tuple(values)
 
     def _union_losses(self, ctx: StepContext, losses: Tensor) -> Tensor:
         """Float32 losses; under torch.distributed, the union batch's values with this rank's gradient."""

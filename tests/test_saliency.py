@@ -107,19 +107,31 @@ def test_saliency_equals_per_task_autograd(make_model, transform, differentiable
     assert probe.checked == 2
 
 
+class LogLosses(Method):
+    name = "loglosses"
+    roles = Role.LOSS
+
+    @hookimpl
+    def on_task_losses(self, ctx):
+        ctx.losses = torch.log(ctx.losses)
+
+
+@pytest.mark.parametrize("transform", [False, True], ids=["raw", "log"])
 @pytest.mark.parametrize("space", ["params", "representation"])
-def test_per_task_gradients_traverse_each_head_once(space):
+def test_per_task_gradients_traverse_each_head_once(space, transform):
     counter: dict[str, int] = {}
     model = counted_conv_model(counter)
-    trainer = make_trainer([ScaledSum(space=space)], model=model)
+    trainer = make_trainer([LogLosses()] * transform + [ScaledSum(space=space)], model=model)
     ctx = trainer.step(make_batch(model))
     # grad of one element of the stacked losses would run every head (the others with zeros): 3 each
     assert counter == {"a": 1, "b": 1, "c": 1}
     assert ctx.grads.shape[0] == 3
 
 
-def test_param_space_rows_equal_per_task_autograd():
-    """Rows built from the saliency by encoder VJPs equal ``∂L_t/∂θ_shared`` taken directly."""
+@pytest.mark.parametrize("transform", [False, True], ids=["raw", "log"])
+def test_param_space_rows_equal_per_task_autograd(transform):
+    """Rows from each task's own loss scalar, or (transformed losses) from the saliency by encoder
+    VJPs, equal ``∂L_t/∂θ_shared`` taken directly."""
     model = make_conv_model()
     seen = {}
 
@@ -136,7 +148,7 @@ def test_param_space_rows_equal_per_task_autograd():
             seen["got"], seen["want"] = ctx.grads, ref
             ctx.set_update(ctx.grads.sum(0))
 
-    make_trainer([Rows()], model=model).step(make_batch(model))
+    make_trainer([LogLosses()] * transform + [Rows()], model=model).step(make_batch(model))
     torch.testing.assert_close(seen["got"], seen["want"], rtol=1e-12, atol=1e-14)
 
 
