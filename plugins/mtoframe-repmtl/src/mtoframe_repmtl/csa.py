@@ -102,9 +102,12 @@ class _SaliencyGrams(torch.autograd.Function):
         # whose Grams would rival S in size, recompute them chunk by chunk.
         keep = B * T * side * side <= _CHUNK_ELEMENTS
         grams = s.new_empty((T, B, side, side) if keep else (0,))
+        # one scaled-slice buffer for every (t, chunk): CPU allocations this size are page-faulted
+        # afresh each time
+        buf = s.new_empty(s.shape[0], *s.shape[2:])
         for t in range(T):
             for k in _chunks(s):
-                u = s[k, t] * scale[k, None, None]
+                u = torch.mul(s[k, t], scale[k, None, None], out=buf[k])
                 g = _gram(u)
                 if keep:
                     grams[t, k] = g
@@ -130,13 +133,15 @@ class _SaliencyGrams(torch.autograd.Function):
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
+        u_buf, gu_buf = torch.empty_like(s[:, 0]), torch.empty_like(s[:, 0])
         for t in range(T):
             for k in _chunks(s):
                 c = scale[k, None, None]
-                u = s[k, t] * c
+                u = torch.mul(s[k, t], c, out=u_buf[k])
                 g = grams[t, k] if ctx.keep else _gram(u)
                 # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
-                gu = (g @ u if u.shape[-2] <= u.shape[-1] else u @ g) * (4 * g_m[k, t, None, None])
+                gu = torch.matmul(g, u, out=gu_buf[k]) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=gu_buf[k])
+                gu.mul_(4 * g_m[k, t, None, None])
                 # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
                 if ctx.cross:
                     r = torch.matmul(flat, u).unflatten(1, (Bq, T))  # [k, Bq, T, N]
@@ -144,10 +149,10 @@ class _SaliencyGrams(torch.autograd.Function):
                     gu += torch.matmul(flat.T, wr.flatten(1, 2))
                     g_against += torch.einsum("kcn,kbsn->bsc", u, wr)
                 else:
-                    wr = torch.bmm(a[k], u) * (2 * g_q[k, t, None, None])
-                    gu += torch.bmm(a[k].transpose(1, 2), wr)
+                    wr = torch.bmm(a[k], u).mul_(2 * g_q[k, t, None, None])
+                    gu.baddbmm_(a[k].transpose(1, 2), wr)
                     ga[k] += torch.bmm(wr, u.transpose(1, 2))
-                grad[k, t] = gu * c
+                torch.mul(gu, c, out=grad[k, t])
         # a = c · mean_n S: every position gets c/N of the anchor's gradient
         grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None
