@@ -62,7 +62,13 @@ def _chunks(s: Tensor) -> list[slice]:
     """Slices of samples whose Gram work space fits ``_CHUNK_ELEMENTS``."""
     c, n = s.shape[-2:]
     step = max(1, _CHUNK_ELEMENTS // (min(c, n) ** 2 + 2 * c * n))
-    return [slice(i, i + step) for i in range(0, s.shape[0], step)]
+    return [slice(i, min(i + step, s.shape[0])) for i in range(0, s.shape[0], step)]
+
+
+def _slice_buffer(s: Tensor, chunks: list[slice]) -> Tensor:
+    """Work space for one chunk's ``[b, C, N]`` slice, reused across tasks and chunks: CPU
+    allocations this size are page-faulted afresh each time."""
+    return s.new_empty(chunks[0].stop - chunks[0].start, *s.shape[2:])
 
 
 class _SaliencyGrams(torch.autograd.Function):
@@ -102,12 +108,11 @@ class _SaliencyGrams(torch.autograd.Function):
         # whose Grams would rival S in size, recompute them chunk by chunk.
         keep = B * T * side * side <= _CHUNK_ELEMENTS
         grams = s.new_empty((T, B, side, side) if keep else (0,))
-        # one scaled-slice buffer for every (t, chunk): CPU allocations this size are page-faulted
-        # afresh each time
-        buf = s.new_empty(s.shape[0], *s.shape[2:])
+        chunks = _chunks(s)
+        buf = _slice_buffer(s, chunks)
         for t in range(T):
-            for k in _chunks(s):
-                u = torch.mul(s[k, t], scale[k, None, None], out=buf[k])
+            for k in chunks:
+                u = torch.mul(s[k, t], scale[k, None, None], out=buf[: k.stop - k.start])
                 g = _gram(u)
                 if keep:
                     grams[t, k] = g
@@ -133,14 +138,16 @@ class _SaliencyGrams(torch.autograd.Function):
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
-        u_buf, gu_buf = torch.empty_like(s[:, 0]), torch.empty_like(s[:, 0])
+        chunks = _chunks(s)
+        u_buf, gu_buf = _slice_buffer(s, chunks), _slice_buffer(s, chunks)
         for t in range(T):
-            for k in _chunks(s):
+            for k in chunks:
                 c = scale[k, None, None]
-                u = torch.mul(s[k, t], c, out=u_buf[k])
+                u = torch.mul(s[k, t], c, out=u_buf[: k.stop - k.start])
                 g = grams[t, k] if ctx.keep else _gram(u)
                 # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
-                gu = torch.matmul(g, u, out=gu_buf[k]) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=gu_buf[k])
+                out = gu_buf[: k.stop - k.start]
+                gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
                 gu.mul_(4 * g_m[k, t, None, None])
                 # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
                 if ctx.cross:
