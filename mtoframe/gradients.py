@@ -5,9 +5,9 @@ Paths (DESIGN §4):
 * no gradient method in the stack -> the trainer does a single backward of the weighted sum;
 * ``params`` space -> row ``t`` is ``∂(w_t L_t)/∂θ_shared``, flattened into a preallocated
   ``T×P`` buffer, with each head traversed once: one ``autograd.grad`` of each task's own loss
-  scalar; or, for losses transformed by an earlier method or when a saliency method already paid
-  for the heads, one encoder VJP per task of the saliency ``∂L_t/∂Z`` (see
-  :meth:`GradientEngine.rep_grads`);
+  scalar (losses transformed by an earlier method: then ``J·G`` with ``J`` the ``T×T`` Jacobian
+  of the transform); or, when a saliency method already paid for the heads, one encoder VJP
+  per task of the saliency ``∂L_t/∂Z`` (see :meth:`GradientEngine.rep_grads`);
 * ``representation`` space -> row ``t`` is ``∂(w_t L_t)/∂Z`` flattened; the aggregated ``Z``
   gradient then goes through the encoder in one backward (so the encoder always trains, unlike
   LibMTL issue 83).
@@ -105,12 +105,17 @@ class GradientEngine:
     def _param_grads(self, ctx: StepContext) -> Tensor:
         T = ctx.num_tasks
         ref = self.shared[0]
-        if ctx.losses is ctx.raw_losses and ctx.task_losses is not None and ctx._saliency is None and not self.batched:
-            # each task's own scalar: its gradient runs only its head, and holds nothing T×|Z|
+        jac: Tensor | None = None
+        if ctx._saliency is None and not self.batched and ctx.task_losses is not None and _one_traversal_applies(ctx):
+            # each task's own loss scalar: its gradient runs only its head and holds nothing T×|Z|;
+            # transformed losses are then J·G with J the T×T Jacobian of the transform
             per_task = [
                 torch.autograd.grad(self._scaled(loss), self.shared, retain_graph=True, allow_unused=True)
                 for loss in ctx.task_losses
             ]
+            if ctx.losses is not ctx.raw_losses:
+                assert ctx.raw_losses is not None
+                jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=False)
         elif ctx.z is not None and (ctx._saliency is not None or _one_traversal_applies(ctx)):
             # the heads once (or already, for a saliency method), then one encoder VJP per task;
             # a saliency computed only for this is not cached, so it is freed with the rows
@@ -143,7 +148,7 @@ class GradientEngine:
                 else:
                     out[t, offset : offset + n].copy_(g.reshape(-1))
                 offset += n
-        return out
+        return out if jac is None else jac.to(out.dtype) @ out
 
     def _flatten_batched(self, parts: Sequence[Tensor | None], T: int) -> Tensor:
         ref = self.shared[0]
