@@ -134,3 +134,34 @@ def test_both_switches_off_is_rejected():
 
 def test_docstring_says_what_heads_receive():
     assert "heads receive" in " ".join(mtoframe.create("dbmtl").__doc__.split()).lower()
+
+
+class _NaNGradient:
+    """Observer plugin: task ``a``'s gradient becomes NaN on the chosen steps (its loss stays finite)."""
+
+    name = "nangradient"
+
+    def __init__(self, steps):
+        self.steps = set(steps)
+
+    @mtoframe.hookimpl
+    def on_task_losses(self, ctx):
+        if ctx.step in self.steps:
+            ctx.head_inputs[0].register_hook(lambda g: torch.full_like(g, float("nan")))
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_non_finite_gradient_is_skipped_without_poisoning_the_ema(log):
+    model = make_vector_model()
+    trainer = make_trainer([("dbmtl", {"log_transform": log})], model=model, nonfinite="skip", plugins=[_NaNGradient(steps=[1])])
+    m = trainer.stack[0]
+    trainer.step(make_batch(model, seed=0))
+    before = m.buffer.clone()
+    ctx = trainer.step(make_batch(model, seed=1))
+    assert ctx.skipped and trainer.counters["skipped_steps"] == 1
+    assert torch.equal(m.buffer, before)  # the skipped step left the EMA as it was
+    params = [p.detach().clone() for p in model.parameters()]
+    ctx = trainer.step(make_batch(model, seed=2))
+    assert not ctx.skipped and torch.isfinite(m.buffer).all()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(params, model.parameters()))

@@ -90,13 +90,19 @@ class DBMTL(Method):
             self.k = 0
         self.k += 1
         beta_k = self.options.beta / self.k**self.options.beta_sigma
-        if len(ctx.tasks) == len(ctx.all_tasks):
-            # every task present: update in place (saves two T×P copies per step)
-            ema = self.buffer.lerp_(g, 1.0 - beta_k)  # β_k ĝ + (1 − β_k) g
+        every = len(ctx.tasks) == len(ctx.all_tasks)
+        ids = ctx.task_ids.to(g.device)
+        old = self.buffer if every else self.buffer[ids]
+        ema = torch.lerp(old, g, 1.0 - beta_k)  # β_k ĝ + (1 − β_k) g
+        # Non-finite gradients reach this step's update, so the trainer skips the step (or
+        # raises), but not the stored EMA, which would otherwise stay NaN for every later step:
+        # a skipped step leaves it as it was. Decided on the device, so with no host sync (which
+        # is also why k still counts the step).
+        kept = torch.where(torch.isfinite(g).all(), ema, old)
+        if every:
+            self.buffer = kept
         else:
-            ids = ctx.task_ids.to(g.device)
-            ema = torch.lerp(self.buffer[ids], g, 1.0 - beta_k)
-            self.buffer[ids] = ema
+            self.buffer[ids] = kept
         norms = torch.linalg.vector_norm(ema, dim=1)
         scale = norms.max() / (norms + EPS)
         ctx.set_update(scale @ ema)
