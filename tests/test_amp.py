@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtoframe import OptionError, hookimpl
+from mtoframe.testing import PoisonGradient
 from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
 
 from helpers import ScaledSum, params_of
@@ -27,22 +28,6 @@ class Probe(ScaledSum):
         if ctx.space == "representation":
             self.saliency_dtypes.append(ctx.rep_grads().dtype)
         super().on_shared_grads(ctx)
-
-
-class ForceInf:
-    """Observer plugin: the gradient reaching ``Z`` becomes inf on the chosen steps (per-task
-    gradients are taken at the heads' aliases of ``Z``, the single backward at ``Z`` itself)."""
-
-    name = "forceinf"
-
-    def __init__(self, steps):
-        self.steps = set(steps)
-
-    @hookimpl
-    def on_task_losses(self, ctx):
-        if ctx.step in self.steps:
-            for z in ctx.head_inputs or (ctx.z,):
-                z.register_hook(lambda g: torch.full_like(g, float("inf")))
 
 
 def _bf16_run(methods, model, steps=15):
@@ -116,7 +101,7 @@ def test_forced_inf_is_skipped_backed_off_and_counted(methods):
     model = make_vector_model(dtype=torch.float32)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
     trainer = make_trainer([probe] if probe else [], model=model, grad_scaler=scaler,
-                           plugins=[ForceInf(steps=[0])], nonfinite="raise")
+                           plugins=[PoisonGradient(steps=[0], value=float("inf"))], nonfinite="raise")
     before = params_of(model)
     ctx = trainer.step(make_batch(model, batch=8, seed=0))
     # an overflow is the scaler's business, not a fault: no NonFiniteLossError, nothing moved

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .factories import (
     GradientCase,
+    PoisonGradient,
     gradient_families,
     head_grads,
     make_batch,
@@ -18,6 +19,7 @@ from .factories import (
 
 __all__ = [
     "GradientCase",
+    "PoisonGradient",
     "gradient_families",
     "head_grads",
     "make_batch",

@@ -9,6 +9,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from ..hookspecs import hookimpl
 from ..model import MultiTaskModel, Task
 
 
@@ -123,3 +124,24 @@ def make_trainer(methods: Sequence[Any] = (), *, model: MultiTaskModel | None = 
     opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
     opt = opt_cls(model.parameters(), lr=lr)
     return Trainer(model, make_tasks(list(model.heads.keys())), methods, optimizer=opt, **kwargs)
+
+
+class PoisonGradient:
+    """Observer plugin (``Trainer(plugins=[...])``): on the chosen steps the gradient reaching
+    the heads' inputs becomes ``value`` (NaN by default) while the losses stay finite, as after
+    an overflow inside a backward pass. ``task`` limits it to that task's head; without a
+    gradient engine (EW) it is the gradient reaching ``Z``."""
+
+    name = "poisongradient"
+
+    def __init__(self, steps: Sequence[int], *, value: float = float("nan"), task: str | None = None) -> None:
+        self.steps, self.value, self.task = set(steps), value, task
+
+    @hookimpl
+    def on_task_losses(self, ctx: Any) -> None:
+        if ctx.step not in self.steps:
+            return
+        inputs = ctx.head_inputs if ctx.head_inputs is not None else (ctx.z,) * ctx.num_tasks
+        chosen = inputs if self.task is None else (inputs[ctx.tasks.index(self.task)],)
+        for z in dict.fromkeys(chosen):  # EW: Z once
+            z.register_hook(lambda g: torch.full_like(g, self.value))

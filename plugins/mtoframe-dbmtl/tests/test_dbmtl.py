@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mtoframe
+from mtoframe.testing import PoisonGradient
 from mtoframe.testing.factories import gradient_families, make_batch, make_conv_model, make_trainer, make_vector_model
 
 CASES = list(gradient_families())
@@ -136,24 +137,10 @@ def test_docstring_says_what_heads_receive():
     assert "heads receive" in " ".join(mtoframe.create("dbmtl").__doc__.split()).lower()
 
 
-class _NaNGradient:
-    """Observer plugin: task ``a``'s gradient becomes NaN on the chosen steps (its loss stays finite)."""
-
-    name = "nangradient"
-
-    def __init__(self, steps):
-        self.steps = set(steps)
-
-    @mtoframe.hookimpl
-    def on_task_losses(self, ctx):
-        if ctx.step in self.steps:
-            ctx.head_inputs[0].register_hook(lambda g: torch.full_like(g, float("nan")))
-
-
 @pytest.mark.parametrize("log", [True, False])
 def test_non_finite_gradient_is_skipped_without_poisoning_the_ema(log):
     model = make_vector_model()
-    trainer = make_trainer([("dbmtl", {"log_transform": log})], model=model, nonfinite="skip", plugins=[_NaNGradient(steps=[1])])
+    trainer = make_trainer([("dbmtl", {"log_transform": log})], model=model, nonfinite="skip", plugins=[PoisonGradient(steps=[1], task="a")])
     m = trainer.stack[0]
     trainer.step(make_batch(model, seed=0))
     before = m.buffer.clone()

@@ -71,3 +71,17 @@ def test_groups_inside_trainer(groups):
 def test_parameter_groups_need_a_trainer():
     with pytest.raises(mtoframe.MtoError, match="groups='whole'"):
         mtoframe.aggregate(mtoframe.create("gradvac", groups="parameter"), CASES[0].grads)
+
+
+@pytest.mark.parametrize("always", [False, True], ids=["conflict", "always"])
+def test_skipped_non_finite_step_leaves_the_targets_usable(always):
+    from mtoframe.testing import PoisonGradient
+
+    model = make_vector_model()
+    trainer = make_trainer([("gradvac", {"ema_update": "always" if always else "conflict"})], model=model,
+                           nonfinite="skip", plugins=[PoisonGradient(steps=[1], task="b")])
+    trainer.step(make_batch(model, seed=0))
+    before = trainer.stack[0].rho.clone()
+    assert trainer.step(make_batch(model, seed=1)).skipped
+    assert torch.equal(trainer.stack[0].rho, before)  # the skipped step left the targets as they were
+    assert not trainer.step(make_batch(model, seed=2)).skipped and torch.isfinite(trainer.stack[0].rho).all()

@@ -110,8 +110,10 @@ class GradVac(Method):
         for k, block in enumerate(blocks):
             K = (block @ block.T).to(torch.float64)
             rho = self.rho[ids][:, ids, k]
-            C, rho = self._vaccinate(K, rho, orders)
-            self.rho[ids.unsqueeze(1), ids.unsqueeze(0), k] = rho
+            C, moved = self._vaccinate(K, rho, orders)
+            # non-finite gradients reach this step's update (the trainer skips it or raises) but
+            # not the targets, which would stay NaN: decided on the device, no host sync
+            self.rho[ids.unsqueeze(1), ids.unsqueeze(0), k] = torch.where(torch.isfinite(K).all(), moved, rho)
             out.append(C.to(g.dtype) @ block)
         ctx.grads = out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
