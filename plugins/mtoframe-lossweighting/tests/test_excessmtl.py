@@ -87,3 +87,18 @@ def test_rejects_loss_level_methods():
 
     with pytest.raises(StackError, match="own task weights"):
         make_trainer([Loss(), ExcessMTL()])
+
+
+def test_skipped_non_finite_step_leaves_the_accumulators_as_they_were():
+    from mtoframe.testing import PoisonGradient
+
+    model = make_vector_model()
+    trainer = make_trainer(["excessmtl"], model=model, nonfinite="skip", plugins=[PoisonGradient(steps=[2], task="b")])
+    m = trainer.stack[0]
+    for seed in range(2):
+        trainer.step(make_batch(model, seed=seed))
+    before = [m.sq_sum.clone(), m.initial.clone(), m.weights.clone()]
+    assert trainer.step(make_batch(model, seed=2)).skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, [m.sq_sum, m.initial, m.weights]))
+    assert not trainer.step(make_batch(model, seed=3)).skipped
+    assert torch.isfinite(m.sq_sum).all() and torch.isfinite(m.weights).all()

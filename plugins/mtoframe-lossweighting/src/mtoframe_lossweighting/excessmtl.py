@@ -92,18 +92,24 @@ class ExcessMTL(Method):
         self._ensure(len(ctx.all_tasks), grads)
         assert self.sq_sum is not None and self.initial is not None and self.weights is not None
         ids = ctx.task_ids
-        sq = self.sq_sum[ids] + grads * grads
-        self.sq_sum[ids] = sq
+        old_sq, initial, old_weights = self.sq_sum[ids], self.initial[ids], self.weights
+        sq = old_sq + grads * grads
         excess = (grads * grads / torch.sqrt(sq + EPS)).sum(dim=1)
-        initial = self.initial[ids]
         known = ~torch.isnan(initial)
         # e(0) must be positive to normalise by: a task whose gradient is still zero waits
-        self.initial[ids] = torch.where(~known & (excess > 0), excess, initial)
+        new_initial = torch.where(~known & (excess > 0), excess, initial)
         ratio = torch.where(known, excess / torch.where(known, initial, torch.ones_like(initial)), torch.zeros_like(excess))
-        stepped = self.weights[ids] * torch.exp(self.options.step_size * ratio)
-        self.weights[ids] = torch.where(known, stepped, self.weights[ids])
-        self.weights = len(self.weights) * self.weights / self.weights.sum()
-        lam = self.weights[ids]
+        stepped = old_weights[ids] * torch.exp(self.options.step_size * ratio)
+        weights = old_weights.clone()
+        weights[ids] = torch.where(known, stepped, weights[ids])
+        weights = len(weights) * weights / weights.sum()
+        # Non-finite gradients reach this step's update (the trainer skips it or raises) but not
+        # the accumulators, which would stay NaN: decided on the device, no host sync.
+        ok = torch.isfinite(grads).all()
+        self.sq_sum[ids] = torch.where(ok, sq, old_sq)
+        self.initial[ids] = torch.where(ok, new_initial, initial)
+        self.weights = torch.where(ok, weights, old_weights)
+        lam = weights[ids]
         ctx.set_update(lam @ grads, head_weights=lam)
         if ctx.logging:
             for t, v in zip(ctx.tasks, lam):
