@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the small encoder-dominant conv model, its batch, and
-interleaved timing (mtoframe.bench.timing) reduced to the median per-step time."""
+interleaved timing (mtoframe.bench.timing) with ratios taken round by round."""
 
 from __future__ import annotations
 
@@ -35,10 +35,13 @@ def conv_batch(batch: int, size: int, *, tasks: Sequence[str] = TASKS, seed: int
     return x, {t: torch.randn(batch, 1, size, size, generator=g) for t in tasks}
 
 
-def median_step_ms(steps: Mapping[str, Callable[[], Any]], *, rounds: int, warmup: int) -> dict[str, float]:
-    """Median step time (ms) of each contender over interleaved, shuffled rounds."""
-    times = run_interleaved([Contender(n, s) for n, s in steps.items()], rounds=rounds, warmup=warmup)
-    return {n: statistics.median(v) for n, v in times.items()}
+def step_times(steps: Mapping[str, Callable[[], Any]], *, rounds: int, repeat: int,
+               warmup: int = 1) -> dict[str, list[float]]:
+    """Per-step time (ms) of each contender in each of ``rounds`` interleaved, shuffled rounds;
+    every timed call runs its step ``repeat`` times so that sub-millisecond jitter averages out."""
+    calls = [Contender(n, lambda s=s: [s() for _ in range(repeat)]) for n, s in steps.items()]
+    times = run_interleaved(calls, rounds=rounds, warmup=warmup)
+    return {n: [t / repeat for t in v] for n, v in times.items()}
 
 
 def paired_ratio(times: Mapping[str, Sequence[float]], name: str, baseline: str) -> float:

@@ -30,12 +30,11 @@ from collections.abc import Callable
 import torch
 
 import mtoframe
-from mtoframe.bench.timing import Contender, run_interleaved
 from mtoframe.method import GRADIENT_ROLES
 from mtoframe.registry import get_registry
 from mtoframe.testing import make_tasks
 
-from _shared import TASKS, conv_batch, conv_model, paired_ratio
+from _shared import TASKS, conv_batch, conv_model, paired_ratio, step_times
 
 def gradient_methods() -> list[str]:
     reg = get_registry()
@@ -85,19 +84,17 @@ def time_steps(args: argparse.Namespace, names: list[str]) -> None:
         steps[n], spaces[n] = trainer_step(n, copy.deepcopy(base))
     steps["loop-params"] = hand_loop(copy.deepcopy(base), "params")
     steps["loop-rep"] = hand_loop(copy.deepcopy(base), "representation")
-    # each timed call runs `steps` steps so that sub-millisecond jitter averages out
-    times = run_interleaved([Contender(n, lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()],
-                            rounds=args.rounds, warmup=1)
+    times = step_times({n: (lambda s=s: s(batch)) for n, s in steps.items()}, rounds=args.rounds, repeat=args.steps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.channels} channels, T={len(TASKS)}, "
           f"{args.rounds} rounds x {args.steps} steps; ratios are medians of per-round ratios")
     print(f"{'method':<18} {'space':<15} {'ms/step':>8} {'vs EW':>6} {'vs loop':>8}  goal (vs loop <= 1.10)")
     for n in ["ew", "loop-params", "loop-rep"]:
-        print(f"{n:<18} {'':<15} {statistics.median(times[n]) / args.steps:8.2f} {paired_ratio(times, n, 'ew'):6.3f}")
+        print(f"{n:<18} {'':<15} {statistics.median(times[n]):8.2f} {paired_ratio(times, n, 'ew'):6.3f}")
     for n in names:
         loop = "loop-rep" if spaces[n] == "representation" else "loop-params"
         r = paired_ratio(times, n, loop)
-        print(f"{n:<18} {str(spaces[n]):<15} {statistics.median(times[n]) / args.steps:8.2f} "
+        print(f"{n:<18} {str(spaces[n]):<15} {statistics.median(times[n]):8.2f} "
               f"{paired_ratio(times, n, 'ew'):6.3f} {r:8.3f}  " + ("ok" if r <= 1.10 else "MISSED"))
 
 def time_aggregation(args: argparse.Namespace, names: list[str]) -> None:

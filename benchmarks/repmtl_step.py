@@ -30,10 +30,9 @@ import torch
 
 import mtoframe
 from mtoframe.data.scenes import NUM_CLASSES, generate_scenes
-from mtoframe.bench.timing import Contender, run_interleaved
 from mtoframe.models.hps import build_scene_model, count_macs, scene_tasks
 
-from _shared import paired_ratio
+from _shared import paired_ratio, step_times
 
 def make_batch(n: int, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     d = {k: torch.from_numpy(v) for k, v in generate_scenes(n, size=size, seed=0).items()}
@@ -80,9 +79,7 @@ def main() -> None:
         stacks["nashmtl"] = ["nashmtl"]
         stacks["repmtl+nashmtl"] = ["repmtl", "nashmtl"]
     steps = {name: trainer_step(stack, copy.deepcopy(base)) for name, stack in stacks.items()}
-    # each timed call runs `steps` steps so that sub-millisecond jitter averages out
-    times = run_interleaved([Contender(n, lambda s=s: [s(batch) for _ in range(args.steps)]) for n, s in steps.items()],
-                            rounds=args.rounds, warmup=1)
+    times = step_times({n: (lambda s=s: s(batch)) for n, s in steps.items()}, rounds=args.rounds, repeat=args.steps)
 
     z = base.encoder(batch[0][:1])
     macs = count_macs(base, batch[0][:1])
@@ -93,7 +90,7 @@ def main() -> None:
     print(f"{'stack':<16} {'ms/step':>9} {'vs EW':>7} {'vs Nash-MTL':>12}")
     for n, ts in times.items():
         vs_nash = f"{paired_ratio(times, n, 'nashmtl'):12.3f}" if "nashmtl" in times else f"{'-':>12}"
-        print(f"{n:<16} {statistics.median(ts) / args.steps:9.1f} {paired_ratio(times, n, 'ew'):7.3f} {vs_nash}")
+        print(f"{n:<16} {statistics.median(ts):9.1f} {paired_ratio(times, n, 'ew'):7.3f} {vs_nash}")
     floor_ew, floor_nash = arithmetic_floor(macs, tasks=3)
     r_ew = paired_ratio(times, "repmtl", "ew")
     line = f"repmtl: {r_ew:.3f}x EW (goal <= 1.3: {'ok' if r_ew <= 1.3 else 'MISSED'}; arithmetic floor {floor_ew:.3f})"
