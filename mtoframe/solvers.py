@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .context import StepContext
 
 __all__ = [
+    "CompiledProblems",
     "ConvexProblem",
     "FailureCounter",
     "SolveResult",
@@ -211,6 +212,36 @@ def compiled(key: tuple[Any, ...], build: Callable[[Any], tuple[Any, Any, Mappin
         if key not in _COMPILED:
             _COMPILED[key] = ConvexProblem(build, name=name)
         return _COMPILED[key]
+
+
+class CompiledProblems(Mapping[int, ConvexProblem]):
+    """One method's convex problems by task count: ``for_tasks(T)`` takes the problem from the
+    process-wide :func:`compiled` cache on first use; iterating gives the task counts used.
+
+    :param method: the method's name (the cache key and messages).
+    :param build: ``build(T)`` -> the ``build(cp)`` function of :class:`ConvexProblem` for ``T`` tasks.
+    """
+
+    def __init__(self, method: str, build: Callable[[int], Callable[[Any], tuple[Any, Any, Mapping[str, Any]]]]) -> None:
+        self.method = method
+        self._build = build
+        self._by_size: dict[int, ConvexProblem] = {}
+
+    def for_tasks(self, size: int) -> ConvexProblem:
+        problem = self._by_size.get(size)
+        if problem is None:
+            problem = compiled((self.method, size), self._build(size), name=f"{self.method} (T={size})")
+            self._by_size[size] = problem
+        return problem
+
+    def __getitem__(self, size: int) -> ConvexProblem:
+        return self._by_size[size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._by_size)
+
+    def __len__(self) -> int:
+        return len(self._by_size)
 
 
 class FailureCounter:

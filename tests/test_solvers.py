@@ -10,7 +10,7 @@ import pytest
 
 from mtoframe.context import StepContext
 from mtoframe.errors import SolverError
-from mtoframe.solvers import ConvexProblem, FailureCounter, SolverWarning, compiled, nonzero_rows, require_cvxpy
+from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter, SolverWarning, compiled, nonzero_rows, require_cvxpy
 
 cp = pytest.importorskip("cvxpy")
 
@@ -81,6 +81,13 @@ def test_compiled_is_shared_per_key():
     a = compiled(("test-proj", 4), projection(4), name="proj")
     assert compiled(("test-proj", 4), projection(4), name="proj") is a
     assert compiled(("test-proj", 5), projection(5), name="proj") is not a
+
+
+def test_compiled_problems_take_the_shared_cache_and_record_sizes():
+    family = CompiledProblems("test-proj", projection)
+    assert family.for_tasks(4) is compiled(("test-proj", 4), projection(4), name="proj")
+    family.for_tasks(2)
+    assert sorted(family) == [2, 4] and family[4] is family.for_tasks(4)
 
 
 def test_missing_backend_names_the_install(monkeypatch):

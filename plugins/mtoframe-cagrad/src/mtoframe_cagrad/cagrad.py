@@ -51,7 +51,7 @@ import torch
 
 from mtoframe import Method, Role, hookimpl
 from mtoframe.options import boolean, in_range, one_of
-from mtoframe.solvers import ConvexProblem, FailureCounter, compiled
+from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter
 
 ZERO_DIRECTION = 1e-20  # wᵀK̂w below this (K̂ has unit Frobenius norm): g_w* is the zero vector
 
@@ -95,7 +95,7 @@ class CAGrad(Method):
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self.problems: dict[int, ConvexProblem] = {}
+        self.problems = CompiledProblems(self.name, _build)
         self.failures = FailureCounter(self.name, "using the previous weights w* (uniform before the first solve)")
         self.reset()
 
@@ -104,9 +104,7 @@ class CAGrad(Method):
         self.failures.count = 0
 
     def problem(self, size: int) -> ConvexProblem:
-        if size not in self.problems:
-            self.problems[size] = compiled((self.name, size), _build(size), name=f"{self.name} (T={size})")
-        return self.problems[size]
+        return self.problems.for_tasks(size)
 
     def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """``u`` such that the update is ``uᵀG`` (rescaling included)."""

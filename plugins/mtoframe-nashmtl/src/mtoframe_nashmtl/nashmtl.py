@@ -68,7 +68,7 @@ import torch
 from mtoframe import Method, Role, hookimpl
 from mtoframe.numerics import clip_norm
 from mtoframe.options import in_range, integer
-from mtoframe.solvers import ConvexProblem, FailureCounter, compiled, nonzero_rows
+from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter, nonzero_rows
 
 RESIDUAL_TOL = 1e-3
 CHANGE_TOL = 1e-6
@@ -109,7 +109,7 @@ class NashMTL(Method):
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self.problems: dict[int, ConvexProblem] = {}
+        self.problems = CompiledProblems(self.name, _build)
         self.failures = FailureCounter(self.name, "keeping the previous weights α")
         self.reset()
 
@@ -124,9 +124,7 @@ class NashMTL(Method):
 
     def problem(self, size: int) -> ConvexProblem:
         """The compiled problem for ``size`` tasks (built on first use, shared by the process)."""
-        if size not in self.problems:
-            self.problems[size] = compiled((self.name, size), _build(size), name=f"{self.name} (T={size})")
-        return self.problems[size]
+        return self.problems.for_tasks(size)
 
     def solve(self, gram: np.ndarray, ids: np.ndarray) -> None:
         """Update ``alpha[ids]`` (and the warm start) from the Gram matrix of those tasks."""
