@@ -85,6 +85,7 @@ class StepContext:
         #: the gradient matrix as first computed, before any transform (for logging)
         self.raw_grads: Tensor | None = None
         self._gram: Tensor | None = None
+        self._grads_finite: Tensor | None = None
         self._saliency: Tensor | None = None
         self._saliency_differentiable = False
         self.update: Tensor | None = None
@@ -119,6 +120,7 @@ class StepContext:
         self._saliency = None
         self._grads = None
         self._gram = None
+        self._grads_finite = None
 
     @property
     def weights(self) -> Tensor:
@@ -133,6 +135,7 @@ class StepContext:
         self.unit_weights = False
         self._grads = None
         self._gram = None
+        self._grads_finite = None
 
     @property
     def has_losses(self) -> bool:
@@ -164,10 +167,19 @@ class StepContext:
             raise MtoError(f"ctx.grads must be a {self.num_tasks}×D matrix, got shape {tuple(value.shape)}")
         self._grads = value
         self._gram = None
+        self._grads_finite = None
 
     @property
     def has_grads(self) -> bool:
         return self._grads is not None
+
+    def grads_finite(self) -> Tensor:
+        """Device boolean: every entry of the current ``grads`` is finite (cached until ``grads``
+        is replaced; no host sync). A stateful method keeps its state when it is False: the
+        trainer then skips or raises on the step."""
+        if self._grads_finite is None:
+            self._grads_finite = torch.isfinite(self.grads).all()
+        return self._grads_finite
 
     def gram(self) -> Tensor:
         """Gram matrix ``G Gᵀ`` of the current ``grads`` (cached until ``grads`` is replaced)."""

@@ -219,7 +219,7 @@ class Trainer:
             self.amp.scale(objective).backward()
             if self.comm is not None:
                 self.comm.reduce_grads([*self.model.parameters(), *self._method_params])
-        elif self.amp.scaler is not None and not bool(torch.isfinite(ctx.grads).all()):
+        elif self.amp.scaler is not None and not bool(ctx.grads_finite()):
             assert self.engine is not None  # scaled G overflowed: solvers never see it; the scaler skips
             self.amp.mark_overflow(self.engine.shared)
         else:

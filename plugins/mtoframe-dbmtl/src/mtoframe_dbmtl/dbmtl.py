@@ -98,11 +98,10 @@ class DBMTL(Method):
         # raises), but not the stored EMA, which would otherwise stay NaN for every later step:
         # a skipped step leaves it as it was. Decided on the device, so with no host sync (which
         # is also why k still counts the step).
-        kept = torch.where(torch.isfinite(g).all(), ema, old)
         if every:
-            self.buffer = kept
+            torch.where(ctx.grads_finite(), ema, old, out=old)
         else:
-            self.buffer[ids] = kept
+            self.buffer[ids] = torch.where(ctx.grads_finite(), ema, old)
         norms = torch.linalg.vector_norm(ema, dim=1)
         scale = norms.max() / (norms + EPS)
         ctx.set_update(scale @ ema)

@@ -105,7 +105,7 @@ class ExcessMTL(Method):
         weights = len(weights) * weights / weights.sum()
         # Non-finite gradients reach this step's update (the trainer skips it or raises) but not
         # the accumulators, which would stay NaN: decided on the device, no host sync.
-        ok = torch.isfinite(grads).all()
+        ok = ctx.grads_finite()
         self.sq_sum[ids] = torch.where(ok, sq, old_sq)
         self.initial[ids] = torch.where(ok, new_initial, initial)
         self.weights = torch.where(ok, weights, old_weights)
