@@ -41,9 +41,10 @@ class Trainer:
     :param log_every: write step scalars every this many steps.
     :param nonfinite: ``"raise"`` (name the task and step) or ``"skip"`` (skip and count the
         update) when a loss or the update is NaN/inf. Either way parameters never become NaN.
-        The check reads one boolean per step on the host (as ``GradScaler.step`` does): the one
-        deliberate exception to "no host sync outside logging steps", because a skip decided on
-        the device would still move Adam's moments.
+        The check reads its flags on the host (as ``GradScaler.step`` does): once for the losses
+        and regularisers together and, with gradient methods, once for the update: the deliberate
+        exception to "no host sync outside logging steps", because a skip decided on the device
+        would still move Adam's moments.
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
         (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
     :param plugins: extra hook implementations (observers) called after the methods.
@@ -364,8 +365,8 @@ class Trainer:
             ctx.log("amp/scale", self.amp.scaler.get_scale())
 
     def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str) -> bool:
-        # One host sync per step; the price of never letting NaN reach the parameters.
-        bad = [bool(~torch.isfinite(v.detach()).all()) for v in values]
+        # One host read for all the values; the price of never letting NaN reach the parameters.
+        bad = (~torch.stack([torch.isfinite(v.detach()).all() for v in values])).tolist()
         if self.comm is not None:  # every rank must take the same branch (collectives follow)
             bad = self.comm.any(bad, ctx.device)
         if not any(bad):
