@@ -70,20 +70,24 @@ class GradientEngine:
         if not z.requires_grad:
             raise MtoError("the representation does not require grad (is the encoder frozen or run under no_grad?)")
         if _one_traversal_applies(ctx):
-            assert ctx.head_inputs is not None and ctx.raw_losses is not None
-            parts = torch.autograd.grad(self._scaled(ctx.raw_losses.sum()), ctx.head_inputs, retain_graph=True,
-                                        create_graph=differentiable, allow_unused=True)
-            rows = self._unscaled(torch.stack([torch.zeros_like(z) if g is None else g for g in parts]))
-            if ctx.losses is ctx.raw_losses:
-                return rows
-            jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=differentiable).to(rows.dtype)
-            return (jac @ rows.flatten(1)).view_as(rows)
+            return self._chained_rep_grads(ctx, differentiable=differentiable)
         losses = self._scaled(ctx.losses)
         out = []
         for t in range(ctx.num_tasks):
             (g,) = torch.autograd.grad(losses[t], z, retain_graph=True, create_graph=differentiable, allow_unused=True)
             out.append(torch.zeros_like(z) if g is None else g)
         return self._unscaled(torch.stack(out))
+
+    def _chained_rep_grads(self, ctx: StepContext, *, differentiable: bool) -> Tensor:
+        """:meth:`rep_grads` when :func:`_one_traversal_applies`: one call at the heads' aliases."""
+        assert ctx.z is not None and ctx.head_inputs is not None and ctx.raw_losses is not None
+        parts = torch.autograd.grad(self._scaled(ctx.raw_losses.sum()), ctx.head_inputs, retain_graph=True,
+                                    create_graph=differentiable, allow_unused=True)
+        rows = self._unscaled(torch.stack([torch.zeros_like(ctx.z) if g is None else g for g in parts]))
+        if ctx.losses is ctx.raw_losses:
+            return rows
+        jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=differentiable).to(rows.dtype)
+        return (jac @ rows.flatten(1)).view_as(rows)
 
     def task_grads(self, ctx: StepContext) -> Tensor:
         """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
@@ -106,7 +110,8 @@ class GradientEngine:
         T = ctx.num_tasks
         ref = self.shared[0]
         jac: Tensor | None = None
-        if ctx._saliency is None and not self.batched and ctx.task_losses is not None and _one_traversal_applies(ctx):
+        chained = ctx._saliency is None and _one_traversal_applies(ctx)  # the graph walk, once
+        if chained and not self.batched and ctx.task_losses is not None:
             # each task's own loss scalar: its gradient runs only its head and holds nothing T×|Z|;
             # transformed losses are then J·G with J the T×T Jacobian of the transform
             per_task = [
@@ -116,10 +121,10 @@ class GradientEngine:
             if ctx.losses is not ctx.raw_losses:
                 assert ctx.raw_losses is not None
                 jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=False)
-        elif ctx.z is not None and (ctx._saliency is not None or _one_traversal_applies(ctx)):
+        elif ctx.z is not None and (ctx._saliency is not None or chained):
             # the heads once (or already, for a saliency method), then one encoder VJP per task;
             # a saliency computed only for this is not cached, so it is freed with the rows
-            sal = ctx._saliency.detach() if ctx._saliency is not None else self.rep_grads(ctx, differentiable=False)
+            sal = ctx._saliency.detach() if ctx._saliency is not None else self._chained_rep_grads(ctx, differentiable=False)
             s = self._scaled(sal).to(ctx.z.dtype)
             if self.batched:
                 parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
