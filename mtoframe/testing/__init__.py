@@ -7,6 +7,7 @@ from __future__ import annotations
 from .factories import (
     GradientCase,
     PoisonGradient,
+    assert_heads_get_unweighted_gradients,
     gradient_families,
     head_grads,
     make_batch,
@@ -20,6 +21,7 @@ from .factories import (
 __all__ = [
     "GradientCase",
     "PoisonGradient",
+    "assert_heads_get_unweighted_gradients",
     "gradient_families",
     "head_grads",
     "make_batch",

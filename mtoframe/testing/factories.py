@@ -105,6 +105,20 @@ def head_grads(model: MultiTaskModel, batch: tuple[Tensor, dict[str, Tensor]]) -
             for t in targets}
 
 
+def assert_heads_get_unweighted_gradients(method: Any) -> None:
+    """Assert that one trainer step with ``method`` gives every head the gradient of its own
+    unweighted task loss (on :func:`make_vector_model`), as the methods whose ``heads_receive``
+    says so promise."""
+    model = make_vector_model()
+    trainer = make_trainer([method], model=model)
+    batch = make_batch(model)
+    expected = head_grads(model, batch)
+    step_keeping_grads(trainer, batch)
+    for t in model.heads:
+        for p, e in zip(model.heads[t].parameters(), expected[t]):
+            torch.testing.assert_close(p.grad, e)
+
+
 def step_keeping_grads(trainer: Any, batch: Any) -> Any:
     """One ``trainer.step`` whose optimiser step is skipped, so ``.grad`` stays as the engine wrote it."""
     step = trainer.optimizer.step
@@ -141,7 +155,11 @@ class PoisonGradient:
     def on_task_losses(self, ctx: Any) -> None:
         if ctx.step not in self.steps:
             return
-        inputs = ctx.head_inputs if ctx.head_inputs is not None else (ctx.z,) * ctx.num_tasks
-        chosen = inputs if self.task is None else (inputs[ctx.tasks.index(self.task)],)
-        for z in dict.fromkeys(chosen):  # EW: Z once
+        if ctx.head_inputs is None:
+            chosen = (ctx.z,)
+        elif self.task is None:
+            chosen = ctx.head_inputs
+        else:
+            chosen = (ctx.head_inputs[ctx.tasks.index(self.task)],)
+        for z in chosen:
             z.register_hook(lambda g: torch.full_like(g, self.value))

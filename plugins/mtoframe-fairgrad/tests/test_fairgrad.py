@@ -180,14 +180,7 @@ def test_training_continues_after_failures_and_logs(monkeypatch, tmp_path):
 
 
 def test_heads_receive_unweighted_gradients():
-    model = factories.make_vector_model()
-    trainer = factories.make_trainer([FairGrad()], model=model)
-    batch = factories.make_batch(model)
-    expected = factories.head_grads(model, batch)
-    factories.step_keeping_grads(trainer, batch)
-    for t in model.heads:
-        for p, e in zip(model.heads[t].parameters(), expected[t]):
-            torch.testing.assert_close(p.grad, e)
+    factories.assert_heads_get_unweighted_gradients(FairGrad())
 
 
 def test_options_validated():
