@@ -109,7 +109,6 @@ def _step_peak(method, *, batch: int, width: int = 256) -> tuple[float, int, int
 def test_peak_memory_of_a_training_step_grows_with_the_batch_and_holds_the_gradient_matrix(one_thread):
     from helpers import ScaledSum
 
-    torch.set_num_threads(1)
     small, _, P = _step_peak(mtoframe.create("ew"), batch=2)
     large, _, _ = _step_peak(mtoframe.create("ew"), batch=256)
     # the batch's activations (256×width float32 at least) are alive during the backward
@@ -131,13 +130,6 @@ def test_mean_ranks_with_ties():
     res = {"a": {"t": {"acc": 0.9, "err": 1.0}}, "b": {"t": {"acc": 0.8, "err": 1.0}}, "c": {"t": {"acc": 0.7, "err": 0.5}}}
     r = mean_ranks(res, {"t": {"acc": "higher", "err": "lower"}})
     assert r == {"a": (1 + 2.5) / 2, "b": (2 + 2.5) / 2, "c": (3 + 1) / 2}
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = ["--quick", "--size", "16", "--batch", "4", "--width", "4", "--rounds", "4", "--warmup", "1", "--threads", "1"]

@@ -14,14 +14,6 @@ from mtoframe.bench.quality import CHECKPOINT_RULE, QualityConfig, run_quality
 from mtoframe.metrics import delta_m, delta_p_task
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_quality_summary(tmp_path, one_thread):
     cfg = QualityConfig(size=16, batch=4, width=4, seeds=2, epochs=1, n_train=8, n_val=4,
                         cache_dir=str(tmp_path / "cache"))

@@ -16,14 +16,7 @@ from mtoframe.models.hps import count_macs, depth_loss, normal_loss, segmentatio
 from mtoframe.models.resnet import build_resnet18_office, build_resnet50_aspp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny convolutions only lose from intra-op threads, badly so on a shared machine
-    (OpenMP workers spin while other processes hold the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_scene_model_shapes_and_encoder_dominates():

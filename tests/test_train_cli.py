@@ -12,14 +12,7 @@ from mtoframe.commands.train import train
 from mtoframe.config import RunConfig, parse_config, load_config
 from mtoframe.errors import OptionError
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny convolutions only lose from intra-op threads, badly so on a shared machine
-    (OpenMP workers spin while other processes hold the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MANYTASK = """
