@@ -7,7 +7,6 @@ import json
 import statistics
 
 import pytest
-import torch
 
 import mtoframe
 from mtoframe.bench.quality import CHECKPOINT_RULE, QualityConfig, run_quality
