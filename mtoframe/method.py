@@ -107,6 +107,18 @@ class Method:
         return None
 
     @property
+    def scale_degree(self) -> float | None:
+        """``k`` with ``update(c·G) = c^k · update(G)`` for every ``c > 0``, or None when the
+        update is not positively homogeneous in the gradient matrix (the default).
+
+        Declared by methods whose maths has that property (1 for most aggregators and
+        transforms, 0 for scale-invariant ones such as Nash-MTL); :func:`mtoframe.aggregate`
+        uses it to run a matrix of extreme scale (1e30, 1e-30) at a safe one
+        (:mod:`mtoframe.scaling`).
+        """
+        return None
+
+    @property
     def saliency(self) -> Literal["none", "plain", "differentiable"]:
         """Whether the method reads representation gradients in ``on_task_losses``
         (``differentiable``: with ``create_graph=True``, as Rep-MTL)."""

@@ -106,6 +106,15 @@ class FairGrad(Method):
     defaults_reproduce = "α = 2.0 (authors' runs; their code defaults to 1.0); variant 'libmtl' (no ×T, no clipping)"
     Options = FairGradOptions
     roles = Role.AGGREGATOR
+
+    @property
+    def scale_degree(self) -> float | None:
+        # GGᵀw = w^(−1/α) gives w(cG) = c^(−2α/(α+1)) w(G), so d = wᵀG scales as c^((1−α)/(1+α));
+        # the official variant's clipping keeps that law only where it is scale-free (α = 1)
+        a = self.options.alpha
+        if self.options.variant == "official" and a != 1.0:
+            return None
+        return (1.0 - a) / (1.0 + a)
     heads_receive = ("variant 'libmtl': their w_t-weighted task gradients (LibMTL back-propagates Σ w_t L_t); "
                      "variant 'official': their unweighted task gradients (official code)")
 

@@ -50,6 +50,11 @@ class IMTLG(Method):
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     defaults_reproduce = "the paper's closed form (as LibMTL)"
     roles = Role.AGGREGATOR
+
+    @property
+    def scale_degree(self) -> float | None:
+        # α depends on directions and sums to one, so d = αᵀG scales with G
+        return 1.0
     ignores_loss_weights = "IMTL-G's update is invariant to rescaling each task's gradient"
     heads_receive = "their unweighted loss gradient"
 

@@ -63,6 +63,12 @@ class MGDA(Method):
     defaults_reproduce = "LibMTL (no gradient normalisation, exact min-norm point)"
     Options = MGDAOptions
     roles = Role.AGGREGATOR
+
+    @property
+    def scale_degree(self) -> float | None:
+        # w* does not depend on the scale of G; the normalised rows g/‖g‖ (l2, loss+) do not either
+        scale_free_rows = self.options.normalization in ("l2", "loss+") and self.options.combine == "normalised"
+        return 0.0 if scale_free_rows else 1.0
     heads_receive = "their unweighted loss gradient (heads_weighted=True: weighted by the MGDA weights w*)"
 
     def __init__(self, options: MGDAOptions | None = None, /, **kwargs: object) -> None:

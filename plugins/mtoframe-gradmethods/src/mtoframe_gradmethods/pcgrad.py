@@ -61,6 +61,11 @@ class PCGrad(Method):
     defaults_reproduce = "paper (reduction sum); random order per task as LibMTL"
     Options = PCGradOptions
     roles = Role.TRANSFORM
+
+    @property
+    def scale_degree(self) -> float | None:
+        # projections are linear in G
+        return 1.0
     heads_receive = "their unweighted loss gradient"
 
     def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:

@@ -28,6 +28,11 @@ class TorchJDMethod(Method):
     """An mtoframe aggregator delegating to a TorchJD aggregator built from the options."""
 
     roles = Role.AGGREGATOR
+
+    @property
+    def scale_degree(self) -> float | None:
+        # every exposed TorchJD aggregator is positively homogeneous of degree 1 in the Jacobian
+        return 1.0
     paper = PAPER
     defaults_reproduce = "TorchJD 0.18's own defaults, called through TorchJD"
     heads_receive = "their task's unweighted loss gradient"
