@@ -100,12 +100,12 @@ class CAGrad(Method):
     defaults_reproduce = "c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); scale_by_tasks off (LibMTL; the official code multiplies by T)"
     Options = CAGradOptions
     roles = Role.AGGREGATOR
+    heads_receive = "their unweighted task gradients (both references)"
 
     @property
     def scale_degree(self) -> float | None:
         # w* and the ratio ‖g0‖/‖g_w*‖ do not depend on the scale of G; clipping breaks the law
         return 1.0 if self.options.max_norm == 0 else None
-    heads_receive = "their unweighted task gradients (both references)"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

@@ -60,13 +60,13 @@ class DBMTL(Method):
     defaults_reproduce = "LibMTL's DB_MTL (β = 0.9, σ = 0, log(L + 1e-8))"
     Options = DBMTLOptions
     roles = Role.LOSS | Role.AGGREGATOR
+    ignores_loss_weights = "DB-MTL normalises every task's gradient and log-transforms the losses itself"
+    heads_receive = "the unscaled gradient of log(L_t + 1e-8) (of L_t with log_transform=False)"
 
     @property
     def scale_degree(self) -> float | None:
         # max_t‖ĝ_t‖ · Σ ĝ_t/‖ĝ_t‖ scales with G (up to the reference's +1e-8)
         return 1.0
-    ignores_loss_weights = "DB-MTL normalises every task's gradient and log-transforms the losses itself"
-    heads_receive = "the unscaled gradient of log(L_t + 1e-8) (of L_t with log_transform=False)"
 
     def __init__(self, options: DBMTLOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)

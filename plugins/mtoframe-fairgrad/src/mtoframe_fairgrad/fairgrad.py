@@ -106,6 +106,8 @@ class FairGrad(Method):
     defaults_reproduce = "α = 2.0 (authors' runs; their code defaults to 1.0); variant 'libmtl' (no ×T, no clipping)"
     Options = FairGradOptions
     roles = Role.AGGREGATOR
+    heads_receive = ("variant 'libmtl': their w_t-weighted task gradients (LibMTL back-propagates Σ w_t L_t); "
+                     "variant 'official': their unweighted task gradients (official code)")
 
     @property
     def scale_degree(self) -> float | None:
@@ -115,8 +117,6 @@ class FairGrad(Method):
         if self.options.variant == "official" and a != 1.0:
             return None
         return (1.0 - a) / (1.0 + a)
-    heads_receive = ("variant 'libmtl': their w_t-weighted task gradients (LibMTL back-propagates Σ w_t L_t); "
-                     "variant 'official': their unweighted task gradients (official code)")
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

@@ -83,12 +83,12 @@ class AlignedMTL(Method):
     defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum, float32-eps rank cut-off)"
     Options = AlignedMTLOptions
     roles = Role.AGGREGATOR
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # B = σ V Λ^(-1/2) Vᵀ does not change with the scale of G, so d = 1ᵀB G scales with it
         return 1.0
-    heads_receive = "their unweighted loss gradient"
 
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:

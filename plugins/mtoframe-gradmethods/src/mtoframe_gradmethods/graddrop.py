@@ -61,12 +61,12 @@ class GradDrop(Method):
     defaults_reproduce = "LibMTL (leak 0, sign masks per feature)"
     Options = GradDropOptions
     roles = Role.TRANSFORM
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # the keep-probabilities depend on sign ratios only; kept entries scale with G
         return 1.0
-    heads_receive = "their unweighted loss gradient"
 
     def __init__(self, options: GradDropOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)

@@ -76,12 +76,12 @@ class GradVac(Method):
     defaults_reproduce = "LibMTL (β = 0.5, EMA moved on conflicts, one group for the whole model)"
     Options = GradVacOptions
     roles = Role.TRANSFORM
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # targets and EMA are cosines (scale-free); the corrections scale with G
         return 1.0
-    heads_receive = "their unweighted loss gradient"
 
     def __init__(self, options: GradVacOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)

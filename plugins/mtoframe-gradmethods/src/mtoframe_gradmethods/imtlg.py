@@ -59,15 +59,15 @@ class IMTLG(Method):
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     defaults_reproduce = "the paper's closed form (as LibMTL)"
     roles = Role.AGGREGATOR
+    ignores_loss_weights = ("IMTL-G's update direction is invariant to rescaling each task's gradient (only its "
+                            "length changes)")
+    hybrid_with = ("imtll",)
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # α depends on directions and sums to one, so d = αᵀG scales with G
         return 1.0
-    ignores_loss_weights = ("IMTL-G's update direction is invariant to rescaling each task's gradient (only its "
-                            "length changes)")
-    hybrid_with = ("imtll",)
-    heads_receive = "their unweighted loss gradient"
 
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:

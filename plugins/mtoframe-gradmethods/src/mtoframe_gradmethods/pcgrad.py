@@ -61,12 +61,12 @@ class PCGrad(Method):
     defaults_reproduce = "paper (reduction sum); random order per task as LibMTL"
     Options = PCGradOptions
     roles = Role.TRANSFORM
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # projections are linear in G
         return 1.0
-    heads_receive = "their unweighted loss gradient"
 
     def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)

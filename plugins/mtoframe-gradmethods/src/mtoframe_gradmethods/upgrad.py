@@ -37,12 +37,12 @@ class UPGrad(Method):
     paper = "Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024"
     defaults_reproduce = "TorchJD's UPGrad without its regularisation"
     roles = Role.AGGREGATOR
+    heads_receive = "their unweighted loss gradient"
 
     @property
     def scale_degree(self) -> float | None:
         # the dual-cone weights do not depend on the scale of G
         return 1.0
-    heads_receive = "their unweighted loss gradient"
 
     def __init__(self, options: object = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)

@@ -56,13 +56,13 @@ class ExcessMTL(Method):
     defaults_reproduce = "official code and LibMTL (step_size 1e-2)"
     Options = ExcessMTLOptions
     roles = Role.AGGREGATOR
+    ignores_loss_weights = "ExcessMTL sets its own task weights"
+    heads_receive = "their task's gradient weighted by λ_t (as the reference)"
 
     @property
     def scale_degree(self) -> float | None:
         # the excess-risk ratios e_t/e_t(0) are scale-free (up to the reference's +1e-7); d = λᵀG
         return 1.0
-    ignores_loss_weights = "ExcessMTL sets its own task weights"
-    heads_receive = "their task's gradient weighted by λ_t (as the reference)"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

@@ -104,13 +104,13 @@ class NashMTL(Method):
     defaults_reproduce = "official code (optim_niter 20, max_norm 1.0, update every step); Clarabel instead of ECOS"
     Options = NashMTLOptions
     roles = Role.AGGREGATOR
+    ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"
+    heads_receive = "α-weighted task gradients (the reference back-propagates Σ α_t L_t)"
 
     @property
     def scale_degree(self) -> float | None:
         # α scales as 1/c, so d = αᵀG (and its clipped version) does not depend on the scale of G
         return 0.0
-    ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"
-    heads_receive = "α-weighted task gradients (the reference back-propagates Σ α_t L_t)"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

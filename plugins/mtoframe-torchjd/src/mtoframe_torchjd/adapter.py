@@ -28,11 +28,6 @@ class TorchJDMethod(Method):
     """An mtoframe aggregator delegating to a TorchJD aggregator built from the options."""
 
     roles = Role.AGGREGATOR
-
-    @property
-    def scale_degree(self) -> float | None:
-        # every exposed TorchJD aggregator is positively homogeneous of degree 1 in the Jacobian
-        return 1.0
     paper = PAPER
     defaults_reproduce = "TorchJD 0.18's own defaults, called through TorchJD"
     heads_receive = "their task's unweighted loss gradient"
@@ -42,6 +37,11 @@ class TorchJDMethod(Method):
     #: stream that the global RNG is swapped to around each call, so the draws are reproducible,
     #: checkpointed in ``state_dict`` and leave the user's global RNG untouched)
     uses_rng: ClassVar[bool] = False
+
+    @property
+    def scale_degree(self) -> float | None:
+        # every exposed TorchJD aggregator is positively homogeneous of degree 1 in the Jacobian
+        return 1.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
