@@ -39,7 +39,8 @@ denominator effectively does.
 Solver failure (exception, bad status, non-finite solution): the previous ``w*`` of the present
 tasks (renormalised; uniform before the first success) is used, a
 :class:`~mtoframe.solvers.SolverWarning` is issued once per instance and the count is logged as
-``solver/failures/cagrad``.
+``solver/failures/cagrad``. A non-finite Gram matrix (a float32 one that overflowed) is counted
+the same way and gives ``g0`` (``mtoframe.aggregate`` rescales such a matrix first).
 
 Heads receive their (unweighted) task gradients, as in both references. Host work: the ``T×T``
 Gram matrix goes to the CPU (the one sync a CPU solver needs) and ``T`` coefficients come back;
@@ -126,7 +127,12 @@ class CAGrad(Method):
         T = len(ids)
         c = self.options.c
         u = np.full(T, 1.0 / T)
-        scale = float(np.linalg.norm(gram)) if np.all(np.isfinite(gram)) else float("nan")
+        if not np.all(np.isfinite(gram)):
+            # e.g. a float32 Gram matrix that overflowed: no w* can be computed from it
+            self.failures.record("non-finite Gram matrix")
+            scale = 0.0
+        else:
+            scale = float(np.linalg.norm(gram))
         if c > 0 and scale > 0:
             kh = gram / scale
             g0 = float(np.sqrt(max(kh.mean(), 0.0)))
