@@ -34,16 +34,21 @@ def libmtl_imtl_step(model, batch, s):
     return alpha @ G, heads, s_grad
 
 
-def test_hybrid_stack_equals_libmtl_imtl_step():
-    model = make_vector_model()
-    batch = make_batch(model)
+def hybrid_step(model, batch):
+    """One step of the stack with ``s = S``: the IMTL-L method and the encoder's gradient."""
     imtll = IMTLL()
     imtll.load_state_dict({"param": S.clone()})
     trainer = make_trainer([imtll, "imtlg"], model=model)
     assert torch.equal(imtll.param.detach(), S)
-    shared_expected, heads_expected, s_expected = libmtl_imtl_step(model, batch, S)
     step_keeping_grads(trainer, batch)
-    shared = torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters()])
+    return imtll, torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters()])
+
+
+def test_hybrid_stack_equals_libmtl_imtl_step():
+    model = make_vector_model()
+    batch = make_batch(model)
+    shared_expected, heads_expected, s_expected = libmtl_imtl_step(model, batch, S)
+    imtll, shared = hybrid_step(model, batch)
     torch.testing.assert_close(shared, shared_expected, rtol=1e-9, atol=1e-12)
     for t in model.heads:
         for p, e in zip(model.heads[t].parameters(), heads_expected[t]):
@@ -54,12 +59,7 @@ def test_hybrid_stack_equals_libmtl_imtl_step():
 def test_hybrid_differs_from_imtlg_alone():
     model = make_vector_model()
     batch = make_batch(model)
-    imtll = IMTLL()
-    imtll.load_state_dict({"param": S.clone()})
-    trainer = make_trainer([imtll, "imtlg"], model=model)
-    assert torch.equal(imtll.param.detach(), S)
-    step_keeping_grads(trainer, batch)
-    hybrid = torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters()])
+    _, hybrid = hybrid_step(model, batch)
     alone = make_vector_model()
     step_keeping_grads(make_trainer(["imtlg"], model=alone), batch)
     plain = torch.cat([p.grad.reshape(-1) for p in alone.encoder.parameters()])
