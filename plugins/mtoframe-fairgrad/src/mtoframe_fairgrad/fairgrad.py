@@ -18,7 +18,9 @@ reflective, default tolerances) from ``w = 1/T``. Differences, each deliberate:
 * The analytic Jacobian ``K̂ + diag(ŵ^(−1/α−1)/α)`` is passed instead of finite differences
   (same solution, fewer residual evaluations).
 * A task whose gradient is zero makes the equations unsolvable (``0 = w_t^(−1/α)``); it is left
-  out and gets weight 0 (its row contributes nothing to ``d`` either way).
+  out and gets weight 0 (its row contributes nothing to ``d`` either way; with the ``"libmtl"``
+  variant its head then gets no gradient that step, where LibMTL's unbounded solve would push
+  that weight towards infinity).
 * The solve counts as failed when scipy reports failure, the solution is not finite and positive,
   or the relative residual ``‖K̂ŵ − ŵ^(−1/α)‖ / ‖ŵ^(−1/α)‖`` exceeds 1e-3 (e.g. rank-deficient
   gradients with no direction improving every task: no positive solution exists, and the
