@@ -98,3 +98,24 @@ def test_matches_torchjd_on_near_collinear_gradients():
     g = near_collinear(1e-5, T=3).float()
     ours = mtoframe.aggregate(mtoframe.create("alignedmtl", reduction="mean"), g)
     torch.testing.assert_close(ours, torchjd.AlignedMTL()(g), rtol=1e-3, atol=1e-4)
+
+
+def test_in_a_trainer_an_overflowed_gram_matrix_is_caught_not_a_zero_step():
+    """float32 rows 1e30 apart overflow ctx.gram(): the update is NaN, so the trainer's nonfinite
+    policy names the step instead of silently applying a zero update."""
+    from mtoframe import Method, Role, hookimpl
+    from mtoframe.errors import NonFiniteLossError
+    from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
+
+    class Huge(Method):
+        name = "hugeweight"
+        roles = Role.LOSS
+
+        @hookimpl
+        def on_task_losses(self, ctx):
+            ctx.weights = ctx.weights * torch.tensor([1e30, 1.0, 1.0], dtype=ctx.weights.dtype)
+
+    model = make_vector_model(dtype=torch.float32)
+    trainer = make_trainer([Huge(), "alignedmtl"], model=model)
+    with pytest.raises(NonFiniteLossError, match="non-finite update"):
+        trainer.step(make_batch(model))
