@@ -209,5 +209,5 @@ def check_loss_weighting_stack(method: Method, stack: Sequence[Method]) -> None:
         if other.ignores_loss_weights and method.name not in other.hybrid_with:
             raise StackError(
                 f"{method.name!r} before {other.name!r} in {names} is meaningless: "
-                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would have no effect"
+                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would not change its direction"
             )
