@@ -15,11 +15,13 @@ from torch import Tensor, nn
 from . import hookspecs
 from .amp import MixedPrecision
 from .api import as_method
+from .checkpoint import FORMAT, check_plain, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .checkpoint import rng_state, save_atomic, set_rng_state
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
+from .nonfinite import nonfinite_detail
+from .resume import check_finite_model, check_fits, checkpoint_errors
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
 from .model import MultiTaskModel, Task, check_tasks
@@ -211,8 +213,10 @@ class Trainer:
         ctx.losses = ctx.raw_losses = self._union_losses(ctx, torch.stack(ctx.task_losses))
         self._call("on_task_losses", ctx, ctx=ctx)
 
-        # 3. gradients: one backward, or per-task gradients -> gradient methods -> update
-        if self._nonfinite(ctx, ctx.losses, *ctx.extra_losses.values(), what="loss"):
+        # 3. gradients: one backward, or per-task gradients -> gradient methods -> update. The
+        # finiteness of losses and gradients is read once per path, before the optimiser step.
+        losses = (ctx.losses, *ctx.extra_losses.values())
+        if (self.space is not None or self.amp.scaler is not None) and self._nonfinite(ctx, *losses, what="loss"):
             return self._skip(ctx, t_step)
         t0 = time.perf_counter()
         if self.space is None:
@@ -220,18 +224,20 @@ class Trainer:
             self.amp.scale(objective).backward()
             if self.comm is not None:
                 self.comm.reduce_grads([*self.model.parameters(), *self._method_params])
+            if self.amp.scaler is None and self._nonfinite(ctx, *losses, what="loss", grads=self._grads()):
+                return self._skip(ctx, t_step)
         elif self.amp.scaler is not None and not bool(ctx.grads_finite()):
             assert self.engine is not None  # scaled G overflowed: solvers never see it; the scaler skips
             self.amp.mark_overflow(self.engine.shared)
         else:
             self._call("on_shared_grads", ctx, ctx=ctx)
             update = ctx.update if ctx.update is not None else ctx.grads.sum(0)
-            if self._nonfinite(ctx, update, what="update"):
-                return self._skip(ctx, t_step)
             assert self.engine is not None
             self.engine.apply(ctx, update, self._non_shared_parameters())
             if self.comm is not None:
                 self.comm.reduce_grads(self._rank_local_grads(ctx))
+            if self._nonfinite(ctx, update, what="update", grads=self._grads()):
+                return self._skip(ctx, t_step)
         self._sync(ctx)
         ctx.timings["backward"] = (time.perf_counter() - t0) * 1e3
 
@@ -364,24 +370,27 @@ class Trainer:
         if ctx.logging and self.amp.scaler is not None:
             ctx.log("amp/scale", self.amp.scaler.get_scale())
 
-    def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str) -> bool:
-        # One host read for all the values; the price of never letting NaN reach the parameters.
-        bad = (~torch.stack([torch.isfinite(v.detach()).all() for v in values])).tolist()
+    def _grads(self) -> list[Tensor]:
+        """Gradients the optimiser would apply; none under a GradScaler, whose own inf check
+        already skips the step (and a scaled overflow is not a policy violation)."""
+        if self.amp.scaler is not None:
+            return []
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str, grads: Sequence[Tensor] = ()) -> bool:
+        # One host read for all the values and gradients; the price of never letting NaN reach
+        # the parameters. The max-abs norm is exact (no overflow) and fused per dtype on CUDA.
+        flags = [torch.isfinite(v.detach()).all() for v in values]
+        if grads:
+            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(list(grads), float("inf")))).all())
+        bad = (~torch.stack(flags)).tolist()
         if self.comm is not None:  # every rank must take the same branch (collectives follow)
             bad = self.comm.any(bad, ctx.device)
         if not any(bad):
             return False
         if self.nonfinite == "raise":
-            if what == "loss" and bad[0]:
-                culprits = [t for t, ok in zip(ctx.tasks, torch.isfinite(ctx.losses.detach()).tolist()) if not ok]
-                detail = f"task(s) {culprits}"
-            elif what == "loss":
-                detail = "regulariser(s) " + str([n for n, v in ctx.extra_losses.items() if not torch.isfinite(v).all()])
-            else:
-                detail = f"the update from {[m.name for m in self.stack if m.grad_space]}"
-            raise NonFiniteLossError(
-                f"non-finite {what} at step {ctx.step}: {detail}; nonfinite='skip' skips such steps instead"
-            )
+            raise NonFiniteLossError(f"non-finite {nonfinite_detail(self, ctx, bad, what)}; "
+                                     "nonfinite='skip' skips such steps instead")
         return True
 
     def _skip(self, ctx: StepContext, t_step: float) -> StepContext:
@@ -507,8 +516,9 @@ class Trainer:
         parameter groups), scheduler, step and epoch, counters, history, every method's state and
         the global RNG states."""
         return {
-            "format": 1,
+            "format": FORMAT,
             "stack": [m.name for m in self.stack],
+            "optimizer_class": type(self.optimizer).__name__,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -524,9 +534,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        stack = [m.name for m in self.stack]
-        if state.get("stack") != stack:
-            raise MtoError(f"checkpoint was written by the stack {state.get('stack')}, this trainer has {stack}")
+        check_fits(state, [m.name for m in self.stack], self.optimizer)
         self.model.load_state_dict(state["model"])
         # on_train_start registers method parameter groups; the optimiser state expects them
         self.start()
@@ -552,15 +560,27 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
-    def save_checkpoint(self, path: str | Path) -> None:
-        """Write a checkpoint atomically (rank 0 only); it loads with ``weights_only=True``."""
+    def save_checkpoint(self, path: str | Path, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Write a checkpoint atomically (rank 0 only); it loads with ``weights_only=True``.
+        ``meta`` (plain values, e.g. the run's config) is stored beside the state. Refuses, keeping
+        the previous file, a model with non-finite values or state a weights-only load refuses."""
         if is_rank_zero():
-            save_atomic(self.state_dict(), path)
+            check_finite_model(self.model, path)
+            state = self.state_dict()
+            for name, method_state in state["methods"].items():
+                check_plain(method_state, f"the state of method {name!r}")
+            if meta is not None:
+                check_plain(dict(meta), "the checkpoint's meta")
+                state["meta"] = dict(meta)
+            save_atomic(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer; a file that
+        is unreadable or does not fit raises one :class:`CheckpointError` naming it."""
         ref = next(self.model.parameters())
-        self.load_state_dict(load_checkpoint(path, map_location=ref.device))
+        state = load_checkpoint(path, map_location=ref.device)
+        with checkpoint_errors(path):
+            self.load_state_dict(state)
 
     def close(self) -> None:
         if self.logger is not None:
