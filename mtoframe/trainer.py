@@ -176,9 +176,9 @@ class Trainer:
             t0 = time.perf_counter()
             try:
                 caller(**kwargs)
-            except MtoError:
+            except (MtoError, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit in a plugin's hook is a plugin failure too
                 raise MethodError(f"method {name!r} failed in hook {hook}: {type(exc).__name__}: {exc}") from exc
             if timed is not None:
                 self._sync(timed)
