@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .outputs import resolve_output
 
 #: the ``format`` entry of trainer checkpoints
 FORMAT = 1
@@ -55,7 +56,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     A symlinked ``path`` is written through (its target is replaced); an existing ``path`` that is
     not a regular file (a device node, a directory) is refused. Temporary files left by an earlier
     save of the same file that crashed are removed first."""
-    path = resolve_output(path, "checkpoint")
+    path = resolve_output(path, "checkpoint", error=CheckpointError)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -76,21 +77,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
-
-
-def resolve_output(path: str | Path, what: str) -> Path:
-    """``path`` with symlinks resolved (outputs are written through them), refusing an existing
-    non-regular file and a parent that is not a directory."""
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        kind = "a directory" if path.is_dir() else "not a regular file (a device node, a FIFO or a socket)"
-        raise CheckpointError(f"{what} {path} is {kind}; mtoframe writes only regular files")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CheckpointError(f"{what} {path} cannot be created: {parent} is a file, not a directory")
-            break
     return path
 
 
