@@ -118,11 +118,13 @@ def load(path: str | Path, *, map_location: Any = None) -> Any:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's own message advises turning weights_only off: never for a file that needs it
-        found = re.search(r"(GLOBAL|Unsupported global:?|global)\s*:?\s*([\w.]+)", str(exc))
-        what = f" ({found.group(2)})" if found else ""
-        raise CheckpointError(f"checkpoint {path} holds Python objects other than tensors and plain containers{what}; "
-                              "mtoframe checkpoints never do, so it was not written by mtoframe (or was "
-                              "tampered with) and is not loaded") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint (it does not unpickle: "
+                                  f"{_last_line(exc)})") from None
+        raise CheckpointError(f"checkpoint {path} holds Python objects other than tensors and plain containers "
+                              f"({found.group(1)}); mtoframe checkpoints never do, so it was not written by mtoframe "
+                              "(or was tampered with) and is not loaded") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint "
                               f"({type(exc).__name__}: {_first_line(exc)})") from None
@@ -135,3 +137,9 @@ def load(path: str | Path, *, map_location: Any = None) -> Any:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _last_line(exc: BaseException) -> str:
+    # torch puts its advice first and the unpickler's own complaint last
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines or [type(exc).__name__])[-1].strip()[:200]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from . import hookspecs
 from .amp import MixedPrecision
 from .api import as_method
+from . import checks
 from .checkpoint import FORMAT, check_plain, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
 from .context import StepContext
@@ -91,6 +92,7 @@ class Trainer:
         tasks = list(tasks)
         check_tasks(model, tasks)
         _check_optimizer(optimizer)
+        checks.check_optimizer_params(optimizer, model)
         self.model = model
         self.tasks = tasks
         self.task_names = tuple(t.name for t in tasks)
@@ -102,6 +104,7 @@ class Trainer:
         self.progress = progress
 
         self.stack: list[Method] = [as_method(m) for m in methods]
+        checks.check_stack_order(self.stack)
         check_generic_stack(self.stack)  # before any step: an impossible stack never trains
         self.space = next((m.grad_space for m in self.stack if m.grad_space is not None), None)
         self.engine = GradientEngine(model.shared_parameters(), batched=batched_grads) if self._needs_engine() else None
@@ -116,6 +119,7 @@ class Trainer:
         self.plugin_manager.add_hookspecs(hookspecs)
         self._members: list[tuple[str, object]] = [(m.name, m) for m in self.stack]
         self._members += [(getattr(p, "name", type(p).__name__), p) for p in plugins]
+        checks.check_hookimpls(self._members)
         for i, (name, obj) in enumerate(self._members):
             self.plugin_manager.register(obj, name=f"{i}:{name}")
         self._callers = {hook: self._ordered_callers(hook) for hook in (*STEP_HOOKS, "on_train_start", "on_epoch_end")}
@@ -133,13 +137,13 @@ class Trainer:
     def _needs_engine(self) -> bool:
         return self.space is not None or any(m.saliency != "none" for m in self.stack)
 
-    def _ordered_callers(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+    def _ordered_callers(self, hook: str) -> list[tuple[str, object, Callable[..., Any]]]:
         impls = {id(i.plugin) for i in getattr(self.plugin_manager.hook, hook).get_hookimpls()}
         out = []
         for name, obj in self._members:
             if id(obj) in impls:
                 others = [o for _, o in self._members if o is not obj]
-                out.append((name, self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)))
+                out.append((name, obj, self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)))
         return out
 
     def _hparams(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -172,8 +176,9 @@ class Trainer:
     def _call(self, hook: str, timed: StepContext | None, **kwargs: Any) -> None:
         """Call ``hook`` on each stack member in the user's order; record each call's time in
         ``timed.timings`` and name the method and hook on failure."""
-        for name, caller in self._callers[hook]:
+        for name, obj, caller in self._callers[hook]:
             t0 = time.perf_counter()
+            before = checks.hook_state(timed) if timed is not None else None
             try:
                 caller(**kwargs)
             except (MtoError, KeyboardInterrupt):
@@ -181,6 +186,7 @@ class Trainer:
             except BaseException as exc:  # sys.exit in a plugin's hook is a plugin failure too
                 raise MethodError(f"method {name!r} failed in hook {hook}: {type(exc).__name__}: {exc}") from exc
             if timed is not None:
+                checks.check_hook_effects(hook, name, obj, timed, before)  # type: ignore[arg-type]
                 self._sync(timed)
                 timed.timings[f"{hook}/{name}"] = (time.perf_counter() - t0) * 1e3
 
@@ -195,6 +201,7 @@ class Trainer:
         """One optimisation step on ``(inputs, {task: target})``; returns the step's context."""
         self.start()
         inputs, targets, present, slices = self._split_batch(batch)
+        checks.check_inputs(inputs, self.model)
         ctx = self._new_context(present)
         ctx.inputs, ctx.targets, ctx.slices = inputs, targets, slices
         t_step = time.perf_counter()
@@ -337,6 +344,7 @@ class Trainer:
         by_name = {t.name: t for t in self.tasks}
         values = []
         for name in present:
+            checks.check_target(name, preds[name], targets[name])
             try:
                 value = by_name[name].loss(preds[name], targets[name])
             except Exception as exc:
@@ -440,7 +448,7 @@ class Trainer:
 
         from .metrics import summarise
 
-        if not isinstance(epochs, int) or epochs < 1:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
         self.start()
         train = shard_loader(train)
@@ -451,11 +459,15 @@ class Trainer:
             sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
-            for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
+            batches = 0
+            for batches, batch in enumerate(tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable), 1):
                 ctx = self.step(batch)
                 if ctx.raw_losses is not None:
                     sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())
                     counts.index_add_(0, ctx.task_ids, torch.ones_like(sums[: len(ctx.tasks)]))
+            if not batches:
+                raise OptionError(f"the training data yielded no batches in epoch {self.epoch}; "
+                                  "fit needs a non-empty iterable of batches")
             means, seen = (sums / counts.clamp_min(1)).tolist(), (counts > 0).tolist()
             stats: dict[str, Any] = {
                 "epoch": self.epoch,
