@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import warnings
+
 import torch
 
 if TYPE_CHECKING:
@@ -32,3 +34,13 @@ def _bad_parameters(trainer: Any) -> str:
     bad = [n for n, p in named.items() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
     shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
     return shown or "(none of the model's: an optimiser group outside the model)"
+
+
+def warn_first_skip(trainer: Any, ctx: StepContext, bad: list[bool], what: str) -> None:
+    """Under ``nonfinite="skip"`` the first skipped step says why (later ones are only counted):
+    one task's NaN (say, a batch whose labels are all ``ignore_index``) drops every task's step."""
+    warnings.warn(f"skipped step {ctx.step} (nonfinite='skip'): non-finite {nonfinite_detail(trainer, ctx, bad, what)}; "
+                  "the whole step is dropped, every task's update with it. A task with nothing to learn from in a "
+                  "batch (e.g. all labels ignore_index) should get no target there (None) instead. Later skips are "
+                  "counted in trainer.counters['skipped_steps'] and logged as steps/skipped", RuntimeWarning,
+                  stacklevel=4)

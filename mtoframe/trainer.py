@@ -21,7 +21,7 @@ from .checkpoint import load as load_checkpoint
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
-from .nonfinite import nonfinite_detail
+from .nonfinite import nonfinite_detail, warn_first_skip
 from .resume import check_finite_model, check_fits, checkpoint_errors
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
@@ -399,6 +399,8 @@ class Trainer:
         if self.nonfinite == "raise":
             raise NonFiniteLossError(f"non-finite {nonfinite_detail(self, ctx, bad, what)}; "
                                      "nonfinite='skip' skips such steps instead")
+        if not self.counters["skipped_steps"]:
+            warn_first_skip(self, ctx, bad, what)
         return True
 
     def _skip(self, ctx: StepContext, t_step: float) -> StepContext:

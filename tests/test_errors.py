@@ -585,3 +585,15 @@ def test_cuda_device_on_a_cpu_only_torch_is_refused_before_data(tmp_path, capsys
     cfg = _cfg_file(tmp_path, 'device = "cuda"\n')
     assert main(["train", str(cfg)]) == 2
     assert "has no usable CUDA device" in capsys.readouterr().err
+
+
+def test_a_task_with_only_ignored_labels_dropping_the_step_is_warned_about():
+    model = mtoframe.MultiTaskModel(encoder=nn.Linear(4, 8), heads={"seg": nn.Linear(8, 3), "b": nn.Linear(8, 1)})
+    tasks = [mtoframe.Task("seg", loss=lambda p, t: nn.functional.cross_entropy(p, t, ignore_index=-1)),
+             mtoframe.Task("b", loss=nn.functional.mse_loss)]
+    tr = mtoframe.Trainer(model, tasks, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), nonfinite="skip")
+    batch = (torch.randn(6, 4), {"seg": torch.full((6,), -1), "b": torch.randn(6, 1)})
+    with pytest.warns(RuntimeWarning, match=r"skipped step 0 .*task\(s\) \['seg'\].*every task's update with it.*"
+                      r"all labels ignore_index\) should get no target"):
+        tr.step(batch)
+    assert tr.step((batch[0], {"seg": None, "b": batch[1]["b"]})).skipped is False
