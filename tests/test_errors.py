@@ -229,9 +229,9 @@ def test_outputs_never_clobber_inputs_or_each_other(tmp_path, capsys, case):
     text = cfg.read_text()
     argv = ["train", str(cfg)] + (["--history", str(ckpt)] if case == "--history is the checkpoint" else [])
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert re.search(r"is the same file as the (config file|checkpoint|history file)", err), err
-    assert "epoch 1/1" not in capsys.readouterr().out  # refused before training
+    assert "training" not in out  # refused before any data was built
     assert cfg.read_text() == text
 
 
@@ -597,3 +597,13 @@ def test_a_task_with_only_ignored_labels_dropping_the_step_is_warned_about():
                       r"all labels ignore_index\) should get no target"):
         tr.step(batch)
     assert tr.step((batch[0], {"seg": None, "b": batch[1]["b"]})).skipped is False
+
+
+def test_checkpoint_of_another_optimiser_is_refused_before_loading(tmp_path):
+    make_trainer([], optimizer="sgd").save_checkpoint(tmp_path / "c.pt")
+    tr = make_trainer([], optimizer="adam")
+    before = _params(tr)
+    with pytest.raises(mtoframe.CheckpointError, match=r"c.pt does not fit this trainer: checkpoint was written with a "
+                       r"SGD optimiser, this trainer has Adam"):
+        tr.load_checkpoint(tmp_path / "c.pt")
+    assert all(torch.equal(p, b) for p, b in zip(tr.model.parameters(), before))
