@@ -607,3 +607,11 @@ def test_checkpoint_of_another_optimiser_is_refused_before_loading(tmp_path):
                        r"SGD optimiser, this trainer has Adam"):
         tr.load_checkpoint(tmp_path / "c.pt")
     assert all(torch.equal(p, b) for p, b in zip(tr.model.parameters(), before))
+
+
+def test_a_huge_but_finite_gradient_is_not_called_non_finite():
+    # 2-norms overflow float32 from ~1e19; the step must go ahead (the exact check confirms)
+    model = mtoframe.MultiTaskModel(encoder=nn.Linear(2, 2), heads={"a": nn.Linear(2, 1)})
+    tasks = [mtoframe.Task("a", loss=lambda p, t: (p * 1e25).sum())]
+    tr = mtoframe.Trainer(model, tasks, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), nonfinite="raise")
+    assert not tr.step((torch.ones(3, 2), {"a": torch.ones(3, 1)})).skipped
