@@ -12,20 +12,19 @@ import pluggy
 import torch
 from torch import Tensor, nn
 
-from . import hookspecs
+from . import checks, hookspecs
 from .amp import MixedPrecision
 from .api import as_method
-from . import checks
 from .checkpoint import FORMAT, check_plain, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
-from .nonfinite import nonfinite_detail, warn_first_skip
-from .resume import check_finite_model, check_fits, checkpoint_errors
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
 from .model import MultiTaskModel, Task, check_tasks
+from .nonfinite import nonfinite_detail, warn_first_skip
+from .resume import check_finite_model, check_fits, checkpoint_errors
 from .tblog import RunLogger, is_rank_zero, step_scalars
 
 STEP_HOOKS = ("on_representation", "on_task_losses", "on_shared_grads", "on_after_step")
@@ -42,12 +41,13 @@ class Trainer:
         or every step.
     :param log_dir: TensorBoard run directory (written on rank 0 only); ``None`` logs nothing.
     :param log_every: write step scalars every this many steps.
-    :param nonfinite: ``"raise"`` (name the task and step) or ``"skip"`` (skip and count the
-        update) when a loss or the update is NaN/inf. Either way parameters never become NaN.
-        The check reads its flags on the host (as ``GradScaler.step`` does): once for the losses
-        and regularisers together and, with gradient methods, once for the update: the deliberate
-        exception to "no host sync outside logging steps", because a skip decided on the device
-        would still move Adam's moments.
+    :param nonfinite: ``"raise"`` (name the task, parameters and step) or ``"skip"`` (skip and
+        count the update) when a loss, the update or a gradient is NaN/inf. Either way parameters
+        never become NaN. The check reads its flags on the host (as ``GradScaler.step`` does):
+        once after the backward for losses, regularisers and gradients together, or, with
+        gradient methods, once for the losses and once for the update and gradients: the
+        deliberate exception to "no host sync outside logging steps", because a skip decided on
+        the device would still move Adam's moments. See ``docs/failures.md``.
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
         (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
     :param plugins: extra hook implementations (observers) called after the methods.
