@@ -186,7 +186,7 @@ class FakeTransform(Halve):
         (Unseeded, "determinism", "differ"),
         (Ascends, "trainer", "did not decrease"),
         (HiddenRepr, "repr", "scale=0.1"),
-        (FakeTransform, "stacking", "set twice"),
+        (FakeTransform, "stacking", "not an aggregator"),
     ],
 )
 def test_broken_methods_fail_the_right_check(cls, check, needle):
