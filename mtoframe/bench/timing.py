@@ -1,80 +1,27 @@
-"""Head-to-head step timing: interleaved rounds, robust statistics, peak memory.
+"""Head-to-head step timing: interleaved rounds of wall and CPU time, peak memory.
 
 Every contender (an mtoframe stack or a peer implementation) owns its own copy of the same
 initial model and steps on the same batch. Each round runs every contender once, in a freshly
 shuffled order, so drifts of the machine (thermal, other processes) hit all contenders alike
-instead of whichever happened to run last.
+instead of whichever happened to run last. The statistics of the rounds are in
+:mod:`mtoframe.bench.stats`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 
 from ..errors import MtoError
-
-
-# -- statistics ----------------------------------------------------------------------------------
-
-
-def median(xs: Sequence[float]) -> float:
-    return quantile(xs, 0.5)
-
-
-def quantile(xs: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default, ``torch.quantile``'s too)."""
-    if not xs:
-        raise MtoError("quantile of an empty sample")
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def iqr(xs: Sequence[float]) -> float:
-    return quantile(xs, 0.75) - quantile(xs, 0.25)
-
-
-def block_mean(xs: Sequence[float], block: int) -> float:
-    """Median of the means of consecutive, non-overlapping blocks of ``block`` samples.
-
-    A method that does extra work every k-th step (Nash-MTL with ``update_weights_every=k``)
-    has a per-step median that hides that work; the mean over a block of at least k steps
-    carries it, and the median over blocks stays robust to a stray slow step. A trailing partial
-    block is dropped; with fewer than ``block`` samples this is the plain mean.
-    """
-    if not xs:
-        raise MtoError("block mean of an empty sample")
-    if block < 1:
-        raise MtoError(f"block must be >= 1, got {block}")
-    n = len(xs) // block
-    if n == 0:
-        return sum(xs) / len(xs)
-    return median([sum(xs[i * block:(i + 1) * block]) / block for i in range(n)])
-
-
-def summarise_times(times_ms: Sequence[float], block: int) -> dict[str, float]:
-    return {
-        "median_ms": median(times_ms),
-        "iqr_ms": iqr(times_ms),
-        "q25_ms": quantile(times_ms, 0.25),
-        "q75_ms": quantile(times_ms, 0.75),
-        "block_mean_ms": block_mean(times_ms, block),
-        "mean_ms": sum(times_ms) / len(times_ms),
-        "min_ms": min(times_ms),
-        "n": float(len(times_ms)),
-    }
 
 
 # -- contenders ----------------------------------------------------------------------------------
@@ -85,14 +32,29 @@ class Contender:
     """Something that can take one training step: ``step()`` runs it on the shared batch.
 
     ``period`` is its longest state-update period in steps (1 when it does the same work every
-    step); the block mean uses the largest period among all contenders.
+    step). Each timed round runs ``period`` consecutive steps of it and records their mean, so
+    work done every k-th step (Nash-MTL's ``update_weights_every=k``) is in every round's time
+    instead of in one round out of k, where a median over rounds would hide it.
     """
 
     name: str
     step: Callable[[], Any]
-    period: int = 1
+    period: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     kind: str = "mtoframe"
     info: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RoundTimes:
+    """Per-step times of every contender in every timed round (ms): ``wall`` from
+    ``time.perf_counter``, ``cpu`` from ``time.process_time`` (this process's CPU time, all
+    threads: waiting for a core held by another process does not count)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    #: peak memory of one round's steps (MiB) per contender, when measured, and how
+    peak_mib: dict[str, float] = attrs.field(factory=dict)
+    mem_method: str | None = None
 
 
 def update_period(methods: Sequence[Any]) -> int:
@@ -113,34 +75,56 @@ def _sync(device: torch.device) -> None:
 
 
 def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int, seed: int = 0,
-                    device: torch.device | None = None,
-                    on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Run ``warmup`` untimed and ``rounds`` timed rounds; return per-contender step times (ms)."""
+                    device: torch.device | None = None, memory: bool = False,
+                    on_round: Callable[[int], None] | None = None) -> RoundTimes:
+    """Run ``warmup`` untimed and ``rounds`` timed rounds, every contender once per round in a
+    shuffled order; return per-contender, per-round step times.
+
+    ``memory``: also measure every contender's peak memory in the last untimed round (see
+    :class:`RoundMemory`); at least 2 untimed rounds run on CPU, 1 on CUDA."""
     if rounds < 1:
         raise MtoError(f"rounds must be >= 1, got {rounds}")
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise MtoError(f"contender names must be unique, got {names}")
     device = device or torch.device("cpu")
+    probe = RoundMemory(device) if memory else None
+    untimed = max(warmup, probe.rounds_needed) if probe else warmup
     order = list(contenders)
     rng = random.Random(seed)
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for r in range(warmup + rounds):
+    wall: dict[str, list[float]] = {c.name: [] for c in contenders}
+    cpu: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(untimed + rounds):
         rng.shuffle(order)
+        if probe:
+            probe.begin_round(untimed - r)
         for c in order:
-            _sync(device)
-            t0 = time.perf_counter()
-            c.step()
-            _sync(device)
-            if r >= warmup:
-                times[c.name].append((time.perf_counter() - t0) * 1e3)
+            with probe.around_step(untimed - r, c.name) if probe else contextlib.nullcontext():
+                _sync(device)
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(c.period):
+                    c.step()
+                _sync(device)
+                t1, c1 = time.perf_counter(), time.process_time()
+            if r >= untimed:
+                wall[c.name].append((t1 - t0) * 1e3 / c.period)
+                cpu[c.name].append((c1 - c0) * 1e3 / c.period)
+        if probe:
+            probe.end_round(untimed - r)
         if on_round is not None:
-            on_round(r - warmup)
-    return times
+            on_round(r - untimed)
+    peaks = probe.peaks_mib() if probe else {}
+    return RoundTimes(wall, cpu, peaks, probe.method if probe else None)
 
 
 # -- memory --------------------------------------------------------------------------------------
 
 
-def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 3) -> tuple[float, str]:
+def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 1) -> tuple[float, str]:
     """Peak extra memory of one step in MiB (maximum over ``repeats`` steps) and how it was measured.
+
+    A step's allocations do not depend on the machine's load, so one step per stack suffices
+    (the default); on CPU it costs two profiled steps (see below), a few percent of the timing.
 
     CUDA: ``max_memory_allocated`` above what was allocated before the step.
     CPU: the step runs under ``torch.profiler`` with ``profile_memory=True``; the peak of the
@@ -161,7 +145,7 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
             step()
             torch.cuda.synchronize(device)
             best = max(best, torch.cuda.max_memory_allocated(device) - base)
-        return best / 2**20, "cuda max_memory_allocated delta"
+        return best / 2**20, CUDA_METHOD
     # The first profiled step misses the frees of tensors allocated before profiling began (the
     # previous step's gradients, set to None in this one) and would read too high: discarded.
     # Collecting garbage first keeps frees of earlier steps' cyclic garbage out of the step.
@@ -173,36 +157,146 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
     for _ in range(repeats):
         gc.collect()
         peaks.append(allocation_peak(cpu_allocations(step)))
-    return max(peaks) / 2**20, "cpu profiler peak of live tensor bytes"
+    return max(peaks) / 2**20, CPU_METHOD
+
+
+CPU_METHOD = "cpu profiler peak of live tensor bytes"
+CUDA_METHOD = "cuda max_memory_allocated delta"
+
+
+class RoundMemory:
+    """Peak memory of every contender's steps in one untimed round of :func:`run_interleaved`,
+    at the cost of that round and the one before running under the profiler (on CPU) instead of
+    a separate pass of profiled steps per contender.
+
+    CPU: one profiler session spans the last two untimed rounds, so the frees of tensors a
+    contender kept from its previous step (gradients set to None, say) are seen; each
+    contender's steps in the last round are a window whose allocations, in order, give the peak
+    of their running sum, as :func:`peak_memory` measures it. CUDA: ``max_memory_allocated``
+    above the allocation before the contender's steps.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.rounds_needed = 1 if self.cuda else 2
+        self.method = CUDA_METHOD if self.cuda else CPU_METHOD
+        self._trace: AllocationTrace | None = None
+        self._session: contextlib.ExitStack | None = None
+        self._cuda_peaks: dict[str, float] = {}
+
+    def begin_round(self, rounds_left: int) -> None:
+        """Called before each round with the number of untimed rounds left (this one included)."""
+        if not self.cuda and rounds_left == 2:
+            self._session = contextlib.ExitStack()
+            self._trace = self._session.enter_context(cpu_allocation_trace())
+
+    def around_step(self, rounds_left: int, name: str) -> contextlib.AbstractContextManager[None]:
+        if rounds_left == 1:
+            return self._measure(name)
+        if rounds_left == 2 and not self.cuda:
+            # c10 warns on fd 2 of the frees of tensors allocated before the session: expected here
+            return _quiet_stderr_fd()
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _measure(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            torch.cuda.synchronize(self.device)
+            self._cuda_peaks[name] = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
+            return
+        assert self._trace is not None
+        gc.collect()  # earlier steps' cyclic garbage is freed here, not inside the window
+        with self._trace.window(name):
+            yield
+
+    def end_round(self, rounds_left: int) -> None:
+        if rounds_left == 1 and self._session is not None:
+            self._session.close()
+
+    def peaks_mib(self) -> dict[str, float]:
+        if self.cuda:
+            return dict(self._cuda_peaks)
+        assert self._trace is not None
+        return {name: allocation_peak(self._trace.sizes(name)) / 2**20 for name in self._trace.names()}
+
+
+_WINDOW = "mtoframe.bench.window:"
+
+
+class AllocationTrace:
+    """CPU tensor allocations recorded by the PyTorch profiler, with named windows of time."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[int, int, int]] = []  # (time ns, id, signed size)
+        self._windows: dict[str, list[tuple[int, int]]] = {}
+
+    @contextlib.contextmanager
+    def window(self, name: str) -> Iterator[None]:
+        from torch.profiler import record_function
+
+        self._windows.setdefault(name, [])
+        with record_function(_WINDOW + name):
+            yield
+
+    def names(self) -> list[str]:
+        return list(self._windows)
+
+    def sizes(self, name: str | None = None) -> list[int]:
+        """Signed sizes (bytes; negative = free) in time order, of the whole session or of the
+        window(s) called ``name``."""
+        if name is None:
+            return [size for _, _, size in self._events]
+        spans = self._windows[name]
+        return [size for t, _, size in self._events if any(a <= t <= b for a, b in spans)]
+
+    def _load(self, prof: Any) -> None:
+        # The public ``prof.events()`` folds an allocation made inside an op into that op's totals
+        # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
+        # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
+        from torch._C._profiler import _EventType
+
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            e = stack.pop()
+            if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+                self._events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
+            elif e.name.startswith(_WINDOW):
+                self._windows[e.name[len(_WINDOW):]].append((e.start_time_ns, e.end_time_ns))
+            stack.extend(e.children)
+        self._events.sort()
+
+
+@contextlib.contextmanager
+def cpu_allocation_trace() -> Iterator[AllocationTrace]:
+    """Record CPU tensor allocations while the block runs; the trace is filled when it exits.
+    A free of a tensor allocated before the block began is not seen."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trace = AllocationTrace()
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr_fd():  # Kineto writes a line to fd 2 on every start and stop
+        prof.start()
+    try:
+        yield trace
+    finally:
+        with _quiet_stderr_fd():
+            prof.stop()
+    trace._load(prof)
 
 
 def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
     """Signed sizes (bytes; negative = free) of the CPU tensor allocations made while ``fn``
     runs, in time order, as recorded by the PyTorch profiler.
 
-    A free of a tensor allocated before the first profiled call is not seen."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr_fd():  # Kineto writes a line to fd 2 on every start and stop
-        prof.start()
-    try:
+    A free of a tensor allocated before the call is not seen."""
+    with cpu_allocation_trace() as trace:
         fn()
-    finally:
-        with _quiet_stderr_fd():
-            prof.stop()
-    # The public ``prof.events()`` folds an allocation made inside an op into that op's totals
-    # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
-    # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
-    events: list[tuple[int, int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
-            events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
-        stack.extend(e.children)
-    return [size for _, _, size in sorted(events)]
+    return trace.sizes()
 
 
 @contextlib.contextmanager
@@ -247,8 +341,3 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def ratios(stats: Mapping[str, Mapping[str, float]], baseline: str, key: str) -> dict[str, float]:
-    base = stats[baseline][key]
-    return {name: s[key] / base for name, s in stats.items()}
