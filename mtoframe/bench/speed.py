@@ -126,7 +126,7 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     wall = stats.paired_ratios_ci(times.wall, BASELINE, seed=cfg.seed)
     cpu = stats.paired_ratios_ci(times.cpu, BASELINE, seed=cfg.seed)
     env = environment(device)
-    run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "elapsed_s": elapsed_s,
+    run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "elapsed_s": elapsed_s, "memory_s": times.memory_s,
            "confidence": stats.CONFIDENCE, "headline": "wall"}
     records: list[dict[str, Any]] = []
     ew_wall = times.wall[BASELINE]

@@ -42,7 +42,9 @@ def rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
 def explanation(records: Sequence[dict[str, Any]]) -> str:
     run = records[0]["run"]
     ok = ok_records(records)
-    mem = ok[0]["mem_method"] if ok and ok[0]["mem_method"] else "not measured"
+    mem = (f"{ok[0]['mem_method']}, measured in the last warm-up round in {run['memory_s']:.0f} s "
+           f"({run['memory_s'] / run['elapsed_s']:.0%} of the {run['elapsed_s']:.0f} s run)"
+           if ok and ok[0]["mem_method"] else "not measured")
     return (f"× EW = median over {run['rounds']} interleaved rounds (after {run['warmup']} warm-up) of the "
             f"stack's step time / EW's step time in the same round, with a {run['confidence']:.0%} bootstrap "
             f"interval over rounds. The headline (sort order, chart) is wall time; CPU = this process's CPU "

@@ -52,9 +52,11 @@ class RoundTimes:
 
     wall: dict[str, list[float]]
     cpu: dict[str, list[float]]
-    #: peak memory of one round's steps (MiB) per contender, when measured, and how
+    #: peak memory of one round's steps (MiB) per contender, when measured, how, and the wall
+    #: time the measuring took
     peak_mib: dict[str, float] = attrs.field(factory=dict)
     mem_method: str | None = None
+    memory_s: float = 0.0
 
 
 def update_period(methods: Sequence[Any]) -> int:
@@ -80,44 +82,53 @@ def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int
     """Run ``warmup`` untimed and ``rounds`` timed rounds, every contender once per round in a
     shuffled order; return per-contender, per-round step times.
 
-    ``memory``: also measure every contender's peak memory in the last untimed round (see
-    :class:`RoundMemory`); at least 2 untimed rounds run on CPU, 1 on CUDA."""
+    ``memory``: in the last untimed round (at least one is run), each contender's steps run
+    under :func:`peak_memory` instead, which gives its peak memory without a separate pass."""
     if rounds < 1:
         raise MtoError(f"rounds must be >= 1, got {rounds}")
     names = [c.name for c in contenders]
     if len(set(names)) != len(names):
         raise MtoError(f"contender names must be unique, got {names}")
     device = device or torch.device("cpu")
-    probe = RoundMemory(device) if memory else None
-    untimed = max(warmup, probe.rounds_needed) if probe else warmup
+    untimed = max(warmup, 1) if memory else warmup
     order = list(contenders)
     rng = random.Random(seed)
     wall: dict[str, list[float]] = {c.name: [] for c in contenders}
     cpu: dict[str, list[float]] = {c.name: [] for c in contenders}
+    peaks: dict[str, float] = {}
+    method = None
+    memory_s = 0.0
     for r in range(untimed + rounds):
         rng.shuffle(order)
-        if probe:
-            probe.begin_round(untimed - r)
         for c in order:
-            with probe.around_step(untimed - r, c.name) if probe else contextlib.nullcontext():
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(c.period):
-                    c.step()
-                _sync(device)
-                t1, c1 = time.perf_counter(), time.process_time()
+            if memory and r == untimed - 1:
+                m0 = time.perf_counter()
+                peaks[c.name], method = peak_memory(lambda c=c: _steps(c), device=device)
+                memory_s += time.perf_counter() - m0
+                continue
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            _steps(c)
+            _sync(device)
+            t1, c1 = time.perf_counter(), time.process_time()
             if r >= untimed:
                 wall[c.name].append((t1 - t0) * 1e3 / c.period)
                 cpu[c.name].append((c1 - c0) * 1e3 / c.period)
-        if probe:
-            probe.end_round(untimed - r)
         if on_round is not None:
             on_round(r - untimed)
-    peaks = probe.peaks_mib() if probe else {}
-    return RoundTimes(wall, cpu, peaks, probe.method if probe else None)
+    return RoundTimes(wall, cpu, peaks, method, memory_s)
+
+
+def _steps(c: Contender) -> None:
+    for _ in range(c.period):
+        c.step()
 
 
 # -- memory --------------------------------------------------------------------------------------
+
+
+CPU_METHOD = "cpu profiler peak of live tensor bytes"
+CUDA_METHOD = "cuda max_memory_allocated delta"
 
 
 def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 1) -> tuple[float, str]:
@@ -160,143 +171,33 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
     return max(peaks) / 2**20, CPU_METHOD
 
 
-CPU_METHOD = "cpu profiler peak of live tensor bytes"
-CUDA_METHOD = "cuda max_memory_allocated delta"
-
-
-class RoundMemory:
-    """Peak memory of every contender's steps in one untimed round of :func:`run_interleaved`,
-    at the cost of that round and the one before running under the profiler (on CPU) instead of
-    a separate pass of profiled steps per contender.
-
-    CPU: one profiler session spans the last two untimed rounds, so the frees of tensors a
-    contender kept from its previous step (gradients set to None, say) are seen; each
-    contender's steps in the last round are a window whose allocations, in order, give the peak
-    of their running sum, as :func:`peak_memory` measures it. CUDA: ``max_memory_allocated``
-    above the allocation before the contender's steps.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.rounds_needed = 1 if self.cuda else 2
-        self.method = CUDA_METHOD if self.cuda else CPU_METHOD
-        self._trace: AllocationTrace | None = None
-        self._session: contextlib.ExitStack | None = None
-        self._cuda_peaks: dict[str, float] = {}
-
-    def begin_round(self, rounds_left: int) -> None:
-        """Called before each round with the number of untimed rounds left (this one included)."""
-        if not self.cuda and rounds_left == 2:
-            self._session = contextlib.ExitStack()
-            self._trace = self._session.enter_context(cpu_allocation_trace())
-
-    def around_step(self, rounds_left: int, name: str) -> contextlib.AbstractContextManager[None]:
-        if rounds_left == 1:
-            return self._measure(name)
-        if rounds_left == 2 and not self.cuda:
-            # c10 warns on fd 2 of the frees of tensors allocated before the session: expected here
-            return _quiet_stderr_fd()
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def _measure(self, name: str) -> Iterator[None]:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            base = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            yield
-            torch.cuda.synchronize(self.device)
-            self._cuda_peaks[name] = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
-            return
-        assert self._trace is not None
-        gc.collect()  # earlier steps' cyclic garbage is freed here, not inside the window
-        with self._trace.window(name):
-            yield
-
-    def end_round(self, rounds_left: int) -> None:
-        if rounds_left == 1 and self._session is not None:
-            self._session.close()
-
-    def peaks_mib(self) -> dict[str, float]:
-        if self.cuda:
-            return dict(self._cuda_peaks)
-        assert self._trace is not None
-        return {name: allocation_peak(self._trace.sizes(name)) / 2**20 for name in self._trace.names()}
-
-
-_WINDOW = "mtoframe.bench.window:"
-
-
-class AllocationTrace:
-    """CPU tensor allocations recorded by the PyTorch profiler, with named windows of time."""
-
-    def __init__(self) -> None:
-        self._events: list[tuple[int, int, int]] = []  # (time ns, id, signed size)
-        self._windows: dict[str, list[tuple[int, int]]] = {}
-
-    @contextlib.contextmanager
-    def window(self, name: str) -> Iterator[None]:
-        from torch.profiler import record_function
-
-        self._windows.setdefault(name, [])
-        with record_function(_WINDOW + name):
-            yield
-
-    def names(self) -> list[str]:
-        return list(self._windows)
-
-    def sizes(self, name: str | None = None) -> list[int]:
-        """Signed sizes (bytes; negative = free) in time order, of the whole session or of the
-        window(s) called ``name``."""
-        if name is None:
-            return [size for _, _, size in self._events]
-        spans = self._windows[name]
-        return [size for t, _, size in self._events if any(a <= t <= b for a, b in spans)]
-
-    def _load(self, prof: Any) -> None:
-        # The public ``prof.events()`` folds an allocation made inside an op into that op's totals
-        # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
-        # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
-        from torch._C._profiler import _EventType
-
-        stack = list(prof.profiler.kineto_results.experimental_event_tree())
-        while stack:
-            e = stack.pop()
-            if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
-                self._events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
-            elif e.name.startswith(_WINDOW):
-                self._windows[e.name[len(_WINDOW):]].append((e.start_time_ns, e.end_time_ns))
-            stack.extend(e.children)
-        self._events.sort()
-
-
-@contextlib.contextmanager
-def cpu_allocation_trace() -> Iterator[AllocationTrace]:
-    """Record CPU tensor allocations while the block runs; the trace is filled when it exits.
-    A free of a tensor allocated before the block began is not seen."""
-    from torch.profiler import ProfilerActivity, profile
-
-    trace = AllocationTrace()
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr_fd():  # Kineto writes a line to fd 2 on every start and stop
-        prof.start()
-    try:
-        yield trace
-    finally:
-        with _quiet_stderr_fd():
-            prof.stop()
-    trace._load(prof)
-
-
 def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
     """Signed sizes (bytes; negative = free) of the CPU tensor allocations made while ``fn``
     runs, in time order, as recorded by the PyTorch profiler.
 
     A free of a tensor allocated before the call is not seen."""
-    with cpu_allocation_trace() as trace:
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr_fd():  # Kineto writes a line to fd 2 on every start and stop
+        prof.start()
+    try:
         fn()
-    return trace.sizes()
+    finally:
+        with _quiet_stderr_fd():
+            prof.stop()
+    # The public ``prof.events()`` folds an allocation made inside an op into that op's totals
+    # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
+    # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
+    events: list[tuple[int, int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
+        stack.extend(e.children)
+    return [size for _, _, size in sorted(events)]
 
 
 @contextlib.contextmanager
