@@ -157,6 +157,18 @@ def test_mean_ranks_with_ties():
 TINY = ["--quick", "--size", "16", "--batch", "4", "--width", "4", "--rounds", "4", "--warmup", "1", "--threads", "1"]
 
 
+def per_round_cpu(r, ew):
+    return [x["cpu_ms"] / e["cpu_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
+
+
+def test_headline_clock():
+    from mtoframe.bench.speed import headline_clock
+
+    assert headline_clock(torch.device("cpu"), 1) == "cpu"
+    assert headline_clock(torch.device("cpu"), 2) == "wall"  # CPU time would sum the threads
+    assert headline_clock(torch.device("cuda"), 1) == "wall"  # CPU time misses the kernels
+
+
 def test_bench_quick_smoke(tmp_path, monkeypatch, one_thread):
     from mtoframe.cli import main
 
@@ -174,14 +186,16 @@ def test_bench_quick_smoke(tmp_path, monkeypatch, one_thread):
         assert len(r["rounds"]) == 4 and r["ms_median"] > 0 and r["cpu_ms_median"] > 0
         assert r["environment"]["torch"] == torch.__version__
         assert r["workload"]["name"] == "scenes"
-        # the headline is the median of the per-round paired ratios, kept raw in the file
-        per_round = [x["wall_ms"] / e["wall_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
-        assert [x["ratio_to_ew"] for x in r["rounds"]] == pytest.approx(per_round)
-        assert r["ratio_to_ew"] == pytest.approx(statistics.median(per_round))
-        low, high = r["ratio_to_ew_ci"]
-        assert min(per_round) <= low <= r["ratio_to_ew"] <= high <= max(per_round)
-        cpu_per_round = [x["cpu_ms"] / e["cpu_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
-        assert r["ratio_to_ew_cpu"] == pytest.approx(statistics.median(cpu_per_round))
+        # the headline is the median of the per-round paired ratios, kept raw in the file; one
+        # thread on CPU: its clock is process CPU time, wall time is beside it
+        assert r["run"]["headline"] == "cpu"
+        for clock in ("cpu", "wall"):
+            per_round = [x[f"{clock}_ms"] / e[f"{clock}_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
+            assert r[f"ratio_to_ew_{clock}"] == pytest.approx(statistics.median(per_round))
+            low, high = r[f"ratio_to_ew_{clock}_ci"]
+            assert min(per_round) <= low <= r[f"ratio_to_ew_{clock}"] <= high <= max(per_round)
+        assert [x["ratio_to_ew"] for x in r["rounds"]] == pytest.approx(per_round_cpu(r, ew))
+        assert (r["ratio_to_ew"], r["ratio_to_ew_ci"]) == (r["ratio_to_ew_cpu"], r["ratio_to_ew_cpu_ci"])
         assert isinstance(r["noise"], list)
     assert ew["ratio_to_ew"] == 1.0 and ew["ratio_to_ew_ci"] == [1.0, 1.0]
     assert next(r for r in records if r["stack"] == "ew#2")["kind"] == "reference"
@@ -190,7 +204,7 @@ def test_bench_quick_smoke(tmp_path, monkeypatch, one_thread):
     if extra:  # per-task gradients: at least the T×P matrix more than EW
         assert next(x for x in records if x["stack"] == extra[0])["peak_mem_mib"] > ew["peak_mem_mib"]
     md = (tmp_path / "out" / "results.md").read_text()
-    assert md.startswith("| stack |") and "× EW CPU" in md.splitlines()[0] and "peak MiB" in md.splitlines()[0]
+    assert md.startswith("| stack |") and "× EW CPU (headline)" in md.splitlines()[0] and "peak MiB" in md.splitlines()[0]
     assert "noise check: EW against itself" in md
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

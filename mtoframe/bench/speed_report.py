@@ -15,8 +15,14 @@ from .speed import BASELINE_AGAIN
 #: marks a ratio below 1 of a stack that does EW's work plus more
 BELOW_MARK = "†"
 
-HEADER = ["stack", "× EW wall", "95% CI wall", "× EW CPU", "95% CI CPU", "wall ms", "CPU ms", "IQR ms",
-          "peak MiB", "noise"]
+CLOCKS = {"cpu": "CPU time (one thread on CPU: the same work as wall time, without the waits for a core "
+                "that other jobs cause)", "wall": "wall time"}
+
+
+def header(clock: str) -> list[str]:
+    mark = {k: " (headline)" if k == clock else "" for k in ("wall", "cpu")}
+    return ["stack", f"× EW wall{mark['wall']}", "95% CI wall", f"× EW CPU{mark['cpu']}", "95% CI CPU", "wall ms",
+            "CPU ms", "wall IQR ms", "peak MiB", "noise"]
 
 
 def ok_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -34,7 +40,7 @@ def _ci(ci: Sequence[float] | None) -> str:
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    return [[r["stack"], _ratio(r, "ratio_to_ew"), _ci(r["ratio_to_ew_ci"]), _ratio(r, "ratio_to_ew_cpu"),
+    return [[r["stack"], _ratio(r, "ratio_to_ew_wall"), _ci(r["ratio_to_ew_wall_ci"]), _ratio(r, "ratio_to_ew_cpu"),
              _ci(r["ratio_to_ew_cpu_ci"]), r["ms_median"], r["cpu_ms_median"], r["wall_summary"]["iqr_ms"],
              r["peak_mem_mib"], ",".join(r["noise"]) or "-"] for r in ok_records(records)]
 
@@ -47,9 +53,9 @@ def explanation(records: Sequence[dict[str, Any]]) -> str:
            if ok and ok[0]["mem_method"] else "not measured")
     return (f"× EW = median over {run['rounds']} interleaved rounds (after {run['warmup']} warm-up) of the "
             f"stack's step time / EW's step time in the same round, with a {run['confidence']:.0%} bootstrap "
-            f"interval over rounds. The headline (sort order, chart) is wall time; CPU = this process's CPU "
-            f"time per step. {BASELINE_AGAIN} is a second copy of EW timed in every round: its ratio shows "
-            f"the run's noise. Peak MiB: {mem}.")
+            f"interval over rounds; CPU = this process's CPU time per step. The headline (ratio_to_ew, sort "
+            f"order, chart) is {CLOCKS[run['headline']]}. {BASELINE_AGAIN} is a second copy of EW timed in every "
+            f"round: its ratio shows the run's noise. Peak MiB: {mem}.")
 
 
 def noise_lines(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -89,7 +95,7 @@ def noise_lines(records: Sequence[dict[str, Any]]) -> list[str]:
                      f"its own work, so a ratio below 1 is measurement noise, not a speed-up; read it as 1.")
         biased = [r["stack"] for r in below if r["ratio_to_ew_ci"] is not None and r["ratio_to_ew_ci"][1] < 1]
         if biased:
-            lines.append(f"  whole wall-time interval below 1 for {', '.join(biased)}: a systematic effect of "
+            lines.append(f"  whole interval below 1 for {', '.join(biased)}: a systematic effect of "
                          f"the machine (cache, frequency, memory placement), not random noise; rerun with "
                          f"--threads 1 on a quieter machine before reading differences of this size.")
     return lines
@@ -106,34 +112,36 @@ def write_speed_report(records: Sequence[dict[str, Any]], out: Path, *, title: s
     (with the plots extra) and TensorBoard scalars under ``out``."""
     ok = ok_records(records)
     table_rows = rows(records)
+    head = header(records[0]["run"]["headline"])
     notes = [explanation(records), *noise_lines(records)]
     not_timed = [f"not timed: {r['stack']}: {r['error']}" for r in records if r.get("error") is not None]
     print(file=stream)
-    print(report.table(table_rows, HEADER, align="lrlrlrrrrl"), file=stream)
+    print(report.table(table_rows, head, align="lrlrlrrrrl"), file=stream)
     print(file=stream)
     for line in notes + not_timed:
         print(line, file=stream)
     report.write_json(out / "results.json", list(records))
-    (out / "results.md").write_text(report.markdown_table(table_rows, HEADER) + "\n\n"
+    (out / "results.md").write_text(report.markdown_table(table_rows, head) + "\n\n"
                                     + "\n\n".join(notes + not_timed) + "\n")
     labels = [r["stack"] for r in ok]
-    panels = [report.Panel([r["ratio_to_ew"] for r in ok], "step time / EW's in the same round (wall, median, 95% CI)",
-                           errors=_error_bars(ok, "ratio_to_ew"), reference=1.0),
-              report.Panel([r["ratio_to_ew_cpu"] for r in ok], "CPU time / EW's in the same round (median, 95% CI)",
-                           errors=_error_bars(ok, "ratio_to_ew_cpu"), reference=1.0)]
+    clock = records[0]["run"]["headline"]
+    panels = [report.Panel([r[f"ratio_to_ew_{k}"] for r in ok],
+                           f"{name} / EW's in the same round (median, 95% CI)" + (", headline" if k == clock else ""),
+                           errors=_error_bars(ok, f"ratio_to_ew_{k}"), reference=1.0)
+              for k, name in sorted((("cpu", "CPU time"), ("wall", "wall time")), key=lambda kn: kn[0] != clock)]
     if memory:
         panels.append(report.Panel([r["peak_mem_mib"] for r in ok], "peak memory of a step (MiB)"))
     png = report.bar_panels(out / "bench.png", labels, panels, title=title)
     scalars: dict[str, float] = {}
     for r in ok:
-        for key in ("ratio_to_ew", "ratio_to_ew_cpu", "ms_median", "cpu_ms_median", "peak_mem_mib"):
+        for key in ("ratio_to_ew", "ratio_to_ew_wall", "ratio_to_ew_cpu", "ms_median", "cpu_ms_median", "peak_mem_mib"):
             scalars[f"bench/{key}/{r['stack']}"] = r[key]
         if r["ratio_to_ew_ci"] is not None:
             scalars[f"bench/ratio_to_ew_low/{r['stack']}"], scalars[f"bench/ratio_to_ew_high/{r['stack']}"] = \
                 r["ratio_to_ew_ci"]
     report.tensorboard_scalars(out / "tensorboard", scalars,
                                series={f"bench/step_ms/{r['stack']}": [x["wall_ms"] for x in r["rounds"]] for r in ok},
-                               text={"bench/table": report.markdown_table(table_rows, HEADER)})
+                               text={"bench/table": report.markdown_table(table_rows, head)})
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'bench.png'}" if png else "")
           + f" and TensorBoard scalars in {out / 'tensorboard'}", file=stream)
 
