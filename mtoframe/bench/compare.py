@@ -2,7 +2,7 @@
 timing runs (before and after a change, or two machines), with an interval and a verdict, as
 pyperf's ``compare_to`` and asv's ``compare`` report theirs.
 
-The compared quantity is ``ratio_to_ew``, not milliseconds: a ratio measured against EW in the
+The compared quantity is the ratio to EW (on the runs' common headline clock), not milliseconds: a ratio measured against EW in the
 same rounds is comparable across machines and loads, a step time is not. The change is
 new/old of the medians of the per-round ratios; its interval resamples the rounds of each run
 on its own (two runs' rounds are not paired). EW's own step time is shown on a separate line
@@ -49,23 +49,35 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
         if rec.get("error") is not None:
             continue
         rounds = rec.get("rounds")
-        if not isinstance(rounds, list) or not all(isinstance(x, dict) and "ratio_to_ew" in x for x in rounds):
+        if not isinstance(rounds, list) or not all(isinstance(x, dict) and {"wall_ms", "cpu_ms"} <= set(x)
+                                                   for x in rounds):
             raise MtoError(f"--compare: {path}: record {rec['stack']!r} has no per-round 'rounds' list with "
-                           f"'ratio_to_ew' (written by an mtoframe bench older than the paired-ratio report?)")
+                           f"'wall_ms' and 'cpu_ms' (written by an mtoframe bench older than the paired-ratio report?)")
         out[rec["stack"]] = rec
     if BASELINE not in out:
         raise MtoError(f"--compare: {path} has no timed {BASELINE!r} record")
     return out
 
 
-def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[StackChange]:
-    """One change per stack timed in both runs, slowest change first."""
+def common_clock(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> str:
+    """The runs' headline clock when they share it, else wall time (the one every run has)."""
+    clocks = {run[BASELINE].get("run", {}).get("headline", "wall") for run in (old, new)}
+    return clocks.pop() if len(clocks) == 1 else "wall"
+
+
+def per_round_ratios(run: dict[str, dict[str, Any]], stack: str, clock: str) -> list[float]:
+    return stats.per_round_ratios([x[f"{clock}_ms"] for x in run[stack]["rounds"]],
+                                  [x[f"{clock}_ms"] for x in run[BASELINE]["rounds"]])
+
+
+def compare(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], clock: str) -> list[StackChange]:
+    """One change per stack timed in both runs, slowest change first; ratios to EW on ``clock``
+    ('cpu' or 'wall'), from the raw per-round times."""
     changes = []
     for stack in sorted(set(old) & set(new) - {BASELINE}):
-        a = [x["ratio_to_ew"] for x in old[stack]["rounds"]]
-        b = [x["ratio_to_ew"] for x in new[stack]["rounds"]]
+        a, b = per_round_ratios(old, stack, clock), per_round_ratios(new, stack, clock)
         est = stats.ratio_of_medians_ci(a, b)
-        changes.append(StackChange(stack, old[stack]["ratio_to_ew"], new[stack]["ratio_to_ew"], est,
+        changes.append(StackChange(stack, stats.median_ci(a).value, stats.median_ci(b).value, est,
                                    stats.change_verdict(est)))
     return sorted(changes, key=lambda c: -c.change.value)
 
@@ -87,7 +99,11 @@ def run_compare(old_path: Path, new_path: Path, *, fail_on_regression: float | N
         if a != b:
             say(f"note: the runs' {key}s differ (OLD {a}, NEW {b}): ratios to EW of different workloads need "
                 f"not agree")
-    changes = compare(old, new)
+    clock = common_clock(old, new)
+    if clock == "wall" and {r[BASELINE].get("run", {}).get("headline") for r in (old, new)} != {"wall"}:
+        say("note: the runs' headline clocks differ; comparing wall-time ratios, which both recorded")
+    say(f"ratios to EW on {'process CPU' if clock == 'cpu' else 'wall'} time, each run's rounds paired within it")
+    changes = compare(old, new, clock)
     rows = [[c.stack, f"{c.old:.2f}", f"{c.new:.2f}", f"{c.change.value:.3f}",
              "-" if c.change.interval is None else f"[{c.change.low:.3f}, {c.change.high:.3f}]", c.verdict]
             for c in changes]
