@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     for key in ("size", "batch", "width", "rounds", "warmup"):
         p.add_argument(f"--{key}", type=int, help=f"override ({'/'.join(map(str, SPEED_SIZES[key]))} full/quick)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (one step per stack)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak memory (measured in the last warm-up round)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for timing on CPU, steadier and "
                    "far faster on a loaded machine; torch's default for --quality)")
     q = p.add_argument_group("quality")
