@@ -123,7 +123,7 @@ def write_speed_report(records: Sequence[dict[str, Any]], out: Path, *, title: s
     report.write_json(out / "results.json", list(records))
     (out / "results.md").write_text(report.markdown_table(table_rows, head) + "\n\n"
                                     + "\n\n".join(notes + not_timed) + "\n")
-    labels = [r["stack"] for r in ok]
+    labels = [r["stack"] + (f" {BELOW_MARK} noise" if "below_ew" in r["noise"] else "") for r in ok]
     clock = records[0]["run"]["headline"]
     panels = [report.Panel([r[f"ratio_to_ew_{k}"] for r in ok],
                            f"{name} / EW's in the same round (median, 95% CI)" + (", headline" if k == clock else ""),
