@@ -1,8 +1,8 @@
 """Overhead of mtoframe's step over a hand-written PyTorch loop, for EW (goal: ratio <= 1.03).
 
 Both train their own copy of the same encoder-dominant scene model (mtoframe.models.hps) with
-Adam on the same batch; rounds are interleaved in shuffled order and the ratio of medians (and
-of block means) is printed. The hand loop is what a user would write without mtoframe:
+Adam on the same batch; rounds are interleaved in shuffled order and the median of the per-round
+ratios, on wall and on CPU time, is printed with its 95% bootstrap interval (mtoframe.bench.stats). The hand loop is what a user would write without mtoframe:
 forward, sum of the task losses, one backward, optimizer step.
 
     python benchmarks/core_overhead.py [--size 64 --batch 16 --width 32 --rounds 60 --threads 1]
