@@ -7,9 +7,10 @@ drifts by tens of percent between seconds on a shared machine. The median over r
 those quotients is robust to a round spoiled by a stray pause of one contender.
 
 Intervals come from :func:`scipy.stats.bootstrap` (percentile method, seeded so a report is
-reproducible from its ``results.json``). The percentile method is used rather than scipy's
-default BCa: BCa's jackknife acceleration is undefined when many resamples tie, which the median
-of a few dozen rounds often does.
+reproducible from its ``results.json``). The percentile method rather than scipy's default BCa:
+the bootstrap distribution of the median of a few dozen rounds is discrete (sample values and
+midpoints only), and BCa's bias and acceleration corrections, estimated from it, add little but
+variance there. The coverage of these intervals is checked in ``tests/test_bench_stats.py``.
 """
 
 from __future__ import annotations
