@@ -10,7 +10,7 @@ import pytest
 
 from mtoframe.bench import stats
 from mtoframe.bench.speed import noise_flags
-from mtoframe.bench.speed_report import noise_lines
+from mtoframe.bench.speed_report import noise_lines, rows
 from mtoframe.errors import MtoError
 
 
@@ -61,6 +61,7 @@ def _record(stack: str, ratios: list[float], *, kind: str = "mtoframe", ew_ms: f
     cpu = stats.median_ci([cpu_ratio] * len(ratios)) if cpu_ratio is not None else est
     rec = {"stack": stack, "kind": kind, "ratio_to_ew": est.value, "ratio_to_ew_ci": est.interval,
            "ratio_to_ew_wall": est.value, "ratio_to_ew_wall_ci": est.interval, "ratio_to_ew_cpu": cpu.value, "ratio_to_ew_cpu_ci": cpu.interval, "ms_median": ew_ms * est.value,
+           "cpu_ms_median": ew_ms * cpu.value, "wall_summary": {"iqr_ms": 0.0}, "peak_mem_mib": None,
            "rounds": [{"wall_ms": ew_ms * r, "cpu_ms": ew_ms * r, "ratio_to_ew": r} for r in ratios],
            "workload": {"name": "scenes"}, "environment": {"torch_threads": 2, "cpu_count": 2,
                                                            "load_average_1min": 3.0},
@@ -82,6 +83,10 @@ def test_a_ratio_below_one_of_a_stack_doing_ews_work_is_flagged_as_noise():
     assert "below 1× EW: uw." in text and "noise, not a speed-up" in text
     assert "whole interval below 1 for uw" in text  # its interval is below 1 too: a bias
     assert "NOISY" not in text
+    cells = {row[0]: row for row in rows(recs)}  # no ratio below 1 of such a stack goes unmarked
+    assert cells["uw"][1].endswith("†") and cells["uw"][3].endswith("†") and cells["uw"][-1] == "below_ew"
+    assert not cells["torchjd:ew"][1].endswith("†")
+    assert [row[0] for row in rows(recs)] == ["torchjd:ew", "uw", "ew", "ew#2"]  # sorted by the headline
 
 
 def test_wide_intervals_print_a_noisy_line_with_advice():
