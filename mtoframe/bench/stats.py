@@ -86,16 +86,19 @@ def median_ci(sample: Sequence[float], *, confidence: float = CONFIDENCE, n_resa
     return Estimate(value, float(ci.low), float(ci.high), len(x))
 
 
-def paired_ratio_ci(times: Sequence[float], baseline: Sequence[float], **kw: float) -> Estimate:
+def paired_ratio_ci(times: Sequence[float], baseline: Sequence[float], *, confidence: float = CONFIDENCE,
+                    n_resamples: int = N_RESAMPLES, seed: int = 0) -> Estimate:
     """Median over rounds of ``times[r] / baseline[r]``, with a bootstrap interval over rounds."""
-    return median_ci(per_round_ratios(times, baseline), **kw)  # type: ignore[arg-type]
+    return median_ci(per_round_ratios(times, baseline), confidence=confidence, n_resamples=n_resamples, seed=seed)
 
 
-def paired_ratios_ci(times: Mapping[str, Sequence[float]], baseline: str, **kw: float) -> dict[str, Estimate]:
+def paired_ratios_ci(times: Mapping[str, Sequence[float]], baseline: str, *, confidence: float = CONFIDENCE,
+                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Estimate]:
     """:func:`paired_ratio_ci` of every contender against the contender named ``baseline``."""
     if baseline not in times:
         raise MtoError(f"baseline {baseline!r} was not timed; timed: {sorted(times)}")
-    return {name: paired_ratio_ci(ts, times[baseline], **kw) for name, ts in times.items()}
+    return {name: paired_ratio_ci(ts, times[baseline], confidence=confidence, n_resamples=n_resamples, seed=seed)
+            for name, ts in times.items()}
 
 
 def ratio_of_medians_ci(old: Sequence[float], new: Sequence[float], *, confidence: float = CONFIDENCE,
