@@ -33,10 +33,10 @@ def in_range(
     (an infinite learning rate or weight turns every later update into NaN)."""
 
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        unbounded = not allow_inf  # an infinite end the value may not take is shown open
+        unbounded = not allow_inf  # an infinite end the value may not take is shown open: [0.0, inf)
         left = "(" if lo_open or (unbounded and lo == -math.inf) else "["
         right = ")" if hi_open or (unbounded and hi == math.inf) else "]"
-        allowed = f"a {'' if allow_inf else 'finite '}number in {left}{lo}, {hi}{right}"
+        allowed = f"a number in {left}{lo}, {hi}{right}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f"option {attr.name!r} of {_owner(inst)} must be {allowed}, got {value!r}")
         ok = not math.isnan(value) and (allow_inf or not math.isinf(value))
