@@ -19,7 +19,9 @@ from ..errors import OptionError
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a stack of methods from a TOML config",
-                       description=(__doc__ or "").split("\n\n")[0])
+                       description=(__doc__ or "").split("\n\n")[0],
+                       epilog="Generated data (data name 'scenes') is cached under $MTOFRAME_CACHE, by default "
+                              "~/.cache/mtoframe, unless the config's [data] cache_dir says where.")
     p.add_argument("config", help="TOML run configuration (see mtoframe/config.py for the keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one dotted key, e.g. --set optimizer.lr=3e-4 (repeatable)")
@@ -35,6 +37,17 @@ def run(args: argparse.Namespace) -> int:
     if args.history:
         Path(args.history).write_text(json.dumps(history, indent=2))
     return 0
+
+
+def resolve_methods(cfg: RunConfig) -> list[Any]:
+    """The config's stack as configured methods, checked by the stacking rule: a mistyped name,
+    a bad option or an impossible stack fails here, before any data is generated or loaded."""
+    from ..api import as_method
+    from ..method import check_generic_stack
+
+    methods = [as_method(m) for m in cfg.methods]
+    check_generic_stack(methods)
+    return methods
 
 
 def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
@@ -174,6 +187,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
         raise OptionError(f"option 'device' of the run config is not a torch device: {cfg.device!r}") from exc
     if resume and cfg.checkpoint is None:
         raise OptionError("--resume needs checkpoint = \"PATH\" in the config")
+    methods = resolve_methods(cfg)
     torch.manual_seed(cfg.seed)
     model, tasks, train_ds, val_ds = build_run(cfg)
     model.to(device)
@@ -190,7 +204,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
         train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
                               drop_last=len(train_ds) > cfg.batch_size, num_workers=workers)
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
-    trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
+    trainer = Trainer(model, tasks, methods, optimizer=make_optimizer(cfg, model.parameters()),
                       log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
                       progress=cfg.progress, hparams=flat(cfg))
     if resume and Path(cfg.checkpoint).exists():  # type: ignore[arg-type]
