@@ -214,6 +214,10 @@ def test_bad_option_names_the_option():
     with pytest.raises(mtoframe.OptionError, match="eps"):
         @CLASS@(eps=0.0)
 
+'''
+
+#: appended to either template's unit tests
+_TEST_ENTRY_POINT = '''
 
 def test_registered_through_the_entry_point():
     from importlib import metadata
@@ -324,7 +328,7 @@ def scaffold(name: str, directory: str | Path = ".", *, stateful: bool = False, 
         f"src/mtoframe_{name}/__init__.py": _INIT,
         f"src/mtoframe_{name}/{name}.py": method,
         f"src/mtoframe_{name}/py.typed": "",
-        f"tests/test_{name}.py": tests,
+        f"tests/test_{name}.py": tests.rstrip("\n") + "\n" + _TEST_ENTRY_POINT,
         "tests/test_conformance.py": _TEST_CONFORMANCE,
     }
     for rel, text in files.items():

@@ -1,6 +1,6 @@
 """The stateful example of ``mtoframe new-plugin NAME --stateful``: an aggregator with per-task
 state, written the way :mod:`mtoframe.testing`'s ``partial_labels`` and ``nonfinite`` checks
-require (``docs/plugins.md`` walks through it), and its unit tests."""
+require (``docs/plugins.md`` walks through it), and its unit tests (the scaffold appends the entry-point test every template shares)."""
 
 from __future__ import annotations
 
@@ -182,13 +182,4 @@ def test_bad_options_name_the_option():
     with pytest.raises(mtoframe.OptionError, match="eps"):
         @CLASS@(eps=float("nan"))
 
-
-def test_registered_through_the_entry_point():
-    from importlib import metadata
-
-    try:
-        metadata.distribution("mtoframe-@NAME@")
-    except metadata.PackageNotFoundError:
-        pytest.skip("mtoframe-@NAME@ is not installed (run from its source tree)")
-    assert "@NAME@" in mtoframe.get_registry(reload=True).names()
 '''
