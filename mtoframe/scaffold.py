@@ -287,10 +287,6 @@ def next_command(root: Path) -> str:
             f" && python -m pytest {shlex.quote(str(root))}")
 
 
-def class_name(name: str) -> str:
-    return name[:1].upper() + name[1:]
-
-
 def scaffold(name: str, directory: str | Path = ".", *, stateful: bool = False, author: str | None = None) -> Path:
     """Write ``mtoframe-NAME/`` under ``directory`` and return its path.
 
