@@ -12,6 +12,7 @@ from .context import StepContext
 from .errors import MtoError, OptionError
 from .method import GRADIENT_ROLES, Method
 from .registry import get_registry
+from .scaling import checked_inputs, rescaled
 
 
 
@@ -48,6 +49,12 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None,
     be the gradients of ``losses`` when given). A transform without aggregation returns the sum
     of the transformed rows, which is what the trainer would apply.
 
+    ``grads`` must have at least one row and column; an integer matrix is promoted to the default
+    floating dtype. A matrix whose largest entry is outside ``[2^-32, 2^32]`` is rescaled by a
+    power of two for every method that declares its :attr:`~mtoframe.Method.scale_degree`, and
+    the update scaled back (:mod:`mtoframe.scaling`), so 1e30 or 1e-30 gradients give the
+    method's own answer instead of an overflowed Gram matrix.
+
     Partial labels, as the trainer runs them: ``all_tasks`` is the full task list (names, or
     their number) and ``task_ids[i]`` the position in it of the task of row ``i``, so a stateful
     method sees the ``ctx.task_ids`` and ``ctx.all_tasks`` it would see on a batch missing the
@@ -57,12 +64,15 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None,
     if not m.roles & GRADIENT_ROLES:
         raise MtoError(f"method {m.name!r} is not a gradient method; aggregate() needs one of: "
                        + ", ".join(n for n in available() if get_registry().get(n).cls.roles & GRADIENT_ROLES))
-    if grads.dim() != 2:
-        raise MtoError(f"grads must be a T×P matrix, got shape {tuple(grads.shape)}")
+    grads, losses = checked_inputs(grads, losses)
+    tasks = _present_tasks(grads.shape[0], task_ids, all_tasks)
+    return rescaled(m, grads, lambda g: _run_on_grads(m, g, losses, tasks))
+
+
+def _run_on_grads(m: Method, grads: Tensor, losses: Tensor | None, tasks: tuple[tuple[str, ...], tuple[str, ...]]
+                  ) -> Tensor:
     t = grads.shape[0]
-    if losses is not None and losses.shape != (t,):
-        raise MtoError(f"losses must have shape ({t},) to match grads, got {tuple(losses.shape)}")
-    present, everyone = _present_tasks(t, task_ids, all_tasks)
+    present, everyone = tasks
     ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, space=m.grad_space, device=grads.device)
     ctx._weights = torch.ones(t, dtype=grads.dtype, device=grads.device)
     ctx.grads = grads
