@@ -101,7 +101,11 @@ def test_state_sized_by_the_first_batch_is_caught(ema_norm, one_thread):
             ctx.set_update(ctx.grads.sum(0))
 
     failed = _failed(check_method(FirstBatchSized, checks=["partial_labels"], raise_on_failure=False))
-    assert "partial_labels" in failed
+    assert "size per-task state by len(ctx.all_tasks)" in failed["partial_labels"]
+    # caught even where a method may move absent tasks' state (the part that also sees it)
+    failed = _failed(check_method(FirstBatchSized, checks=["partial_labels"], absent_state_moves="on purpose",
+                                  raise_on_failure=False))
+    assert "size per-task state by len(ctx.all_tasks)" in failed["partial_labels"]
 
 
 def test_absent_state_moves_waives_only_the_unchanged_part(ema_norm, one_thread):

@@ -1,10 +1,11 @@
 """Conformance checks of a method's per-task state (registered in :mod:`.conformance`).
 
 ``partial_labels``
-    On five tasks with ``t0`` missing from every batch, two trainers that differ only in where
-    ``t0`` sits in their task list (first, then last, so every task's ``ctx.task_ids`` entry
-    differs) end with the same state up to reordering every task dimension accordingly:
-    per-task state follows ``ctx.task_ids``, not the row's position in the batch. Gradient methods are also checked the same way through
+    On five tasks with ``t0`` and ``t3`` missing from every batch, two trainers that differ only
+    in where ``t0`` sits in their task list (first, then last, so every present task's
+    ``ctx.task_ids`` entry differs) end with the same state up to reordering every task
+    dimension accordingly: per-task state follows ``ctx.task_ids``, not the row's position in
+    the batch; and no state has the batch's number of tasks where it should have five. Gradient methods are also checked the same way through
     :func:`mtoframe.aggregate` with ``task_ids`` / ``all_tasks``. The state keeps its shapes
     when every task comes back (sized over ``ctx.all_tasks`` from the first batch), and a step
     without ``t0`` and ``t2`` leaves their entries unchanged (unless the method says why they move:
@@ -40,7 +41,9 @@ from .factories import PoisonGradient, make_batch, make_tasks, make_trainer, mak
 ALL = ("t0", "t1", "t2", "t3", "t4")
 #: the same tasks with t0 last: every task's position in the list changes
 ROTATED = ALL[1:] + ALL[:1]
-_PRESENT = ALL[1:]
+#: the tasks of the partial batches: t0 and t3 missing, three left (no dimension of the tiny
+#: models has length three either, so state sized by the batch shows)
+_PRESENT = ("t1", "t2", "t4")
 
 
 def _leaves(state: Any, where: str = "state") -> dict[str, Tensor]:
@@ -101,6 +104,13 @@ def _compare_rotated(first: Any, second: Any, how: str, atol: float) -> None:
                  "not by a task's row in the batch")
 
 
+def _check_sized_by_all_tasks(state: Any, where: str) -> None:
+    for k, v in _leaves(state).items():
+        if len(_PRESENT) in v.shape and not _task_dims(v):
+            fail(f"{where}: {k} has shape {tuple(v.shape)} after batches with {len(_PRESENT)} of the {len(ALL)} tasks: "
+                 "size per-task state by len(ctx.all_tasks) (or the trainer's tasks), not by the tasks of a batch")
+
+
 def _trainer(factory: Factory, over: dict[str, Any], order: tuple[str, ...], model: Any) -> tuple[Any, Trainer]:
     m = factory(**over)
     return m, Trainer(model, make_tasks(order), [m], optimizer=torch.optim.SGD(model.parameters(), lr=0.02))
@@ -119,7 +129,8 @@ def _rotation_in_trainer(factory: Factory, over: dict[str, Any], atol: float) ->
             t.step(b)
         runs.append((m, t))
     (ma, ta), (mb, _) = runs
-    _compare_rotated(ma.state_dict(), mb.state_dict(), f"{where}, 3 steps without t0", atol)
+    _check_sized_by_all_tasks(ma.state_dict(), where)
+    _compare_rotated(ma.state_dict(), mb.state_dict(), f"{where}, 3 steps without t0 and t3", atol)
     shapes = {k: v.shape for k, v in _leaves(ma.state_dict()).items()}
     ta.step(make_batch(ta.model, seed=309))  # every task present again
     back = {k: v.shape for k, v in _leaves(ma.state_dict()).items()}
@@ -168,7 +179,8 @@ def _rotation_in_aggregate(factory: Factory, atol: float) -> None:
         for grads, losses in mats:
             aggregate(m, grads, losses, task_ids=ids, all_tasks=order)
         states.append(m.state_dict())
-    _compare_rotated(*states, "aggregate, 3 calls without t0", atol)
+    _check_sized_by_all_tasks(states[0], "aggregate")
+    _compare_rotated(*states, "aggregate, 3 calls without t0 and t3", atol)
 
 
 def partial_labels(factory: Factory, atol: float, *, absent_state_moves: str = "") -> None:
