@@ -56,7 +56,9 @@ def refused_nonfinite_grads(trainer: Any, ctx: StepContext, error: MtoError) -> 
     caller's path); raises :class:`NonFiniteLossError` (from ``error``) under ``"raise"``;
     returns False when the gradients are finite and ``error`` stands.
 
-    The finiteness is read here only, after a failure: the normal path keeps its host reads."""
+    The finiteness is read here only, after a failure: the normal path keeps its host reads.
+    Under ``torch.distributed`` every rank holds the same union matrix, so every rank decides
+    alike with no collective (a rank-local one here could pair with another rank's next one)."""
     try:
         finite = bool(ctx.grads_finite())
     except MtoError:  # no gradient matrix to blame (the engine failed too): the method's error stands

@@ -42,7 +42,8 @@ class Trainer:
     :param log_dir: TensorBoard run directory (written on rank 0 only); ``None`` logs nothing.
     :param log_every: write step scalars every this many steps.
     :param nonfinite: ``"raise"`` (name the task, parameters and step) or ``"skip"`` (skip and
-        count the update) when a loss, the update or a gradient is NaN/inf. Either way parameters
+        count the update) when a loss, the update or a gradient is NaN/inf (also when a gradient
+        method raises on a non-finite gradient matrix). Either way parameters
         never become NaN. The check reads its flags on the host (as ``GradScaler.step`` does):
         once after the backward for losses, regularisers and gradients together, or, with
         gradient methods, once for the losses and once for the update and gradients: the
