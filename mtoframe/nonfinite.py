@@ -59,11 +59,7 @@ def refused_nonfinite_grads(trainer: Any, ctx: StepContext, error: MtoError) -> 
     The finiteness is read here only, after a failure: the normal path keeps its host reads.
     Under ``torch.distributed`` every rank holds the same union matrix, so every rank decides
     alike with no collective (a rank-local one here could pair with another rank's next one)."""
-    try:
-        finite = bool(ctx.grads_finite())
-    except MtoError:  # no gradient matrix to blame (the engine failed too): the method's error stands
-        return False
-    if finite:
+    if not ctx.has_grads or bool(ctx.grads_finite()):  # a method that never read G did not refuse it
         return False
     detail = (f"{nonfinite_detail(trainer, ctx, [], 'grads')}, on which the stack's gradient method(s) "
               f"{_gradient_methods(trainer)} raised {type(error).__name__}: {error}")
@@ -87,4 +83,3 @@ def _warn(ctx: StepContext, detail: str, *, loss_caused: bool, stacklevel: int) 
     warnings.warn(f"skipped step {ctx.step} (nonfinite='skip'): non-finite {detail}; the whole step is dropped, "
                   f"every task's update with it.{hint} Later skips are counted in trainer.counters['skipped_steps'] "
                   "and logged as steps/skipped", RuntimeWarning, stacklevel=stacklevel)
-

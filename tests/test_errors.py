@@ -264,6 +264,23 @@ def test_a_method_failing_on_finite_gradients_is_still_a_method_error(nonfinite)
     assert tr.counters["skipped_steps"] == 0
 
 
+class _FailsUnseen(mtoframe.Method):
+    name = "failsunseen"
+    roles = mtoframe.Role.AGGREGATOR
+
+    @hookimpl
+    def on_shared_grads(self, ctx):
+        raise ValueError("broken before reading ctx.grads")
+
+
+def test_a_method_failing_before_reading_nan_gradients_is_still_a_method_error():
+    # it did not refuse the matrix: its own bug must not hide behind a skipped step
+    tr, batch, _ = _refused_trainer("skip", _FailsUnseen())
+    with pytest.raises(mtoframe.MethodError, match=r"'failsunseen' failed in hook on_shared_grads: ValueError: broken"):
+        tr.step(batch)
+    assert tr.counters["skipped_steps"] == 0
+
+
 def test_the_refusal_check_reads_nothing_on_a_normal_step(monkeypatch):
     # grads_finite() is a host read when bool()'d: only a failed on_shared_grads may pay for it
     pytest.importorskip("mtoframe_gradmethods")
