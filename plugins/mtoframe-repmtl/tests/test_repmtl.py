@@ -174,3 +174,32 @@ def test_mixed_precision_terms_in_float32(hand) -> None:
     assert ctx.z.dtype == torch.bfloat16
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in ctx.extra_losses.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_reg_grad_ratio_equals_hand_formula(tmp_path, hand) -> None:
+    model, batch = hand.conv_setup()
+    ref = hand.clone(model)
+    trainer = make_trainer([RepMTL()], model=model, log_dir=tmp_path, log_every=1, lr=0.0)
+    ratio = float(trainer.step(batch).scalars["repmtl/reg_grad_ratio"])
+    trainer.close()
+    z, losses, _ = hand.hand_losses(ref, batch)
+    (task_grad,) = torch.autograd.grad(losses.sum(), z, retain_graph=True)
+    (reg_grad,) = torch.autograd.grad(hand.hand_regulariser(z, losses), z)
+    assert ratio == pytest.approx(float(reg_grad.norm() / task_grad.norm()), rel=1e-8)
+    assert ratio > 0
+
+
+def test_reg_grad_ratio_only_on_logging_steps(tmp_path, hand) -> None:
+    model, batch = hand.conv_setup()
+    trainer = make_trainer([RepMTL()], model=model, log_dir=tmp_path, log_every=2)
+    assert "repmtl/reg_grad_ratio" in trainer.step(batch).scalars
+    assert "repmtl/reg_grad_ratio" not in trainer.step(batch).scalars
+    trainer.close()
+
+
+def test_multi_input_batches_are_a_clear_error(hand) -> None:
+    model, (x, targets) = hand.conv_setup()
+    trainer = make_trainer([RepMTL()], model=model)
+    batch = {t: (x, targets[t]) for t in targets}
+    with pytest.raises(mtoframe.errors.MtoError, match="multi-input.*own images"):
+        trainer.step(batch)

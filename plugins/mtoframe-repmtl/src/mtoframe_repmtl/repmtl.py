@@ -40,7 +40,13 @@ Options (defaults in brackets):
 
 Heads receive their task's (weighted) loss gradient plus the regulariser's gradient. Logs
 ``reg/tsr``, ``reg/csa`` (λ-scaled), ``repmtl/cos_pos``, ``repmtl/cos_neg`` and
-``repmtl/entropy/<task>`` (task t's share of the TSR entropy) on logging steps.
+``repmtl/entropy/<task>`` (task t's share of the TSR entropy) and ``repmtl/reg_grad_ratio``
+(``‖∂(λ_tsr L_tsr + λ_csa L_csa)/∂Z‖ / ‖Σ_t ∂L_t/∂Z‖``, the diagnostic of regulariser dominance:
+above 1 the regularisers, not the tasks, steer the encoder) on logging steps.
+
+Multi-input batches (Office: each task its own images) are rejected with an error: there every
+other task's saliency on a task's images is 0, so TSR and CSA are undefined, and pairing
+different images by batch index would be a different method.
 
 Under torch.distributed CSA's negatives are the global batch's (see :mod:`mtoframe_repmtl.csa`),
 each rank's terms are means over its own samples (the trainer's mean of ``.grad`` then gives the
@@ -58,6 +64,7 @@ import torch
 from mtoframe import Method, Role, hookimpl
 from mtoframe.context import StepContext
 from mtoframe.distributed import all_reduce_mean, is_distributed
+from mtoframe.errors import MtoError
 from mtoframe.options import boolean, in_range, one_of
 
 from .csa import NEGATIVES, csa_terms, negative_mask
@@ -108,6 +115,17 @@ class RepMTL(Method):
             ctx.losses = torch.log(ctx.losses + LOG_EPS)
         if not (o.use_tsr or o.use_csa):
             return
+        if ctx.slices is not None:
+            # Each task's loss reaches only its own images' rows of Z, so every other task's
+            # saliency there is 0: TSR's entropy would be 0 and CSA's positives would pair a
+            # sample with zeros, silently. Pairing different images by batch index is not the
+            # paper's method (it aligns the tasks' saliency on the same sample).
+            raise MtoError(
+                "repmtl needs every task's loss on the same samples (single-input batches "
+                "(inputs, {task: target})); this batch is multi-input ({task: (inputs, target)}, e.g. "
+                f"Office) with each of {list(ctx.slices)} on its own images, where the saliency "
+                "regularisers are undefined"
+            )
         s = ctx.rep_grads(differentiable=True).transpose(0, 1)  # [B, T, ...], a view
         distributed = is_distributed()
         stats = ctx.logging or distributed
@@ -126,12 +144,25 @@ class RepMTL(Method):
             if stats:
                 logs["repmtl/cos_pos"] = pos.mean()
                 logs["repmtl/cos_neg"] = neg[negative_mask(neg)[:, None, :].expand_as(neg)].mean()
+        if ctx.logging and reg and ctx.z is not None and ctx.z.requires_grad:
+            logs["repmtl/reg_grad_ratio"] = _reg_grad_ratio(sum(reg.values()), s, ctx.z)
         if distributed:
             reg, logs = _union_values(reg, logs)
         for name, value in reg.items():
             ctx.add_loss(name, value)
         for tag, value in logs.items():
             ctx.log(tag, value)
+
+
+def _reg_grad_ratio(reg: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``‖∂(λ_tsr L_tsr + λ_csa L_csa)/∂Z‖ / ‖Σ_t ∂L_t/∂Z‖``: above 1 the regularisers, not the
+    tasks, steer the encoder (as τ = 0.07 did). The task side is the saliency the step already
+    holds; the regulariser side costs one extra backward through the saliency graph, taken only
+    on logging steps and read on the device (no host sync)."""
+    (g,) = torch.autograd.grad(reg, z, retain_graph=True, allow_unused=True)
+    if g is None:  # heads whose input gradient does not depend on Z (e.g. linear heads, MSE on a constant)
+        return torch.zeros((), device=z.device)
+    return g.norm() / s.detach().sum(1).norm().clamp_min(torch.finfo(s.dtype).tiny)
 
 
 def _union_values(
