@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import mtoframe.errors
+
 from mtoframe.data import multimnist as mm
 from mtoframe.errors import MtoError
 from mtoframe.models import build_multilenet, multimnist_tasks
@@ -101,3 +103,12 @@ def test_multilenet_shapes() -> None:
     tasks = multimnist_tasks()
     assert [t.name for t in tasks] == ["left", "right"]
     assert tasks[0].loss(out["left"], torch.tensor([0, 1, 2])).ndim == 0
+
+
+def test_foreign_cache_dir_is_refused(tmp_path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(mtoframe.errors.OptionError, match="not a complete MultiMNIST cache"):
+        mm.multimnist_datasets(n_train=4, n_val=2, n_test=2, cache_dir=foreign)
+    assert (foreign / "keep.txt").exists()

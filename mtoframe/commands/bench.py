@@ -21,10 +21,10 @@ SPEED_SIZES = {
 }
 #: (full, --quick) budgets of the quality run per dataset, measured on 2 loaded CPU cores (docs/BENCHMARKS.md)
 QUALITY_SIZES = {
-    "scenes": {"size": (32, 32), "batch": (32, 32), "width": (16, 16), "seeds": (5, 3), "epochs": (6, 2),
+    "scenes": {"size": (32, 32), "batch": (32, 32), "width": (16, 16), "seeds": (3, 3), "epochs": (6, 2),
                "n_train": (512, 256), "n_val": (128, 64), "n_test": (256, 128)},
-    "multimnist": {"batch": (128, 128), "seeds": (5, 3), "epochs": (8, 4),
-                   "n_train": (6000, 3000), "n_val": (1000, 500), "n_test": (2000, 1000)},
+    "multimnist": {"batch": (128, 128), "seeds": (3, 3), "epochs": (8, 4),
+                   "n_train": (4000, 3000), "n_val": (1000, 500), "n_test": (2000, 1000)},
 }
 
 

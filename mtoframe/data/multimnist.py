@@ -22,8 +22,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -149,33 +147,18 @@ def multimnist_datasets(*, n_train: int = 10000, n_val: int = 2000, n_test: int 
     """``(train, val, test)`` MultiMNIST pairs, built on first use and cached (one ``.npz`` per split)
     under ``cache_dir`` (default ``cache_root()/multimnist-<params>``)."""
     from . import cache_root
+    from .cache import build_once
 
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     root = Path(cache_dir) if cache_dir is not None else (
         cache_root() / f"multimnist-v{MULTIMNIST_VERSION}-n{n_train}-{n_val}-{n_test}-seed{seed}")
-    if not (root / "complete").exists():
-        if root.exists() and any(root.iterdir()):
-            raise OptionError(f"cache_dir {root} exists and is not a complete MultiMNIST cache; "
-                              "give an empty or new directory (nothing there is deleted)")
+
+    def fill(tmp: Path) -> None:
         images, labels = load_mnist_digits()
-        data = make_multimnist(images, labels, sizes, seed=seed)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename, as scenes do: never a half-written cache that looks complete.
-        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-        try:
-            for split, arrays in data.items():
-                np.savez(tmp / f"{split}.npz", **arrays)
-            (tmp / "complete").write_text(f"multimnist v{MULTIMNIST_VERSION} sizes={sizes} seed={seed}\n")
-            if root.exists():
-                root.rmdir()
-            try:
-                os.replace(tmp, root)
-            except OSError:
-                if not (root / "complete").exists():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        for split, arrays in make_multimnist(images, labels, sizes, seed=seed).items():
+            np.savez(tmp / f"{split}.npz", **arrays)
+
+    build_once(root, fill, f"multimnist v{MULTIMNIST_VERSION} sizes={sizes} seed={seed}", what="MultiMNIST")
     loaded = []
     for split in SPLITS:
         with np.load(root / f"{split}.npz") as z:
