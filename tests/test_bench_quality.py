@@ -81,3 +81,17 @@ def test_quality_cli_multimnist(tmp_path, monkeypatch, one_thread):
     assert rc == 0
     rec = json.loads((tmp_path / "q" / "quality.json").read_text())["records"][0]
     assert rec["dataset"] == "multimnist" and set(rec["metrics"]) == {"left", "right"}
+
+
+def test_stacks_are_also_paired_with_their_base(tmp_path, one_thread):
+    if not {"rlw", "pcgrad"} <= set(mtoframe.available()):
+        pytest.skip("needs the rlw and pcgrad plugins")
+    cfg = QualityConfig(size=16, batch=4, width=4, seeds=2, epochs=1, n_train=8, n_val=4, n_test=4,
+                        cache_dir=str(tmp_path / "cache"))
+    res = run_quality([["pcgrad"], ["rlw", "pcgrad"]], cfg, say=lambda s: None)
+    rec = next(r for r in res["records"] if r["stack"] == "rlw+pcgrad")
+    by = {r["stack"]: r for r in res["records"]}
+    assert rec["base"] == "pcgrad"
+    # differences are linear in Δp_task: (stack − EW) − (base − EW) = stack − base, per seed and in the mean
+    assert rec["vs_base"] == pytest.approx(rec["vs_ew"] - by["pcgrad"]["vs_ew"])
+    assert "base" not in by["pcgrad"]

@@ -274,6 +274,14 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
                     "vs_ew": vv_mean, "vs_ew_ci": vv_ci},
             "seconds_per_run": statistics.fmean(seconds[label]),
         })
+        # A stack on top of a method that was also trained alone (repmtl+nashmtl and nashmtl) is
+        # compared with that method too, paired the same way: "does adding X help Y".
+        base = label.split("+", 1)[1] if "+" in label else None
+        if base in runs:
+            both = [s for s in seeds if s in runs[base]]
+            b_mean, b_ci = _ci([dp(label, s, "test") - dp(base, s, "test") for s in both])
+            records[-1].update({"base": base, "vs_base": b_mean, "vs_base_ci": b_ci,
+                                "vs_base_verdict": verdict(tuple(b_ci))})
     records.sort(key=lambda r: (r["stack"] != "ew", -r["delta_p_task"]))
     return {
         "dataset": cfg.data,
@@ -305,13 +313,21 @@ def quality_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     directions = result["directions"]
     cols = [(t, m) for t, ms in directions.items() for m in ms]
     header = ["stack"] + [f"{t[:5]}/{m}{'↑' if directions[t][m] == 'higher' else '↓'}" for t, m in cols]
-    header += ["Δp_task % [95% CI]↑", "vs EW [95% CI]↑", "vs EW", "s/run"]
-    rows = [["STL"] + [result["baseline"]["metrics"][t][m] for t, m in cols] + ["0", "", "", None]]
+    header += ["Δp_task % [95% CI]↑", "vs EW [95% CI]↑", "vs EW"]
+    stacked = any("base" in r for r in result["records"])
+    header += ["vs stack without its first method [95% CI]↑"] if stacked else []
+    header += ["s/run"]
+    rows = [["STL"] + [result["baseline"]["metrics"][t][m] for t, m in cols] + ["0", "", ""]
+            + ([""] if stacked else []) + [None]]
     for r in result["records"]:
-        rows.append([r["stack"]] + [r["metrics"][t][m] for t, m in cols]
-                    + [_fmt_ci(r["delta_p_task"], r["delta_p_task_ci"]),
-                       "" if r["stack"] == "ew" else _fmt_ci(r["vs_ew"], r["vs_ew_ci"]),
-                       "" if r["stack"] == "ew" else r["verdict"], r["seconds_per_run"]])
+        row = [r["stack"]] + [r["metrics"][t][m] for t, m in cols]
+        row += [_fmt_ci(r["delta_p_task"], r["delta_p_task_ci"]),
+                "" if r["stack"] == "ew" else _fmt_ci(r["vs_ew"], r["vs_ew_ci"]),
+                "" if r["stack"] == "ew" else r["verdict"]]
+        if stacked:
+            row.append(f"{_fmt_ci(r['vs_base'], r['vs_base_ci'])} vs {r['base']}: {r['vs_base_verdict']}"
+                       if "base" in r else "")
+        rows.append(row + [r["seconds_per_run"]])
     return header, rows
 
 

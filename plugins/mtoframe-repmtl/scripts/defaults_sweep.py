@@ -27,31 +27,44 @@ def grid(taus: list[float], lambdas: list[float]) -> list[list[tuple[str, dict[s
     return [[("repmtl", {"tau": t, "lambda_tsr": lam, "lambda_csa": lam})] for t, lam in itertools.product(taus, lambdas)]
 
 
+def _ci(mean: float, ci: list[float]) -> str:
+    return f"{mean:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def select(paths: list[Path]) -> None:
-    """Print each setting's val ``vs_ew`` per dataset and the selected default."""
+    """Print the sweep as a Markdown table (val used for the choice; test shown, never used) and
+    the selected default. Files of several stages may be given: each stage trains its own EW with
+    the same seeds, so every difference is paired within its file."""
     per: dict[str, dict[str, dict]] = {}
     for p in paths:
         result = json.loads(p.read_text())
         for r in result["records"]:
             if r["stack"].startswith("repmtl("):
-                per.setdefault(r["stack"], {})[result["dataset"]] = r["val"]
+                per.setdefault(r["stack"], {})[result["dataset"]] = r
     datasets = sorted({d for v in per.values() for d in v})
+    print("| setting | " + " | ".join(f"{d} val vs EW [95% CI] | {d} test vs EW [95% CI]" for d in datasets)
+          + " | mean val vs EW | selectable |")
+    print("|---" * (2 + 2 * len(datasets)) + "|---|")
     ok = {}
     for label, by in sorted(per.items()):
         if set(by) != set(datasets):
+            print(f"| {label} | " + " | ".join(
+                f"{_ci(by[d]['val']['vs_ew'], by[d]['val']['vs_ew_ci'])} | {_ci(by[d]['vs_ew'], by[d]['vs_ew_ci'])}"
+                if d in by else "not run | not run" for d in datasets) + " | | no (not run on every dataset) |")
             continue
-        worse = any(not math.isnan(v["vs_ew_ci"][1]) and v["vs_ew_ci"][1] < 0 for v in by.values())
-        mean = sum(v["vs_ew"] for v in by.values()) / len(by)
-        print(f"{label:55s} " + "  ".join(f"{d} {by[d]['vs_ew']:+6.2f} [{by[d]['vs_ew_ci'][0]:+6.2f}, "
-                                          f"{by[d]['vs_ew_ci'][1]:+6.2f}]" for d in datasets)
-              + f"  mean {mean:+6.2f}" + ("  significantly worse than EW" if worse else ""))
+        worse = [d for d, r in by.items() if not math.isnan(r["val"]["vs_ew_ci"][1]) and r["val"]["vs_ew_ci"][1] < 0]
+        mean = sum(r["val"]["vs_ew"] for r in by.values()) / len(by)
+        print(f"| {label} | " + " | ".join(f"{_ci(by[d]['val']['vs_ew'], by[d]['val']['vs_ew_ci'])} | "
+                                           f"{_ci(by[d]['vs_ew'], by[d]['vs_ew_ci'])}" for d in datasets)
+              + f" | {mean:+.2f} | " + (f"no: worse than EW on {', '.join(worse)}" if worse else "yes") + " |")
         if not worse:
             ok[label] = mean
     if not ok:
-        print("no setting is within noise of EW on every dataset")
+        print("\nno setting is within noise of EW on every dataset")
         return
     best = max(ok, key=ok.__getitem__)
-    print(f"selected (best mean val vs_ew among settings not significantly worse than EW): {best} ({ok[best]:+.2f})")
+    print(f"\nselected (best mean val vs_ew among settings not significantly worse than EW on any dataset): "
+          f"{best} ({ok[best]:+.2f})")
 
 
 def main(argv: list[str] | None = None) -> int:
