@@ -53,9 +53,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     q.add_argument("--data", choices=("scenes", "multimnist"), default="scenes",
                    help="quality dataset: the embedded scenes or MultiMNIST from real digits "
                    "(needs pip install 'mtoframe[data]'; default: %(default)s)")
-    q.add_argument("--seeds", type=int, help="number of seeds (5/3 full/quick)")
+    q.add_argument("--seeds", type=int, help="number of seeds (3 full and quick)")
     q.add_argument("--epochs", type=int, help="epochs per run (scenes 6/2, multimnist 8/4 full/quick)")
-    q.add_argument("--n-train", type=int, help="training images or pairs (scenes 512/256, multimnist 6000/3000)")
+    q.add_argument("--n-train", type=int, help="training images or pairs (scenes 512/256, multimnist 4000/3000)")
     q.add_argument("--n-val", type=int, help="validation images or pairs (scenes 128/64, multimnist 1000/500)")
     q.add_argument("--n-test", type=int, help="test images or pairs (scenes 256/128, multimnist 2000/1000)")
     q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
