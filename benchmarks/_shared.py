@@ -1,9 +1,9 @@
 """What the benchmark scripts share: the small encoder-dominant conv model, its batch, and
-interleaved timing (mtoframe.bench.timing) with ratios taken round by round."""
+interleaved timing (mtoframe.bench.timing) with ratios taken round by round and their intervals
+(mtoframe.bench.stats, the statistics of ``mtoframe bench``)."""
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import mtoframe
+from mtoframe.bench.stats import Estimate, paired_ratio_ci
 from mtoframe.bench.timing import Contender, run_interleaved
 
 TASKS = ("a", "b", "c")
@@ -41,11 +42,16 @@ def step_times(steps: Mapping[str, Callable[[], Any]], *, rounds: int, repeat: i
     every timed call runs its step ``repeat`` times so that sub-millisecond jitter averages out."""
     calls = [Contender(n, lambda s=s: [s() for _ in range(repeat)]) for n, s in steps.items()]
     times = run_interleaved(calls, rounds=rounds, warmup=warmup)
-    return {n: [t / repeat for t in v] for n, v in times.items()}
+    return {n: [t / repeat for t in v] for n, v in times.wall.items()}
 
 
-def paired_ratio(times: Mapping[str, Sequence[float]], name: str, baseline: str) -> float:
-    """Median over rounds of ``name``'s time over ``baseline``'s in the same round: on a machine
-    whose speed drifts by tens of percent between seconds, the ratio of two medians taken from
-    different moments is noisier than this."""
-    return statistics.median(a / b for a, b in zip(times[name], times[baseline]))
+def paired_ratio(times: Mapping[str, Sequence[float]], name: str, baseline: str) -> Estimate:
+    """Median over rounds of ``name``'s time over ``baseline``'s in the same round, with its 95%
+    bootstrap interval: on a machine whose speed drifts by tens of percent between seconds, the
+    ratio of two medians taken from different moments is noisier than this."""
+    return paired_ratio_ci(times[name], times[baseline])
+
+
+def fmt(r: Estimate) -> str:
+    """``1.234 [1.200, 1.270]``"""
+    return f"{r.value:.3f}" + ("" if r.interval is None else f" [{r.low:.3f}, {r.high:.3f}]")

@@ -34,7 +34,7 @@ from mtoframe.method import GRADIENT_ROLES
 from mtoframe.registry import get_registry
 from mtoframe.testing import make_tasks
 
-from _shared import TASKS, conv_batch, conv_model, paired_ratio, step_times
+from _shared import TASKS, conv_batch, conv_model, fmt, paired_ratio, step_times
 
 def gradient_methods() -> list[str]:
     reg = get_registry()
@@ -87,15 +87,15 @@ def time_steps(args: argparse.Namespace, names: list[str]) -> None:
     times = step_times({n: (lambda s=s: s(batch)) for n, s in steps.items()}, rounds=args.rounds, repeat=args.steps)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.channels} channels, T={len(TASKS)}, "
-          f"{args.rounds} rounds x {args.steps} steps; ratios are medians of per-round ratios")
-    print(f"{'method':<18} {'space':<15} {'ms/step':>8} {'vs EW':>6} {'vs loop':>8}  goal (vs loop <= 1.10)")
+          f"{args.rounds} rounds x {args.steps} steps; ratios are medians of per-round ratios [95% bootstrap interval]")
+    print(f"{'method':<18} {'space':<15} {'ms/step':>8} {'vs EW':>22} {'vs loop':>22}  goal (vs loop <= 1.10)")
     for n in ["ew", "loop-params", "loop-rep"]:
-        print(f"{n:<18} {'':<15} {statistics.median(times[n]):8.2f} {paired_ratio(times, n, 'ew'):6.3f}")
+        print(f"{n:<18} {'':<15} {statistics.median(times[n]):8.2f} {fmt(paired_ratio(times, n, 'ew')):>22}")
     for n in names:
         loop = "loop-rep" if spaces[n] == "representation" else "loop-params"
         r = paired_ratio(times, n, loop)
         print(f"{n:<18} {str(spaces[n]):<15} {statistics.median(times[n]):8.2f} "
-              f"{paired_ratio(times, n, 'ew'):6.3f} {r:8.3f}  " + ("ok" if r <= 1.10 else "MISSED"))
+              f"{fmt(paired_ratio(times, n, 'ew')):>22} {fmt(r):>22}  " + ("ok" if r.value <= 1.10 else "MISSED"))
 
 def time_aggregation(args: argparse.Namespace, names: list[str]) -> None:
     print("\nper-call aggregation time (mtoframe.aggregate on a bare float32 matrix, median of "

@@ -24,7 +24,7 @@ import torch
 import mtoframe
 from mtoframe.testing import make_tasks
 
-from _shared import TASKS, conv_batch, conv_model, paired_ratio, step_times
+from _shared import TASKS, conv_batch, conv_model, fmt, paired_ratio, step_times
 
 def primed(name: str) -> tuple[mtoframe.Method, int]:
     """The method in its active phase, and the trainer epoch to run at."""
@@ -72,13 +72,13 @@ def main() -> None:
     goals = {"famo": 1.4, "gradnorm": None, "excessmtl": None}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"{args.size}x{args.size}, {args.channels} channels, {args.rounds} rounds x {args.steps} steps; "
-          "ratios are medians of per-round ratios")
-    print(f"{'method':<10} {'ms/step':>8} {'ratio':>6}  goal")
+          "ratios are medians of per-round ratios [95% bootstrap interval]")
+    print(f"{'method':<10} {'ms/step':>8} {'ratio [95% CI]':>22}  goal")
     for n in names:
         r = paired_ratio(times, n, "ew")
         goal = goals.get(n, 1.05) if n != "ew" else None
-        verdict = "" if goal is None else ("ok" if r <= goal else "MISSED") + f" (<= {goal})"
-        print(f"{n:<10} {statistics.median(times[n]):8.2f} {r:6.3f}  {verdict}")
+        verdict = "" if goal is None else ("ok" if r.value <= goal else "MISSED") + f" (<= {goal})"
+        print(f"{n:<10} {statistics.median(times[n]):8.2f} {fmt(r):>22}  {verdict}")
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ from .api import aggregate, as_method, available, create
 from .context import StepContext
 from .errors import (
     BatchError,
+    CheckpointError,
     MethodError,
     MtoError,
     NonFiniteLossError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HOOK_API_VERSION",
     "BatchError",
+    "CheckpointError",
     "Method",
     "MethodError",
     "MtoError",

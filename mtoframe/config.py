@@ -215,6 +215,9 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise OptionError(f"cannot read config {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"config {p} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "TOML files must be UTF-8") from None
     return parse_config(text, overrides, source=str(p))
 
 

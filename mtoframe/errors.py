@@ -40,3 +40,7 @@ class SolverError(MtoError, RuntimeError):
 
 class PluginError(MtoError, RuntimeError):
     """A plugin could not be loaded or registered."""
+
+
+class CheckpointError(MtoError, RuntimeError):
+    """A checkpoint that cannot be written or read back, or that does not fit the run."""

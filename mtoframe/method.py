@@ -75,6 +75,9 @@ class Method:
     #: their own task weights): why, so that a loss weighting placed before them is rejected as
     #: meaningless (:func:`check_loss_weighting_stack`).
     ignores_loss_weights: ClassVar[str] = ""
+    #: loss-level methods that form a published hybrid with this aggregator (IMTL-L before IMTL-G
+    #: is LibMTL's IMTL): accepted before it despite ``ignores_loss_weights``.
+    hybrid_with: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         if options is not None and kwargs:
@@ -104,6 +107,18 @@ class Method:
         """
         if self.roles & GRADIENT_ROLES:
             return getattr(self.options, "space", "params")
+        return None
+
+    @property
+    def scale_degree(self) -> float | None:
+        """``k`` with ``update(c·G) = c^k · update(G)`` for every ``c > 0``, or None when the
+        update is not positively homogeneous in the gradient matrix (the default).
+
+        Declared by methods whose maths has that property (1 for most aggregators and
+        transforms, 0 for scale-invariant ones such as Nash-MTL); :func:`mtoframe.aggregate`
+        uses it to run a matrix of extreme scale (1e30, 1e-30) at a safe one
+        (:mod:`mtoframe.scaling`).
+        """
         return None
 
     @property
@@ -180,7 +195,8 @@ def check_loss_weighting_stack(method: Method, stack: Sequence[Method]) -> None:
     ``check_stack``: they compose with gradient transforms and with aggregators that read the
     rows' scales; they are rejected next to another loss-level method (two weighting schemes on
     the same losses are no published method and fight each other) and before an aggregator that
-    declares ``ignores_loss_weights`` (the weights would have no effect)."""
+    declares ``ignores_loss_weights`` (the weights would have no effect), unless that aggregator
+    names ``method`` in its ``hybrid_with`` (a published hybrid such as IMTL-L + IMTL-G)."""
     names = [m.name for m in stack]
     for other in stack:
         if other is method:
@@ -190,8 +206,8 @@ def check_loss_weighting_stack(method: Method, stack: Sequence[Method]) -> None:
                 f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
                 "two loss-weighting schemes would fight over the same task weights; use one"
             )
-        if other.ignores_loss_weights:
+        if other.ignores_loss_weights and method.name not in other.hybrid_with:
             raise StackError(
                 f"{method.name!r} before {other.name!r} in {names} is meaningless: "
-                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would have no effect"
+                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would not change its direction"
             )

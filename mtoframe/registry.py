@@ -12,6 +12,12 @@ Environment variables:
     comma-separated block list (entry-point or distribution names).
 ``MTOFRAME_DISABLE_PLUGIN_AUTOLOAD``
     any non-empty value: load no entry points at all (built-in methods only).
+
+A method name registered by two distributions goes to neither: both stay reachable as
+``distribution:name`` (e.g. ``mtoframe-gradmethods:pcgrad``), the conflict is listed by
+``mtoframe plugins``, and the bare name raises an error naming both until one of them is left out
+with the variables above. The core's names cannot be taken: a plugin's method of that name is
+refused (and reported), its other methods load.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import re
 import threading
 import traceback
 from importlib import metadata
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -34,6 +41,7 @@ from .method import Method, Role
 
 ENTRY_POINT_GROUP = "mtoframe"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)?$")
+ENV_VARS = ("MTOFRAME_PLUGINS", "MTOFRAME_DISABLE_PLUGINS", "MTOFRAME_DISABLE_PLUGIN_AUTOLOAD")
 HOOK_NAMES = ("on_train_start", "on_representation", "on_task_losses", "on_shared_grads", "on_after_step", "on_epoch_end")
 
 
@@ -94,12 +102,30 @@ class PluginFailure:
     detail: str = ""
 
 
+@attrs.frozen
+class Conflict:
+    """A method name registered by more than one distribution: used by none of them."""
+
+    name: str
+    claimants: tuple[MethodInfo, ...]
+
+    def describe(self) -> str:
+        who = " and ".join(f"{i.distribution} {i.version} (entry point {i.plugin})" for i in self.claimants)
+        picks = " or ".join(repr(f"{i.distribution}:{self.name}") for i in self.claimants)
+        return (f"method {self.name!r} is registered by {who}, so the bare name is used by neither; "
+                f"name one explicitly ({picks}) or load only one of them with MTOFRAME_PLUGINS / "
+                "MTOFRAME_DISABLE_PLUGINS")
+
+
 class Registry:
     """Name -> :class:`MethodInfo`. Filled by ``mtoframe_register`` implementations."""
 
     def __init__(self) -> None:
         self._methods: dict[str, MethodInfo] = {}
+        self._qualified: dict[str, MethodInfo] = {}
+        self._staged: dict[str, MethodInfo] | None = None  # the plugin being loaded (all or nothing)
         self.failures: list[PluginFailure] = []
+        self.conflicts: dict[str, Conflict] = {}
         self._source = ("mtoframe", _version("mtoframe"), "builtin")
 
     def add(self, cls: type[Method]) -> None:
@@ -114,21 +140,59 @@ class Registry:
         if not attrs.has(cls.Options):
             raise PluginError(f"{cls.__qualname__}.Options must be an attrs class")
         dist, version, plugin = self._source
-        if cls.name in self._methods:
-            other = self._methods[cls.name]
+        info = MethodInfo(cls.name, cls, dist, version, plugin)
+        target = self._methods if self._staged is None else self._staged
+        if cls.name in target:
+            other = target[cls.name]
             raise PluginError(
                 f"method {cls.name!r} from {dist} clashes with the one from {other.distribution} ({other.plugin})"
             )
+        core = self._methods.get(cls.name)
+        if self._staged is not None and core is not None and core.plugin == "builtin":  # never taken over
+            self.failures.append(PluginFailure(plugin, dist, version, (
+                f"method {cls.name!r} clashes with the one from {core.distribution} ({core.plugin}); it is not "
+                "registered (the plugin's other methods are)")))
+            return
         cls.Options.__method_name__ = cls.name  # type: ignore[attr-defined]  # for option error messages
-        self._methods[cls.name] = MethodInfo(cls.name, cls, dist, version, plugin)
+        target[cls.name] = info
+
+    def _commit(self, infos: Iterable[MethodInfo]) -> None:
+        """Register a loaded plugin's methods; a name another distribution already has becomes a
+        :class:`Conflict`, taken away from both."""
+        for info in infos:
+            self._qualified.setdefault(_qualified(info.distribution, info.name), info)
+            if info.name in self.conflicts:
+                old = self.conflicts[info.name]
+                self.conflicts[info.name] = Conflict(info.name, (*old.claimants, info))
+            elif info.name in self._methods:
+                self.conflicts[info.name] = Conflict(info.name, (self._methods.pop(info.name), info))
+            else:
+                self._methods[info.name] = info
 
     def get(self, name: str) -> MethodInfo:
+        """The method registered as ``name``, or as ``distribution:name``."""
+        dist, sep, short = name.partition(":")
+        if sep:
+            info = self._qualified.get(_qualified(dist, short))
+            if info is None and self._methods.get(short) is not None and _same(self._methods[short].distribution, dist):
+                info = self._methods[short]
+            if info is not None:
+                return info
+            sources = [i.distribution for i in self._qualified.values() if i.name == short]
+            raise UnknownMethodError(f"no method {short!r} from distribution {dist!r}; "
+                                     + (f"{short!r} comes from: {', '.join(sources)}" if sources else
+                                        f"installed methods: {', '.join(sorted(self._methods))}"))
+        if name in self.conflicts:
+            raise PluginError(self.conflicts[name].describe())
         try:
             return self._methods[name]
         except KeyError:
             hint = ""
             if self.failures:
                 hint = "; plugins that failed to load: " + ", ".join(f"{f.plugin} ({f.error})" for f in self.failures)
+            env = [f"{v}={os.environ[v]!r}" for v in ENV_VARS if os.environ.get(v)]
+            if env:
+                hint += f"; plugin loading is restricted by {', '.join(env)}"
             raise UnknownMethodError(
                 f"unknown method {name!r}; installed methods: {', '.join(sorted(self._methods)) or '(none)'}{hint}"
             ) from None
@@ -138,6 +202,18 @@ class Registry:
 
     def infos(self) -> list[MethodInfo]:
         return [self._methods[n] for n in self.names()]
+
+
+def _norm(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _same(a: str, b: str) -> bool:
+    return _norm(a) == _norm(b)
+
+
+def _qualified(dist: str, name: str) -> str:
+    return f"{_norm(dist)}:{name}"
 
 
 def _version(dist: str) -> str:
@@ -151,7 +227,7 @@ def _env_list(var: str) -> set[str] | None:
     raw = os.environ.get(var)
     if raw is None:
         return None
-    return {x.strip() for x in raw.split(",") if x.strip()}
+    return {_norm(x.strip()) for x in raw.split(",") if x.strip()}
 
 
 def _hook_api_failure(module: Any) -> str | None:
@@ -179,37 +255,55 @@ def discover() -> Registry:
     if os.environ.get("MTOFRAME_DISABLE_PLUGIN_AUTOLOAD"):
         return registry
     allow, block = _env_list("MTOFRAME_PLUGINS"), _env_list("MTOFRAME_DISABLE_PLUGINS")
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    for ep in eps:
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
-        keys = {ep.name, dist}
+        keys = {_norm(ep.name), _norm(dist)}
         if (allow is not None and not keys & allow) or (block is not None and keys & block):
             continue
-        try:
-            module = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not take the others down
-            registry.failures.append(
-                PluginFailure(ep.name, dist, version, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            )
-            continue
-        reason = _hook_api_failure(module)
-        if reason:
-            registry.failures.append(PluginFailure(ep.name, dist, version, reason))
-            continue
-        registry._source = (dist, version, ep.name)
-        before = dict(registry._methods)
-        try:
-            pm.register(module, name=f"ep:{ep.name}")
-            pm.subset_hook_caller("mtoframe_register", remove_plugins=[p for p in pm.get_plugins() if p is not module])(
-                registry=registry
-            )
-        except Exception as exc:
-            registry._methods = before  # all or nothing per plugin
-            registry.failures.append(
-                PluginFailure(ep.name, dist, version, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-            )
+        _load_plugin(registry, pm, ep, dist, version)
     registry._source = ("mtoframe", _version("mtoframe"), "builtin")
+    known = {_norm(k) for ep in eps for k in (ep.name, ep.dist.name if ep.dist is not None else "?")}
+    for var, names in (("MTOFRAME_PLUGINS", allow), ("MTOFRAME_DISABLE_PLUGINS", block)):
+        for name in sorted((names or set()) - known):
+            registry.failures.append(PluginFailure(name, "?", "?", (
+                f"{var} names {name!r}, which is no installed plugin's entry point or distribution; "
+                f"installed: {', '.join(sorted(known)) or '(none)'}")))
     return registry
+
+
+def _load_plugin(registry: Registry, pm: pluggy.PluginManager, ep: Any, dist: str, version: str) -> None:
+    """Import and register one entry point; any failure (``sys.exit`` included, a real Ctrl-C
+    excepted) is recorded against it and nothing of it is registered."""
+    def fail(error: str, detail: str = "") -> None:
+        registry.failures.append(PluginFailure(ep.name, dist, version, error, detail))
+
+    try:
+        module = ep.load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a broken third-party plugin must not take the others down
+        fail(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return
+    reason = _hook_api_failure(module)
+    if reason:
+        fail(reason)
+        return
+    registry._source, registry._staged = (dist, version, ep.name), {}
+    try:
+        pm.register(module, name=f"ep:{ep.name}")
+        pm.subset_hook_caller("mtoframe_register", remove_plugins=[p for p in pm.get_plugins() if p is not module])(
+            registry=registry
+        )
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # all or nothing per plugin
+        fail(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    else:
+        registry._commit(registry._staged.values())
+    finally:
+        registry._staged = None
 
 
 _lock = threading.Lock()

@@ -12,17 +12,19 @@ import pluggy
 import torch
 from torch import Tensor, nn
 
-from . import hookspecs
+from . import checks, hookspecs
 from .amp import MixedPrecision
 from .api import as_method
+from .checkpoint import FORMAT, check_plain, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .checkpoint import rng_state, save_atomic, set_rng_state
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, OptionError
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
 from .model import MultiTaskModel, Task, check_tasks
+from .nonfinite import nonfinite_detail, warn_first_skip
+from .resume import check_finite_model, check_fits, checkpoint_errors
 from .tblog import RunLogger, is_rank_zero, step_scalars
 
 STEP_HOOKS = ("on_representation", "on_task_losses", "on_shared_grads", "on_after_step")
@@ -39,12 +41,13 @@ class Trainer:
         or every step.
     :param log_dir: TensorBoard run directory (written on rank 0 only); ``None`` logs nothing.
     :param log_every: write step scalars every this many steps.
-    :param nonfinite: ``"raise"`` (name the task and step) or ``"skip"`` (skip and count the
-        update) when a loss or the update is NaN/inf. Either way parameters never become NaN.
-        The check reads its flags on the host (as ``GradScaler.step`` does): once for the losses
-        and regularisers together and, with gradient methods, once for the update: the deliberate
-        exception to "no host sync outside logging steps", because a skip decided on the device
-        would still move Adam's moments.
+    :param nonfinite: ``"raise"`` (name the task, parameters and step) or ``"skip"`` (skip and
+        count the update) when a loss, the update or a gradient is NaN/inf. Either way parameters
+        never become NaN. The check reads its flags on the host (as ``GradScaler.step`` does):
+        once after the backward for losses, regularisers and gradients together, or, with
+        gradient methods, once for the losses and once for the update and gradients: the
+        deliberate exception to "no host sync outside logging steps", because a skip decided on
+        the device would still move Adam's moments. See ``docs/failures.md``.
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
         (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
     :param plugins: extra hook implementations (observers) called after the methods.
@@ -89,6 +92,7 @@ class Trainer:
         tasks = list(tasks)
         check_tasks(model, tasks)
         _check_optimizer(optimizer)
+        checks.check_optimizer_params(optimizer, model)
         self.model = model
         self.tasks = tasks
         self.task_names = tuple(t.name for t in tasks)
@@ -100,6 +104,7 @@ class Trainer:
         self.progress = progress
 
         self.stack: list[Method] = [as_method(m) for m in methods]
+        checks.check_stack_order(self.stack)
         check_generic_stack(self.stack)  # before any step: an impossible stack never trains
         self.space = next((m.grad_space for m in self.stack if m.grad_space is not None), None)
         self.engine = GradientEngine(model.shared_parameters(), batched=batched_grads) if self._needs_engine() else None
@@ -114,6 +119,7 @@ class Trainer:
         self.plugin_manager.add_hookspecs(hookspecs)
         self._members: list[tuple[str, object]] = [(m.name, m) for m in self.stack]
         self._members += [(getattr(p, "name", type(p).__name__), p) for p in plugins]
+        checks.check_hookimpls(self._members)
         for i, (name, obj) in enumerate(self._members):
             self.plugin_manager.register(obj, name=f"{i}:{name}")
         self._callers = {hook: self._ordered_callers(hook) for hook in (*STEP_HOOKS, "on_train_start", "on_epoch_end")}
@@ -131,13 +137,13 @@ class Trainer:
     def _needs_engine(self) -> bool:
         return self.space is not None or any(m.saliency != "none" for m in self.stack)
 
-    def _ordered_callers(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
+    def _ordered_callers(self, hook: str) -> list[tuple[str, object, Callable[..., Any]]]:
         impls = {id(i.plugin) for i in getattr(self.plugin_manager.hook, hook).get_hookimpls()}
         out = []
         for name, obj in self._members:
             if id(obj) in impls:
                 others = [o for _, o in self._members if o is not obj]
-                out.append((name, self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)))
+                out.append((name, obj, self.plugin_manager.subset_hook_caller(hook, remove_plugins=others)))
         return out
 
     def _hparams(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -170,15 +176,17 @@ class Trainer:
     def _call(self, hook: str, timed: StepContext | None, **kwargs: Any) -> None:
         """Call ``hook`` on each stack member in the user's order; record each call's time in
         ``timed.timings`` and name the method and hook on failure."""
-        for name, caller in self._callers[hook]:
+        for name, obj, caller in self._callers[hook]:
             t0 = time.perf_counter()
+            before = checks.hook_state(timed) if timed is not None else None
             try:
                 caller(**kwargs)
-            except MtoError:
+            except (MtoError, KeyboardInterrupt):
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit in a plugin's hook is a plugin failure too
                 raise MethodError(f"method {name!r} failed in hook {hook}: {type(exc).__name__}: {exc}") from exc
             if timed is not None:
+                checks.check_hook_effects(hook, name, obj, timed, before)  # type: ignore[arg-type]
                 self._sync(timed)
                 timed.timings[f"{hook}/{name}"] = (time.perf_counter() - t0) * 1e3
 
@@ -193,6 +201,7 @@ class Trainer:
         """One optimisation step on ``(inputs, {task: target})``; returns the step's context."""
         self.start()
         inputs, targets, present, slices = self._split_batch(batch)
+        checks.check_inputs(inputs, self.model)
         ctx = self._new_context(present)
         ctx.inputs, ctx.targets, ctx.slices = inputs, targets, slices
         t_step = time.perf_counter()
@@ -211,8 +220,10 @@ class Trainer:
         ctx.losses = ctx.raw_losses = self._union_losses(ctx, torch.stack(ctx.task_losses))
         self._call("on_task_losses", ctx, ctx=ctx)
 
-        # 3. gradients: one backward, or per-task gradients -> gradient methods -> update
-        if self._nonfinite(ctx, ctx.losses, *ctx.extra_losses.values(), what="loss"):
+        # 3. gradients: one backward, or per-task gradients -> gradient methods -> update. The
+        # finiteness of losses and gradients is read once per path, before the optimiser step.
+        losses = (ctx.losses, *ctx.extra_losses.values())
+        if (self.space is not None or self.amp.scaler is not None) and self._nonfinite(ctx, *losses, what="loss"):
             return self._skip(ctx, t_step)
         t0 = time.perf_counter()
         if self.space is None:
@@ -220,18 +231,20 @@ class Trainer:
             self.amp.scale(objective).backward()
             if self.comm is not None:
                 self.comm.reduce_grads([*self.model.parameters(), *self._method_params])
+            if self.amp.scaler is None and self._nonfinite(ctx, *losses, what="loss", grads=self._grads()):
+                return self._skip(ctx, t_step)
         elif self.amp.scaler is not None and not bool(ctx.grads_finite()):
             assert self.engine is not None  # scaled G overflowed: solvers never see it; the scaler skips
             self.amp.mark_overflow(self.engine.shared)
         else:
             self._call("on_shared_grads", ctx, ctx=ctx)
             update = ctx.update if ctx.update is not None else ctx.grads.sum(0)
-            if self._nonfinite(ctx, update, what="update"):
-                return self._skip(ctx, t_step)
             assert self.engine is not None
             self.engine.apply(ctx, update, self._non_shared_parameters())
             if self.comm is not None:
                 self.comm.reduce_grads(self._rank_local_grads(ctx))
+            if self._nonfinite(ctx, update, what="update", grads=self._grads()):
+                return self._skip(ctx, t_step)
         self._sync(ctx)
         ctx.timings["backward"] = (time.perf_counter() - t0) * 1e3
 
@@ -331,6 +344,7 @@ class Trainer:
         by_name = {t.name: t for t in self.tasks}
         values = []
         for name in present:
+            checks.check_target(name, preds[name], targets[name])
             try:
                 value = by_name[name].loss(preds[name], targets[name])
             except Exception as exc:
@@ -364,24 +378,32 @@ class Trainer:
         if ctx.logging and self.amp.scaler is not None:
             ctx.log("amp/scale", self.amp.scaler.get_scale())
 
-    def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str) -> bool:
-        # One host read for all the values; the price of never letting NaN reach the parameters.
-        bad = (~torch.stack([torch.isfinite(v.detach()).all() for v in values])).tolist()
+    def _grads(self) -> list[Tensor]:
+        """Gradients the optimiser would apply; none under a GradScaler, whose own inf check
+        already skips the step (and a scaled overflow is not a policy violation)."""
+        if self.amp.scaler is not None:
+            return []
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _nonfinite(self, ctx: StepContext, *values: Tensor, what: str, grads: Sequence[Tensor] = ()) -> bool:
+        # One host read for all the values and gradients; the price of never letting NaN reach
+        # the parameters. The 2-norms are one fused kernel on CUDA (and vectorised on CPU) but
+        # overflow from ~1e19: a flagged gradient is confirmed by the exact max-abs norm.
+        flags = [torch.isfinite(v.detach()).all() for v in values]
+        if grads:
+            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(list(grads)))).all())
+        bad = (~torch.stack(flags)).tolist()
+        if grads and bad[-1]:
+            bad[-1] = not bool(torch.isfinite(torch.stack(torch._foreach_norm(list(grads), float("inf")))).all())
         if self.comm is not None:  # every rank must take the same branch (collectives follow)
             bad = self.comm.any(bad, ctx.device)
         if not any(bad):
             return False
         if self.nonfinite == "raise":
-            if what == "loss" and bad[0]:
-                culprits = [t for t, ok in zip(ctx.tasks, torch.isfinite(ctx.losses.detach()).tolist()) if not ok]
-                detail = f"task(s) {culprits}"
-            elif what == "loss":
-                detail = "regulariser(s) " + str([n for n, v in ctx.extra_losses.items() if not torch.isfinite(v).all()])
-            else:
-                detail = f"the update from {[m.name for m in self.stack if m.grad_space]}"
-            raise NonFiniteLossError(
-                f"non-finite {what} at step {ctx.step}: {detail}; nonfinite='skip' skips such steps instead"
-            )
+            raise NonFiniteLossError(f"non-finite {nonfinite_detail(self, ctx, bad, what)}; "
+                                     "nonfinite='skip' skips such steps instead")
+        if not self.counters["skipped_steps"]:
+            warn_first_skip(self, ctx, bad, what)
         return True
 
     def _skip(self, ctx: StepContext, t_step: float) -> StepContext:
@@ -431,7 +453,7 @@ class Trainer:
 
         from .metrics import summarise
 
-        if not isinstance(epochs, int) or epochs < 1:
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             raise OptionError(f"epochs must be a positive integer, got {epochs!r}")
         self.start()
         train = shard_loader(train)
@@ -442,11 +464,15 @@ class Trainer:
             sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
-            for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
+            batches = 0
+            for batches, batch in enumerate(tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable), 1):
                 ctx = self.step(batch)
                 if ctx.raw_losses is not None:
                     sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())
                     counts.index_add_(0, ctx.task_ids, torch.ones_like(sums[: len(ctx.tasks)]))
+            if not batches:
+                raise OptionError(f"the training data yielded no batches in epoch {self.epoch}; "
+                                  "fit needs a non-empty iterable of batches")
             means, seen = (sums / counts.clamp_min(1)).tolist(), (counts > 0).tolist()
             stats: dict[str, Any] = {
                 "epoch": self.epoch,
@@ -507,8 +533,9 @@ class Trainer:
         parameter groups), scheduler, step and epoch, counters, history, every method's state and
         the global RNG states."""
         return {
-            "format": 1,
+            "format": FORMAT,
             "stack": [m.name for m in self.stack],
+            "optimizer_class": type(self.optimizer).__name__,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -524,9 +551,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        stack = [m.name for m in self.stack]
-        if state.get("stack") != stack:
-            raise MtoError(f"checkpoint was written by the stack {state.get('stack')}, this trainer has {stack}")
+        check_fits(state, [m.name for m in self.stack], self.optimizer)
         self.model.load_state_dict(state["model"])
         # on_train_start registers method parameter groups; the optimiser state expects them
         self.start()
@@ -552,15 +577,27 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
-    def save_checkpoint(self, path: str | Path) -> None:
-        """Write a checkpoint atomically (rank 0 only); it loads with ``weights_only=True``."""
+    def save_checkpoint(self, path: str | Path, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Write a checkpoint atomically (rank 0 only); it loads with ``weights_only=True``.
+        ``meta`` (plain values, e.g. the run's config) is stored beside the state. Refuses, keeping
+        the previous file, a model with non-finite values or state a weights-only load refuses."""
         if is_rank_zero():
-            save_atomic(self.state_dict(), path)
+            check_finite_model(self.model, path)
+            state = self.state_dict()
+            for name, method_state in state["methods"].items():
+                check_plain(method_state, f"the state of method {name!r}")
+            if meta is not None:
+                check_plain(dict(meta), "the checkpoint's meta")
+                state["meta"] = dict(meta)
+            save_atomic(state, path)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer."""
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer; a file that
+        is unreadable or does not fit raises one :class:`CheckpointError` naming it."""
         ref = next(self.model.parameters())
-        self.load_state_dict(load_checkpoint(path, map_location=ref.device))
+        state = load_checkpoint(path, map_location=ref.device)
+        with checkpoint_errors(path):
+            self.load_state_dict(state)
 
     def close(self) -> None:
         if self.logger is not None:

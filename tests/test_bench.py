@@ -4,40 +4,49 @@ of ``bench --quick`` at tiny sizes producing a well-formed results.json."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 
 import pytest
 import torch
 
 import mtoframe
-from mtoframe.bench import timing
+from mtoframe.bench import stats, timing
 from mtoframe.bench.quality import mean_ranks
 from mtoframe.bench.workloads import default_stacks, parse_stacks
 from mtoframe.errors import MtoError
 
 
-def test_quantiles_median_iqr():
+def test_summarise_times_quantiles_median_iqr():
     xs = [float(v) for v in (7, 1, 10, 3, 2, 9, 4, 8, 6, 5)]
-    assert timing.median(xs) == 5.5
-    assert timing.quantile(xs, 0.25) == 3.25 and timing.quantile(xs, 0.75) == 7.75
-    assert timing.iqr(xs) == 4.5
-    assert timing.median([3.0]) == 3.0 and timing.iqr([3.0]) == 0.0
+    s = stats.summarise_times(xs)
+    assert s["median_ms"] == 5.5 and s["q25_ms"] == 3.25 and s["q75_ms"] == 7.75 and s["iqr_ms"] == 4.5
+    assert s["mean_ms"] == 5.5 and s["min_ms"] == 1.0 and s["n"] == 10
+    assert stats.summarise_times([3.0])["iqr_ms"] == 0.0
     with pytest.raises(MtoError):
-        timing.median([])
+        stats.summarise_times([])
 
 
-def test_block_mean_carries_periodic_work_that_the_median_hides():
-    # a method that solves every 4th step: 1 ms, 1, 1, 9, ...
-    xs = [1.0, 1.0, 1.0, 9.0] * 5 + [100.0]  # plus a stray slow step (partial block, dropped)
-    assert timing.median(xs) == 1.0
-    assert timing.block_mean(xs, 4) == 3.0
-    assert timing.block_mean(xs, 1) == timing.median(xs)
-    # one block spoiled by an outlier does not move the median over blocks
-    ys = [1.0, 1.0, 1.0, 9.0] * 4 + [1.0, 1.0, 1.0, 500.0]
-    assert timing.block_mean(ys, 4) == 3.0
-    assert timing.block_mean([2.0, 4.0], 5) == 3.0  # fewer than a block: plain mean
-    s = timing.summarise_times(xs, 4)
-    assert s["median_ms"] == 1.0 and s["block_mean_ms"] == 3.0 and s["n"] == 21
+def test_a_round_times_a_whole_update_period_so_periodic_work_is_in_every_round():
+    # a method that does 2 ms of extra work every 3rd step: one step per round (the old timing)
+    # would put it in a third of the rounds, and the median over rounds would hide it
+    calls = {"n": 0}
+
+    def step():
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            time.sleep(0.002)
+
+    times = timing.run_interleaved([timing.Contender("m", step, period=3)], rounds=6, warmup=1)
+    assert calls["n"] == 3 * 7
+    assert min(times.wall["m"]) >= 2.0 / 3  # ms per step: every round holds one slow step
+
+
+def test_cpu_time_leaves_out_waiting():
+    times = timing.run_interleaved([timing.Contender("sleep", lambda: time.sleep(0.02))], rounds=3, warmup=0)
+    assert min(times.wall["sleep"]) >= 20.0
+    assert max(times.cpu["sleep"]) < 10.0
 
 
 def test_update_period_reads_every_options():
@@ -62,7 +71,7 @@ def test_interleaving_runs_each_contender_once_per_round_in_shuffled_orders():
     calls: list[str] = []
     cs = [timing.Contender(n, (lambda n=n: calls.append(n))) for n in "abcd"]
     times = timing.run_interleaved(cs, rounds=6, warmup=2, seed=3)
-    assert all(len(v) == 6 for v in times.values())
+    assert all(len(v) == 6 for v in times.wall.values()) and all(len(v) == 6 for v in times.cpu.values())
     rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
     assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)
     assert len({tuple(r) for r in rounds}) > 1
@@ -88,6 +97,19 @@ def test_peak_memory_counts_tensors_alive_together_not_the_total_allocated():
     assert sum(s for s in sizes if s > 0) >= 3 * 4 * n
     mib, how = timing.peak_memory(step, device=torch.device("cpu"), repeats=2)
     assert 8.0 <= mib < 8.1, (mib, how)
+    # measured inside the interleaved run (last warm-up round) instead of in a separate pass
+    keep = {}
+
+    def step_keeping_grad_like_state():  # frees the previous call's tensor, as a trainer frees .grad
+        keep["prev"] = None
+        keep["prev"] = torch.ones(n // 4)  # 1 MiB alive between steps
+        return step()
+
+    times = timing.run_interleaved([timing.Contender("a", step), timing.Contender("b", step_keeping_grad_like_state)],
+                                   rounds=1, warmup=0, memory=True)
+    assert 8.0 <= times.peak_mib["a"] < 8.1 and times.mem_method == how
+    separate, _ = timing.peak_memory(step_keeping_grad_like_state, device=torch.device("cpu"))
+    assert times.peak_mib["b"] == pytest.approx(separate) and 8.0 <= separate < 8.1  # the free of "prev" is seen
 
 
 def _step_peak(method, *, batch: int, width: int = 256) -> tuple[float, int, int]:
@@ -135,6 +157,18 @@ def test_mean_ranks_with_ties():
 TINY = ["--quick", "--size", "16", "--batch", "4", "--width", "4", "--rounds", "4", "--warmup", "1", "--threads", "1"]
 
 
+def per_round_cpu(r, ew):
+    return [x["cpu_ms"] / e["cpu_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
+
+
+def test_headline_clock():
+    from mtoframe.bench.speed import headline_clock
+
+    assert headline_clock(torch.device("cpu"), 1) == "cpu"
+    assert headline_clock(torch.device("cpu"), 2) == "wall"  # CPU time would sum the threads
+    assert headline_clock(torch.device("cuda"), 1) == "wall"  # CPU time misses the kernels
+
+
 def test_bench_quick_smoke(tmp_path, monkeypatch, one_thread):
     from mtoframe.cli import main
 
@@ -144,26 +178,39 @@ def test_bench_quick_smoke(tmp_path, monkeypatch, one_thread):
     rc = main(["bench", *TINY, "--methods", methods, "--out", str(tmp_path / "out")])
     assert rc == 0
     records = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert isinstance(records, list) and sorted(r["stack"] for r in records) == sorted(methods.split(","))
+    assert isinstance(records, list)
+    assert sorted(r["stack"] for r in records) == sorted(methods.split(",") + ["ew#2"])
+    ew = next(r for r in records if r["stack"] == "ew")
     for r in records:
         assert r["error"] is None
-        assert len(r["times_ms"]) == 4 and r["median_ms"] > 0 and r["block"] >= 1
+        assert len(r["rounds"]) == 4 and r["ms_median"] > 0 and r["cpu_ms_median"] > 0
         assert r["environment"]["torch"] == torch.__version__
         assert r["workload"]["name"] == "scenes"
-        assert r["ratio_to_ew"] == pytest.approx(r["block_mean_ms"] / next(x for x in records if x["stack"] == "ew")["block_mean_ms"])
-    ew = next(r for r in records if r["stack"] == "ew")
-    assert ew["ratio_to_ew"] == 1.0 and ew["ratio_to_ew_median"] == 1.0
+        # the headline is the median of the per-round paired ratios, kept raw in the file; one
+        # thread on CPU: its clock is process CPU time, wall time is beside it
+        assert r["run"]["headline"] == "cpu"
+        for clock in ("cpu", "wall"):
+            per_round = [x[f"{clock}_ms"] / e[f"{clock}_ms"] for x, e in zip(r["rounds"], ew["rounds"])]
+            assert r[f"ratio_to_ew_{clock}"] == pytest.approx(statistics.median(per_round))
+            low, high = r[f"ratio_to_ew_{clock}_ci"]
+            assert min(per_round) <= low <= r[f"ratio_to_ew_{clock}"] <= high <= max(per_round)
+        assert [x["ratio_to_ew"] for x in r["rounds"]] == pytest.approx(per_round_cpu(r, ew))
+        assert (r["ratio_to_ew"], r["ratio_to_ew_ci"]) == (r["ratio_to_ew_cpu"], r["ratio_to_ew_cpu_ci"])
+        assert isinstance(r["noise"], list)
+    assert ew["ratio_to_ew"] == 1.0 and ew["ratio_to_ew_ci"] == [1.0, 1.0]
+    assert next(r for r in records if r["stack"] == "ew#2")["kind"] == "reference"
     for r in records:
         assert r["peak_mem_mib"] > 0 and "profiler" in r["mem_method"]
     if extra:  # per-task gradients: at least the T×P matrix more than EW
         assert next(x for x in records if x["stack"] == extra[0])["peak_mem_mib"] > ew["peak_mem_mib"]
-    assert "peak MiB" in (tmp_path / "out" / "results.md").read_text().splitlines()[0]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.startswith("| stack |") and "× EW CPU (headline)" in md.splitlines()[0] and "peak MiB" in md.splitlines()[0]
+    assert "noise check: EW against itself" in md
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tb = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
     tb.Reload()
-    assert "bench/peak_mem_mib/ew" in tb.Tags()["scalars"]
-    assert (tmp_path / "out" / "results.md").read_text().startswith("| stack |")
+    assert "bench/peak_mem_mib/ew" in tb.Tags()["scalars"] and "bench/ratio_to_ew_cpu/ew" in tb.Tags()["scalars"]
     assert any((tmp_path / "out" / "tensorboard").iterdir())
 
 
@@ -173,8 +220,33 @@ def test_bench_manytask(tmp_path, one_thread):
     rc = main(["bench", "--quick", "--tasks", "5", "--batch", "8", "--rounds", "3", "--warmup", "1", "--threads", "1",
                "--methods", "ew", "--no-memory", "--out", str(tmp_path)])
     assert rc == 0
-    (rec,) = json.loads((tmp_path / "results.json").read_text())
+    rec, again = json.loads((tmp_path / "results.json").read_text())
+    assert rec["stack"] == "ew" and again["stack"] == "ew#2"
     assert rec["workload"]["tasks"] == 5 and rec["peak_mem_mib"] is None
+
+
+@pytest.mark.parametrize("bad", ["file", "file/sub"])
+def test_out_that_cannot_be_written_fails_first_with_a_clear_error(tmp_path, monkeypatch, capsys, bad):
+    from mtoframe.cli import main
+
+    (tmp_path / "file").write_text("not a directory")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTOFRAME_CACHE", str(cache))
+    for extra in ([], ["--quality"]):
+        assert main(["bench", *TINY, *extra, "--methods", "ew", "--out", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {tmp_path / bad}" in err and "not a directory" in err
+    assert not cache.exists()  # failed before generating any data
+
+
+def test_out_is_created_with_its_parents_before_the_run(tmp_path, monkeypatch):
+    from mtoframe.bench import report
+
+    assert report.writable_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and not list((tmp_path / "a" / "b").iterdir())  # probe removed
+    monkeypatch.setattr("tempfile.mkstemp", lambda **kw: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(MtoError, match="not writable"):
+        report.writable_dir(tmp_path / "a" / "b")
 
 
 def test_unknown_method_is_an_error(tmp_path, monkeypatch, capsys):

@@ -15,16 +15,16 @@ from mtoframe.bench import toy
 
 
 def torch_toy(x: torch.Tensor, scale=(1.0, 1.0)) -> torch.Tensor:
-    """METHODS.md's toy written literally (torch.max as in the reference code)."""
+    """METHODS.md's toy written literally, with ``torch.clamp`` for its max(·, ·) as the reference
+    code (whose gradient passes at the tie, unlike ``torch.max``'s, which halves it)."""
     x1, x2 = x[..., 0], x[..., 1]
-    low = torch.full_like(x1, 5e-6)
-    zero = torch.zeros_like(x1)
-    f1 = torch.log(torch.max((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), low)) + 6
-    f2 = torch.log(torch.max((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), low)) + 6
+    low = 5e-6
+    f1 = torch.log(torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), low)) + 6
+    f2 = torch.log(torch.clamp((0.5 * (-x1 + 3) + torch.tanh(-x2) + 2).abs(), low)) + 6
     g1 = ((-x1 + 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
     g2 = ((-x1 - 7) ** 2 + 0.1 * (-x2 - 8) ** 2) / 10 - 20
-    c1 = torch.max(torch.tanh(0.5 * x2), zero)
-    c2 = torch.max(torch.tanh(-0.5 * x2), zero)
+    c1 = torch.clamp(torch.tanh(0.5 * x2), 0)
+    c2 = torch.clamp(torch.tanh(-0.5 * x2), 0)
     return torch.stack([(c1 * f1 + c2 * g1) * scale[0], (c1 * f2 + c2 * g2) * scale[1]], -1)
 
 
@@ -48,8 +48,9 @@ def test_known_values():
     assert G[0, 0, 0] == 0.0 and G[0, 1, 0] == 0.0
     f1 = f2 = np.log(3.5) + 6  # |0.5·(−7) − tanh 0| = |0.5·3 + tanh 0 + 2| = 3.5
     g = (49 + 0.1 * 64) / 10 - 20
-    assert G[0, 0, 1] == pytest.approx(0.25 * f1 - 0.25 * g, rel=1e-12)
-    assert G[0, 1, 1] == pytest.approx(0.25 * f2 - 0.25 * g, rel=1e-12)
+    # torch.clamp passes the gates' full gradient (1/2 · sech² 0) at the tie x2 = 0
+    assert G[0, 0, 1] == pytest.approx(0.5 * f1 - 0.5 * g, rel=1e-12)
+    assert G[0, 1, 1] == pytest.approx(0.5 * f2 - 0.5 * g, rel=1e-12)
     # far up the x2 axis c1 = tanh(10), c2 = 0 and f1 = log|0 - tanh(-20)| + 6 = log(tanh 20) + 6
     assert L[1, 0] == pytest.approx(np.tanh(10.0) * (np.log(np.tanh(20.0)) + 6), rel=1e-12)
 
@@ -125,6 +126,17 @@ def test_nashmtl_closed_form_solves_the_bargaining_equations():
     for s in range(3):
         alpha = np.linalg.lstsq(G[s].T, d[s], rcond=None)[0]
         np.testing.assert_allclose(alpha * (G[s] @ G[s].T @ alpha), 1.0, rtol=1e-10)
+
+
+def test_protocol_b_cagrad_reaches_the_front_from_every_start():
+    """Protocol (b) runs CAGrad as the Nash-MTL/FAMO toy code (×T, then clipped to norm 1):
+    it reaches the Pareto set from all five starts (35k Adam steps, the protocol's budget)."""
+    if "cagrad" not in mtoframe.available():
+        pytest.skip("cagrad is not installed")
+    res = toy.run_protocol(toy.PROTOCOLS["b"], ["cagrad"], record_every=35_000)
+    r = res["methods"]["cagrad"]
+    assert r["options"]["scale_by_tasks"] is True and r["options"]["max_norm"] == 1.0
+    assert r["reached"] == 5, r["endpoints"]
 
 
 def test_adam_loop_equals_torch_adam():

@@ -35,7 +35,7 @@ from ..metrics import delta_m, delta_p_task, task_directions
 from ..method import Method
 from ..trainer import Trainer
 from . import report
-from .stats import mean_ci, verdict
+from .stats import difference_verdict, mean_ci
 from .workloads import to_device
 
 CHECKPOINT_RULE = "last epoch (no model selection on validation data)"
@@ -265,7 +265,7 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
             "delta_p_task_ci": d_ci,
             "vs_ew": v_mean,
             "vs_ew_ci": v_ci,
-            "verdict": "reference" if label == "ew" else verdict(tuple(v_ci)),
+            "verdict": "reference" if label == "ew" else difference_verdict(v_ci),
             "metrics": means[label],
             "metrics_vs_ew": metric_diffs,
             "delta_m": statistics.fmean(delta_m(keep(per[s]["test"]), keep(stl[s]["test"]), kept) for s in seeds),
@@ -281,7 +281,7 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
             both = [s for s in seeds if s in runs[base]]
             b_mean, b_ci = _ci([dp(label, s, "test") - dp(base, s, "test") for s in both])
             records[-1].update({"base": base, "vs_base": b_mean, "vs_base_ci": b_ci,
-                                "vs_base_verdict": verdict(tuple(b_ci))})
+                                "vs_base_verdict": difference_verdict(b_ci)})
     records.sort(key=lambda r: (r["stack"] != "ew", -r["delta_p_task"]))
     return {
         "dataset": cfg.data,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import MtoError
+
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], *, align: str | None = None) -> str:
     """A plain-text table; numbers right-aligned (``align``: one of 'l'/'r' per column)."""
@@ -46,6 +48,26 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def writable_dir(path: Path, *, option: str = "--out") -> Path:
+    """Create ``path`` (with parents) and check that a file can be written in it, before any work
+    starts: a run must not end, after minutes, in a directory it cannot write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "it or a parent exists and is not a directory" if isinstance(exc, (FileExistsError, NotADirectoryError)) \
+            else (exc.strerror or str(exc))
+        raise MtoError(f"{option} {path}: cannot create the output directory ({what}); "
+                       f"give a directory that can be created and written") from exc
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mtoframe-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MtoError(f"{option} {path}: the directory is not writable ({exc.strerror or exc}); "
+                       f"give a directory that can be written") from exc
+    return path
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic write: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,11 +98,13 @@ class Panel:
 
     values: Sequence[float | None]
     xlabel: str
-    errors: Sequence[float] | None = None
+    #: symmetric half-widths, or [below, above] distances (matplotlib's ``xerr``)
+    errors: Sequence[float] | Sequence[Sequence[float]] | None = None
     reference: float | None = None
 
 
-def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], *, errors: Sequence[float] | None = None,
+def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], *,
+              errors: Sequence[float] | Sequence[Sequence[float]] | None = None,
               xlabel: str, title: str, reference: float | None = None) -> bool:
     return bar_panels(path, labels, [Panel(values, xlabel, errors, reference)], title=title)
 

@@ -12,8 +12,14 @@ import torch
 from ..api import create
 from ..errors import MtoError
 from ..trainer import Trainer
-from .timing import Contender, environment, peak_memory, run_interleaved, summarise_times, update_period
+from . import stats
+from .timing import Contender, environment, run_interleaved, update_period
 from .workloads import Workload
+
+#: the baseline of every ratio, and the name of its second copy, timed in every round too: the
+#: paired ratio of EW to itself is the run's own measure of how noisy the machine was
+BASELINE = "ew"
+BASELINE_AGAIN = "ew#2"
 
 
 def adam(params: Any, lr: float) -> torch.optim.Optimizer:
@@ -22,13 +28,11 @@ def adam(params: Any, lr: float) -> torch.optim.Optimizer:
 
 @attrs.define
 class SpeedConfig:
-    rounds: int = 50
-    warmup: int = 5
-    min_block: int = 5
+    rounds: int = attrs.field(default=30, validator=attrs.validators.ge(2))
+    warmup: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     lr: float = 1e-4
     seed: int = 0
     memory: bool = True
-    memory_repeats: int = 3
     device: str = "cpu"
 
 
@@ -37,7 +41,8 @@ def stack_label(stack: Sequence[str]) -> str:
 
 
 def stack_contender(workload: Workload, stack: Sequence[str], *, lr: float,
-                    make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = adam) -> Contender:
+                    make_optimizer: Callable[[Any, float], torch.optim.Optimizer] = adam,
+                    name: str | None = None, kind: str = "mtoframe") -> Contender:
     """A trainer for ``stack`` on a fresh copy of the workload's model; raises what the trainer
     raises for an impossible stack."""
     methods = [create(n) for n in stack]
@@ -45,8 +50,16 @@ def stack_contender(workload: Workload, stack: Sequence[str], *, lr: float,
     trainer = Trainer(model, workload.tasks, methods, optimizer=make_optimizer(model.parameters(), lr),
                       progress=False)
     batch = workload.batch
-    return Contender(stack_label(stack), lambda: trainer.step(batch), period=update_period(methods),
-                     info={"methods": [repr(m) for m in methods], "trainer": trainer})
+    return Contender(name or stack_label(stack), lambda: trainer.step(batch), period=update_period(methods),
+                     kind=kind, info={"methods": [repr(m) for m in methods], "trainer": trainer})
+
+
+def does_ew_work_plus_more(record: dict[str, Any]) -> bool:
+    """True for an mtoframe stack other than EW: every such step runs EW's forward, a backward of
+    (a weighting of) the losses and the optimiser step, plus the methods' own work, so its time
+    cannot be below EW's; a ratio below 1 is noise. Peers are other implementations and may be
+    faster."""
+    return record.get("kind") == "mtoframe" and record["stack"] != BASELINE
 
 
 def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedConfig, *,
@@ -55,14 +68,15 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     """Time every stack (and peers) interleaved; return one record per contender.
 
     A stack that cannot be built or fails on its first step becomes a record with ``error``
-    (or raises when ``strict``, i.e. the user named it). EW is always timed: it is the
-    reference of ``ratio_to_ew``.
+    (or raises when ``strict``, i.e. the user named it). EW is always timed, twice per round:
+    it is the reference of ``ratio_to_ew``, and its second copy (``ew#2``, kind ``reference``)
+    measures the noise of a ratio that should be 1.
     """
     say = progress or (lambda s: None)
     device = torch.device(cfg.device)
     stacks = [list(s) for s in stacks]
-    if ["ew"] not in stacks:
-        stacks.insert(0, ["ew"])
+    if [BASELINE] not in stacks:
+        stacks.insert(0, [BASELINE])
     contenders: list[Contender] = []
     failed: list[dict[str, Any]] = []
     for stack in stacks:
@@ -71,12 +85,15 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
             c = stack_contender(workload, stack, lr=cfg.lr)
             c.step()  # first step outside the timing: builds solvers, lazy state, fails early
         except MtoError as exc:
-            if strict or label == "ew":
+            if strict or label == BASELINE:
                 raise
             say(f"skipping {label}: {exc}")
             failed.append({"stack": label, "kind": "mtoframe", "error": f"{type(exc).__name__}: {exc}"})
             continue
         contenders.append(c)
+    again = stack_contender(workload, [BASELINE], lr=cfg.lr, name=BASELINE_AGAIN, kind="reference")
+    again.step()
+    contenders.append(again)
     if "torchjd" in peers:
         from .peers import torchjd_contenders
 
@@ -95,8 +112,8 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     if unknown_peers:
         raise MtoError(f"unknown peer(s) {unknown_peers}; available: torchjd")
 
-    block = max([cfg.min_block] + [c.period for c in contenders])
-    say(f"timing {len(contenders)} contenders: {cfg.warmup} warm-up + {cfg.rounds} interleaved rounds, block {block}")
+    say(f"timing {len(contenders)} contenders: {cfg.warmup} warm-up + {cfg.rounds} interleaved rounds"
+        + ("; peak memory from the last warm-up round" if cfg.memory else ""))
     t0 = time.perf_counter()
 
     def tick(r: int) -> None:
@@ -104,38 +121,72 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
             say(f"round {r + 1}/{cfg.rounds} ({time.perf_counter() - t0:.0f} s)")
 
     times = run_interleaved(contenders, rounds=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, device=device,
-                            on_round=tick)
-    stats = {name: summarise_times(ts, block) for name, ts in times.items()}
-    mem: dict[str, tuple[float, str]] = {}
-    if cfg.memory:
-        say("measuring peak memory")
-        for c in contenders:
-            mem[c.name] = peak_memory(c.step, device=device, repeats=cfg.memory_repeats)
+                            memory=cfg.memory, on_round=tick)
+    elapsed_s = time.perf_counter() - t0
+    wall = stats.paired_ratios_ci(times.wall, BASELINE, seed=cfg.seed)
+    cpu = stats.paired_ratios_ci(times.cpu, BASELINE, seed=cfg.seed)
     env = environment(device)
-    ew = stats["ew"]
+    clock = headline_clock(device, torch.get_num_threads())
+    run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "elapsed_s": elapsed_s, "memory_s": times.memory_s,
+           "confidence": stats.CONFIDENCE, "headline": clock}
     records: list[dict[str, Any]] = []
+    ew_head = (times.cpu if clock == "cpu" else times.wall)[BASELINE]
     for c in contenders:
-        s = stats[c.name]
+        w, u = wall[c.name], cpu[c.name]
+        head = u if clock == "cpu" else w
         rec: dict[str, Any] = {
             "stack": c.name,
             "kind": c.kind,
-            "ratio_to_ew": s["block_mean_ms"] / ew["block_mean_ms"],
-            "ratio_to_ew_median": s["median_ms"] / ew["median_ms"],
-            **s,
-            "block": block,
+            "ratio_to_ew": head.value,
+            "ratio_to_ew_ci": head.interval,
+            "ratio_to_ew_wall": w.value,
+            "ratio_to_ew_wall_ci": w.interval,
+            "ratio_to_ew_cpu": u.value,
+            "ratio_to_ew_cpu_ci": u.interval,
+            "ms_median": stats.summarise_times(times.wall[c.name])["median_ms"],
+            "cpu_ms_median": stats.summarise_times(times.cpu[c.name])["median_ms"],
+            "wall_summary": stats.summarise_times(times.wall[c.name]),
             "period": c.period,
-            "rounds": cfg.rounds,
-            "warmup": cfg.warmup,
-            "peak_mem_mib": mem[c.name][0] if c.name in mem else None,
-            "mem_method": mem[c.name][1] if c.name in mem else None,
+            "rounds": [{"wall_ms": a, "cpu_ms": b, "ratio_to_ew": (b if clock == "cpu" else a) / e}
+                       for a, b, e in zip(times.wall[c.name], times.cpu[c.name], ew_head)],
+            "peak_mem_mib": times.peak_mib.get(c.name),
+            "mem_method": times.mem_method,
             "methods": c.info.get("methods", [c.info.get("aggregator", "")]),
             "workload": {"name": workload.name, **workload.info},
             "environment": env,
-            "times_ms": times[c.name],
+            "run": run,
             "error": None,
         }
+        rec["noise"] = noise_flags(rec)
         records.append(rec)
     for f in failed:
         records.append({**f, "ratio_to_ew": None, "workload": {"name": workload.name, **workload.info},
-                        "environment": env})
+                        "environment": env, "run": run})
     return records
+
+
+def headline_clock(device: torch.device, threads: int) -> str:
+    """The clock of ``ratio_to_ew``: process CPU time for a single-threaded run on CPU, wall time
+    otherwise.
+
+    With one thread on CPU the two clocks measure the same work, and on an idle machine they
+    agree; on a busy one the wall clock adds the time the process waited for a core, which
+    belongs to the other jobs, not to the method. With more threads CPU time sums them (and
+    their spinning), and on CUDA it misses the kernels: there wall time is the measure.
+    """
+    return "cpu" if device.type == "cpu" and threads == 1 else "wall"
+
+
+def noise_flags(record: dict[str, Any]) -> list[str]:
+    """What makes a record's ratio unreliable: ``below_ew`` (a stack that does EW's work plus
+    more measured faster than EW, wall or CPU), ``wide`` (the headline interval's half-width
+    above ``stats.NOISY_HALF_WIDTH`` of the ratio), ``no_interval`` (too few rounds)."""
+    flags = []
+    if does_ew_work_plus_more(record) and min(record["ratio_to_ew_wall"], record["ratio_to_ew_cpu"]) < 1:
+        flags.append("below_ew")
+    ci = record["ratio_to_ew_ci"]
+    if ci is None:
+        flags.append("no_interval")
+    elif (ci[1] - ci[0]) / 2 > stats.NOISY_HALF_WIDTH * record["ratio_to_ew"]:
+        flags.append("wide")
+    return flags

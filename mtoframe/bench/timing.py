@@ -1,80 +1,27 @@
-"""Head-to-head step timing: interleaved rounds, robust statistics, peak memory.
+"""Head-to-head step timing: interleaved rounds of wall and CPU time, peak memory.
 
 Every contender (an mtoframe stack or a peer implementation) owns its own copy of the same
 initial model and steps on the same batch. Each round runs every contender once, in a freshly
 shuffled order, so drifts of the machine (thermal, other processes) hit all contenders alike
-instead of whichever happened to run last.
+instead of whichever happened to run last. The statistics of the rounds are in
+:mod:`mtoframe.bench.stats`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 import torch
 
 from ..errors import MtoError
-
-
-# -- statistics ----------------------------------------------------------------------------------
-
-
-def median(xs: Sequence[float]) -> float:
-    return quantile(xs, 0.5)
-
-
-def quantile(xs: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default, ``torch.quantile``'s too)."""
-    if not xs:
-        raise MtoError("quantile of an empty sample")
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def iqr(xs: Sequence[float]) -> float:
-    return quantile(xs, 0.75) - quantile(xs, 0.25)
-
-
-def block_mean(xs: Sequence[float], block: int) -> float:
-    """Median of the means of consecutive, non-overlapping blocks of ``block`` samples.
-
-    A method that does extra work every k-th step (Nash-MTL with ``update_weights_every=k``)
-    has a per-step median that hides that work; the mean over a block of at least k steps
-    carries it, and the median over blocks stays robust to a stray slow step. A trailing partial
-    block is dropped; with fewer than ``block`` samples this is the plain mean.
-    """
-    if not xs:
-        raise MtoError("block mean of an empty sample")
-    if block < 1:
-        raise MtoError(f"block must be >= 1, got {block}")
-    n = len(xs) // block
-    if n == 0:
-        return sum(xs) / len(xs)
-    return median([sum(xs[i * block:(i + 1) * block]) / block for i in range(n)])
-
-
-def summarise_times(times_ms: Sequence[float], block: int) -> dict[str, float]:
-    return {
-        "median_ms": median(times_ms),
-        "iqr_ms": iqr(times_ms),
-        "q25_ms": quantile(times_ms, 0.25),
-        "q75_ms": quantile(times_ms, 0.75),
-        "block_mean_ms": block_mean(times_ms, block),
-        "mean_ms": sum(times_ms) / len(times_ms),
-        "min_ms": min(times_ms),
-        "n": float(len(times_ms)),
-    }
 
 
 # -- contenders ----------------------------------------------------------------------------------
@@ -85,14 +32,31 @@ class Contender:
     """Something that can take one training step: ``step()`` runs it on the shared batch.
 
     ``period`` is its longest state-update period in steps (1 when it does the same work every
-    step); the block mean uses the largest period among all contenders.
+    step). Each timed round runs ``period`` consecutive steps of it and records their mean, so
+    work done every k-th step (Nash-MTL's ``update_weights_every=k``) is in every round's time
+    instead of in one round out of k, where a median over rounds would hide it.
     """
 
     name: str
     step: Callable[[], Any]
-    period: int = 1
+    period: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     kind: str = "mtoframe"
     info: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RoundTimes:
+    """Per-step times of every contender in every timed round (ms): ``wall`` from
+    ``time.perf_counter``, ``cpu`` from ``time.process_time`` (this process's CPU time, all
+    threads: waiting for a core held by another process does not count)."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    #: peak memory of one round's steps (MiB) per contender, when measured, how, and the wall
+    #: time the measuring took
+    peak_mib: dict[str, float] = attrs.field(factory=dict)
+    mem_method: str | None = None
+    memory_s: float = 0.0
 
 
 def update_period(methods: Sequence[Any]) -> int:
@@ -113,34 +77,65 @@ def _sync(device: torch.device) -> None:
 
 
 def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int, seed: int = 0,
-                    device: torch.device | None = None,
-                    on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
-    """Run ``warmup`` untimed and ``rounds`` timed rounds; return per-contender step times (ms)."""
+                    device: torch.device | None = None, memory: bool = False,
+                    on_round: Callable[[int], None] | None = None) -> RoundTimes:
+    """Run ``warmup`` untimed and ``rounds`` timed rounds, every contender once per round in a
+    shuffled order; return per-contender, per-round step times.
+
+    ``memory``: in the last untimed round (at least one is run), each contender's steps run
+    under :func:`peak_memory` instead, which gives its peak memory without a separate pass."""
     if rounds < 1:
         raise MtoError(f"rounds must be >= 1, got {rounds}")
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise MtoError(f"contender names must be unique, got {names}")
     device = device or torch.device("cpu")
+    untimed = max(warmup, 1) if memory else warmup
     order = list(contenders)
     rng = random.Random(seed)
-    times: dict[str, list[float]] = {c.name: [] for c in contenders}
-    for r in range(warmup + rounds):
+    wall: dict[str, list[float]] = {c.name: [] for c in contenders}
+    cpu: dict[str, list[float]] = {c.name: [] for c in contenders}
+    peaks: dict[str, float] = {}
+    method = None
+    memory_s = 0.0
+    for r in range(untimed + rounds):
         rng.shuffle(order)
         for c in order:
+            if memory and r == untimed - 1:
+                m0 = time.perf_counter()
+                peaks[c.name], method = peak_memory(lambda c=c: _steps(c), device=device)
+                memory_s += time.perf_counter() - m0
+                continue
             _sync(device)
-            t0 = time.perf_counter()
-            c.step()
+            t0, c0 = time.perf_counter(), time.process_time()
+            _steps(c)
             _sync(device)
-            if r >= warmup:
-                times[c.name].append((time.perf_counter() - t0) * 1e3)
+            t1, c1 = time.perf_counter(), time.process_time()
+            if r >= untimed:
+                wall[c.name].append((t1 - t0) * 1e3 / c.period)
+                cpu[c.name].append((c1 - c0) * 1e3 / c.period)
         if on_round is not None:
-            on_round(r - warmup)
-    return times
+            on_round(r - untimed)
+    return RoundTimes(wall, cpu, peaks, method, memory_s)
+
+
+def _steps(c: Contender) -> None:
+    for _ in range(c.period):
+        c.step()
 
 
 # -- memory --------------------------------------------------------------------------------------
 
 
-def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 3) -> tuple[float, str]:
+CPU_METHOD = "cpu profiler peak of live tensor bytes"
+CUDA_METHOD = "cuda max_memory_allocated delta"
+
+
+def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int = 1) -> tuple[float, str]:
     """Peak extra memory of one step in MiB (maximum over ``repeats`` steps) and how it was measured.
+
+    A step's allocations do not depend on the machine's load, so one step per stack suffices
+    (the default); on CPU it costs two profiled steps (see below), a few percent of the timing.
 
     CUDA: ``max_memory_allocated`` above what was allocated before the step.
     CPU: the step runs under ``torch.profiler`` with ``profile_memory=True``; the peak of the
@@ -161,26 +156,36 @@ def peak_memory(step: Callable[[], Any], *, device: torch.device, repeats: int =
             step()
             torch.cuda.synchronize(device)
             best = max(best, torch.cuda.max_memory_allocated(device) - base)
-        return best / 2**20, "cuda max_memory_allocated delta"
+        return best / 2**20, CUDA_METHOD
     # The first profiled step misses the frees of tensors allocated before profiling began (the
     # previous step's gradients, set to None in this one) and would read too high: discarded.
-    # Collecting garbage first keeps frees of earlier steps' cyclic garbage out of the step.
     # c10 warns of those missed frees on stderr; the warning is about this discarded step.
-    gc.collect()
-    with _quiet_stderr_fd():
-        cpu_allocations(step)
-    peaks = []
-    for _ in range(repeats):
-        gc.collect()
-        peaks.append(allocation_peak(cpu_allocations(step)))
-    return max(peaks) / 2**20, "cpu profiler peak of live tensor bytes"
+    # The cyclic garbage collector is paused so that it cannot free earlier steps' garbage inside
+    # a measured step (collecting it first instead took half a second per call in a process
+    # holding a few dozen trainers, more than the steps).
+    with _gc_paused():
+        with _quiet_stderr_fd():
+            cpu_allocations(step)
+        peaks = [allocation_peak(cpu_allocations(step)) for _ in range(repeats)]
+    return max(peaks) / 2**20, CPU_METHOD
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
     """Signed sizes (bytes; negative = free) of the CPU tensor allocations made while ``fn``
     runs, in time order, as recorded by the PyTorch profiler.
 
-    A free of a tensor allocated before the first profiled call is not seen."""
+    A free of a tensor allocated before the call is not seen."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -247,8 +252,3 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def ratios(stats: Mapping[str, Mapping[str, float]], baseline: str, key: str) -> dict[str, float]:
-    base = stats[baseline][key]
-    return {name: s[key] / base for name, s in stats.items()}

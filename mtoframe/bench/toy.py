@@ -35,7 +35,8 @@ def toy_losses_and_grads(x: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> 
     dth = -(1.0 - th**2)  # d tanh(-x2) / dx2
     a1 = 0.5 * (-x1 - 7.0) - th
     a2 = 0.5 * (-x1 + 3.0) + th + 2.0
-    live1, live2 = np.abs(a1) > LOW, np.abs(a2) > LOW
+    # torch.clamp(|a|, low), as the reference code: the gradient passes where |a| >= low
+    live1, live2 = np.abs(a1) >= LOW, np.abs(a2) >= LOW
     f1 = np.log(np.maximum(np.abs(a1), LOW)) + 6.0
     f2 = np.log(np.maximum(np.abs(a2), LOW)) + 6.0
     # d log|a| = da / a, zero where the max(., low) floor is active
@@ -51,10 +52,11 @@ def toy_losses_and_grads(x: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> 
     sech2 = 1.0 - t**2
     c1, c2 = np.maximum(t, 0.0), np.maximum(-t, 0.0)
     zero = np.zeros_like(x1)
-    # torch.max(a, b) splits the gradient evenly on a tie; the reference code's max(tanh, 0)
-    # ties at x2 = 0, which is what moves the (0, 0) start at all.
-    share1 = np.where(t > 0, 1.0, np.where(t == 0, 0.5, 0.0))
-    share2 = np.where(t < 0, 1.0, np.where(t == 0, 0.5, 0.0))
+    # The reference code gates with torch.clamp(tanh(±x2/2), 0), whose gradient passes where the
+    # input is >= 0: at the tie x2 = 0 both gates pass their full gradient (torch.max would
+    # split it in half). That gradient is what moves the (0, 0) start at all.
+    share1 = np.where(t >= 0, 1.0, 0.0)
+    share2 = np.where(t <= 0, 1.0, 0.0)
     dc1 = np.stack([zero, share1 * 0.5 * sech2], -1)
     dc2 = np.stack([zero, -share2 * 0.5 * sech2], -1)
     l1 = c1 * f1 + c2 * g1
@@ -92,9 +94,12 @@ PROTOCOLS = {
     "a": Protocol("a", "(a) CAGrad protocol: unscaled losses, 100k Adam steps", (1.0, 1.0),
                   ((-8.5, 7.5), (-8.5, 5.0), (0.0, 0.0), (9.0, 9.0), (10.0, -8.0)), 100_000,
                   overrides={"cagrad": {"c": 0.5}, "famo": {"gamma": 0.0}}),
+    # CAGrad in (b) as the Nash-MTL/FAMO toy code runs it: c = 0.4, update multiplied by T, then
+    # its norm clipped to 1 (their CAGrad clips after writing the update)
     "b": Protocol("b", "(b) Nash-MTL/FAMO protocol: loss 1 scaled by 0.1, 35k Adam steps (FAMO 50k)", (0.1, 1.0),
                   ((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)), 35_000,
-                  overrides={"famo": {"gamma": 0.0}}, method_steps={"famo": 50_000}),
+                  overrides={"cagrad": {"scale_by_tasks": True, "max_norm": 1.0}, "famo": {"gamma": 0.0}},
+                  method_steps={"famo": 50_000}),
 }
 
 
@@ -107,6 +112,13 @@ Direction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)
+
+
+def _clip(d: np.ndarray, max_norm: float) -> np.ndarray:
+    """Each row of ``d`` clipped to ``max_norm`` with ``clip_grad_norm_``'s coefficient (0: off)."""
+    if max_norm <= 0:
+        return d
+    return d * np.minimum(1.0, max_norm / (np.sqrt(_dot(d, d))[:, None] + 1e-6))
 
 
 def ew_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direction:
@@ -163,6 +175,7 @@ def cagrad_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Di
     c = float(opts.get("c", 0.4))
     rescale = int(opts.get("rescale", 1))
     by_tasks = bool(opts.get("scale_by_tasks", False))
+    max_norm = float(opts.get("max_norm", 0.0))
 
     def step(G: np.ndarray, L: np.ndarray) -> np.ndarray:
         g1, g2 = G[:, 0], G[:, 1]
@@ -188,7 +201,7 @@ def cagrad_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Di
         nw = np.sqrt(_dot(gw, gw))[:, None]
         d = g0 + np.where(nw > 0, k[:, None] / np.where(nw > 0, nw, 1.0), 0.0) * gw
         d = d / {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
-        return d * 2.0 if by_tasks else d
+        return _clip(d * 2.0 if by_tasks else d, max_norm)
 
     return step
 
@@ -208,11 +221,7 @@ def nashmtl_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> D
             alpha = 1.0 / (np.maximum(norms, 1e-300) * np.sqrt(np.maximum(1 + cos, 1e-300))[:, None])
             state["alpha"] = np.where(ok[:, None], alpha, state["alpha"])
         state["calls"] += 1
-        d = (state["alpha"][:, :, None] * G).sum(1)
-        if max_norm > 0:
-            nd = np.sqrt(_dot(d, d))[:, None]
-            d = d * np.minimum(1.0, max_norm / (nd + 1e-6))
-        return d
+        return _clip((state["alpha"][:, :, None] * G).sum(1), max_norm)
 
     return step
 

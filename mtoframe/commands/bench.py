@@ -4,6 +4,8 @@ Default: per-step time and peak memory of every installed method and of Rep-MTL 
 embedded ``scenes`` data (``--tasks T``: the ``manytask`` regression). ``--quality``: train
 single-task baselines and every stack for a fixed budget over several seeds and compare
 ``Δp_task`` with paired 95% intervals against EW (``--data scenes`` or ``multimnist``).
+``--compare OLD NEW``: per-stack change between two timing runs' ``results.json``, with verdicts
+(``--fail-on-regression PCT`` for CI).
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     for key in ("size", "batch", "width", "rounds", "warmup"):
         p.add_argument(f"--{key}", type=int, help=f"override ({'/'.join(map(str, SPEED_SIZES[key]))} full/quick)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's); 1 is steadier on a loaded machine")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak memory (measured in the last warm-up round)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for timing on CPU, steadier and "
+                   "far faster on a loaded machine; torch's default for --quality)")
     q = p.add_argument_group("quality")
     q.add_argument("--data", choices=("scenes", "multimnist"), default="scenes",
                    help="quality dataset: the embedded scenes or MultiMNIST from real digits "
@@ -60,6 +63,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     q.add_argument("--n-test", type=int, help="test images or pairs (scenes 256/128, multimnist 2000/1000)")
     q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
     p.add_argument("--cache-dir", help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
+    c = p.add_argument_group("compare two timing runs")
+    c.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
+                   help="compare two results.json files: per-stack change of the ratio to EW, with verdicts")
+    c.add_argument("--fail-on-regression", type=float, metavar="PCT",
+                   help="with --compare: exit 1 when a stack is slower beyond noise by more than PCT percent")
     return p
 
 
@@ -89,11 +97,22 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..bench.report import writable_dir
     from ..errors import OptionError
 
+    if args.fail_on_regression is not None and args.compare is None:
+        raise OptionError("--fail-on-regression needs --compare OLD NEW")
+    if args.compare is not None:
+        from ..bench.compare import run_compare
+
+        return run_compare(*args.compare, fail_on_regression=args.fail_on_regression, stream=sys.stdout)
+    if args.threads is not None and args.threads < 1:
+        raise OptionError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is None and not args.quality and args.device == "cpu":
+        # spinning OpenMP workers of two threads make a step up to ten times slower when another
+        # process holds a core; the paired ratios are what the timing run reports
+        args.threads = 1
     if args.threads is not None:
-        if args.threads < 1:
-            raise OptionError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     cores = os.cpu_count() or 1
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > cores:
@@ -108,12 +127,15 @@ def run(args: argparse.Namespace) -> int:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if peers and args.quality:
         raise OptionError("--peers applies to timing only")
+    if args.rounds is not None and args.rounds < 2:
+        raise OptionError(f"--rounds must be >= 2 (an interval over rounds needs two), got {args.rounds}")
+    writable_dir(args.out)  # before any work: a run must not fail at its end for want of a directory
     return run_quality(args) if args.quality else run_timing(args, peers)
 
 
 def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
-    from ..bench import report
     from ..bench.speed import SpeedConfig, run_speed
+    from ..bench.speed_report import write_speed_report
     from ..bench.workloads import manytask_workload, scenes_workload
 
     stacks, strict = _stacks(args)
@@ -131,43 +153,21 @@ def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
     workload.to(_device(args.device))
     cfg = SpeedConfig(rounds=_pick(args, "rounds", SPEED_SIZES), warmup=_pick(args, "warmup", SPEED_SIZES),
                       lr=args.lr if args.lr is not None else 1e-4, seed=args.seed, memory=not args.no_memory,
-                      device=args.device, memory_repeats=1 if args.quick else 3)
+                      device=args.device)
     info = ", ".join(f"{k}={v}" for k, v in workload.info.items())
-    print(f"mtoframe bench: {workload.name} ({info}) on {args.device}, Adam lr {cfg.lr}", flush=True)
+    print(f"mtoframe bench: {workload.name} ({info}) on {args.device}, {_threads()} thread(s), Adam lr {cfg.lr}",
+          flush=True)
     records = run_speed(workload, stacks, cfg, peers=peers, strict=strict,
                         progress=lambda s: print(f"  {s}", flush=True))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    ok = sorted((r for r in records if r["error"] is None), key=lambda r: r["ratio_to_ew"])
-    rows = [[r["stack"], r["median_ms"], r["iqr_ms"], r["block_mean_ms"], r["ratio_to_ew"], r["ratio_to_ew_median"],
-             r["peak_mem_mib"]] for r in ok]
-    header = ["stack", "median ms", "IQR ms", "block mean ms", "x EW", "x EW (median)", "peak MiB"]
-    print()
-    print(report.table(rows, header))
-    block = ok[0]["block"]
-    print(f"\nx EW = block mean / EW's block mean (blocks of {block} steps, median over blocks); "
-          f"{cfg.rounds} interleaved rounds after {cfg.warmup} warm-up; peak MiB: {ok[0]['mem_method'] or 'not measured'}.")
-    for r in records:
-        if r["error"] is not None:
-            print(f"not timed: {r['stack']}: {r['error']}")
-    report.write_json(out / "results.json", records)
-    (out / "results.md").write_text(report.markdown_table(rows, header) + "\n")
-    panels = [report.Panel([r["ratio_to_ew"] for r in ok], f"step time / EW (block mean, {block}-step blocks)",
-                           reference=1.0)]
-    if cfg.memory:
-        panels.append(report.Panel([r["peak_mem_mib"] for r in ok], "peak memory of a step (MiB)"))
-    png = report.bar_panels(out / "bench.png", [r["stack"] for r in ok], panels,
-                            title=f"mtoframe bench on {workload.name} ({args.device})")
-    scalars = {}
-    for r in ok:
-        for key in ("median_ms", "iqr_ms", "block_mean_ms", "ratio_to_ew", "peak_mem_mib"):
-            scalars[f"bench/{key}/{r['stack']}"] = r[key]
-    report.tensorboard_scalars(out / "tensorboard", scalars,
-                               series={f"bench/step_ms/{r['stack']}": r["times_ms"] for r in ok},
-                               text={"bench/table": report.markdown_table(rows, header)})
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'bench.png'}" if png else "")
-          + f" and TensorBoard scalars in {out / 'tensorboard'}")
-    return 1 if strict and len(ok) < len(records) else 0
+    write_speed_report(records, args.out, title=f"mtoframe bench on {workload.name} ({args.device})",
+                       memory=cfg.memory, stream=sys.stdout)
+    return 1 if strict and any(r["error"] is not None for r in records) else 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _device(name: str) -> Any:

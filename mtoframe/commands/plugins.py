@@ -1,4 +1,5 @@
-"""``mtoframe plugins [--json]``: installed methods and plugins that failed to load."""
+"""``mtoframe plugins [--json]``: installed methods, plugins that failed to load, and method
+names claimed by more than one distribution."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def run(args: argparse.Namespace) -> int:
     methods = [i.describe() for i in reg.infos()]
     failures = [{"plugin": f.plugin, "distribution": f.distribution, "version": f.version, "error": f.error}
                 for f in reg.failures]
+    conflicts = [{"name": c.name, "distributions": [i.distribution for i in c.claimants], "message": c.describe()}
+                 for c in reg.conflicts.values()]
     if args.json:
-        print(json.dumps({"methods": methods, "failures": failures}, indent=2))
+        print(json.dumps({"methods": methods, "failures": failures, "conflicts": conflicts}, indent=2))
         return 0
     width = max(len(m["name"]) for m in methods)
     for m in methods:
@@ -31,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'':<{width}}  options: {opts}")
     for f in failures:
         print(f"FAILED {f['plugin']} ({f['distribution']} {f['version']}): {f['error']}")
+    for c in conflicts:
+        print(f"CONFLICT {c['name']}: {c['message']}")
     return 0

@@ -16,10 +16,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("toy-results"), help="output directory (default: %(default)s)")
     p.add_argument("--protocol", choices=("a", "b", "both"), default="both")
     p.add_argument("--methods", help="comma-separated methods (default: every installed method the toy applies to)")
-    p.add_argument("--steps", type=int, help="override the step budget of the protocols (per-method budgets scale along)")
+    p.add_argument("--steps", type=_positive, help="override the step budget of the protocols (per-method budgets scale along)")
     p.add_argument("--quick", action="store_true", help="a tenth of the protocols' steps")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (RLW)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of steps, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of steps, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

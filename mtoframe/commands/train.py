@@ -15,11 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RunConfig, flat, load_config
 from ..errors import OptionError
+from ..outputs import check_outputs, write_output
+from ..resume import apply_changes, checkpoint_errors, config_changes
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a stack of methods from a TOML config",
-                       description=(__doc__ or "").split("\n\n")[0])
+                       description=(__doc__ or "").split("\n\n")[0],
+                       epilog="Generated data (data name 'scenes') is cached under $MTOFRAME_CACHE, by default "
+                              "~/.cache/mtoframe, unless the config's [data] cache_dir says where.")
     p.add_argument("config", help="TOML run configuration (see mtoframe/config.py for the keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one dotted key, e.g. --set optimizer.lr=3e-4 (repeatable)")
@@ -31,10 +35,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    history = train(cfg, resume=args.resume, echo=print)
-    if args.history:
-        Path(args.history).write_text(json.dumps(history, indent=2))
+    train(cfg, resume=args.resume, echo=print, config_path=args.config, history_path=args.history)
     return 0
+
+
+def resolve_methods(cfg: RunConfig) -> list[Any]:
+    """The config's stack as configured methods, checked by the stacking rule: a mistyped name,
+    a bad option or an impossible stack fails here, before any data is generated or loaded."""
+    from ..api import as_method
+    from ..checks import check_stack_order
+    from ..method import check_generic_stack
+
+    methods = [as_method(m) for m in cfg.methods]
+    check_stack_order(methods)
+    check_generic_stack(methods)
+    return methods
 
 
 def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
@@ -164,16 +179,28 @@ def make_optimizer(cfg: RunConfig, params: Iterable[torch.nn.Parameter]) -> torc
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
 
 
-def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dict[str, Any]]:
-    """Train as the config says; returns the trainer's history (one dict per epoch)."""
+def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path: str | None = None,
+          history_path: str | None = None) -> list[dict[str, Any]]:
+    """Train as the config says; returns the trainer's history (one dict per epoch), also
+    written to ``history_path`` when given. Every output path is checked before data is built."""
     from ..trainer import Trainer
 
     try:
         device = torch.device(cfg.device)
     except RuntimeError as exc:
         raise OptionError(f"option 'device' of the run config is not a torch device: {cfg.device!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"option 'device' = {cfg.device!r}, but this torch {torch.__version__} has no usable CUDA "
+                          "device; use device = \"cpu\" or a CUDA build of torch")
     if resume and cfg.checkpoint is None:
         raise OptionError("--resume needs checkpoint = \"PATH\" in the config")
+    methods = resolve_methods(cfg)
+    outputs = check_outputs({"config file": config_path}, {
+        "checkpoint": cfg.checkpoint,
+        "history file (<log_dir>/history.json)": Path(cfg.log_dir, "history.json") if cfg.log_dir else None,
+        "--history file": history_path,
+    })
+    saved = _resume_state(cfg, device) if resume else None
     torch.manual_seed(cfg.seed)
     model, tasks, train_ds, val_ds = build_run(cfg)
     model.to(device)
@@ -190,11 +217,14 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
         train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
                               drop_last=len(train_ds) > cfg.batch_size, num_workers=workers)
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
-    trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
+    trainer = Trainer(model, tasks, methods, optimizer=make_optimizer(cfg, model.parameters()),
                       log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
                       progress=cfg.progress, hparams=flat(cfg))
-    if resume and Path(cfg.checkpoint).exists():  # type: ignore[arg-type]
-        trainer.load_checkpoint(cfg.checkpoint)  # type: ignore[arg-type]
+    if saved is not None:
+        state, changes = saved
+        with checkpoint_errors(cfg.checkpoint):  # type: ignore[arg-type]
+            trainer.load_state_dict(state)
+        apply_changes(changes, trainer.optimizer, echo)
         if echo:
             echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
     stack = "+".join(m.name for m in trainer.stack) or "ew"
@@ -206,12 +236,27 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None) -> list[dic
             t0 = time.perf_counter()
             trainer.fit(_OnDevice(train_dl, device), epochs=1, val=_OnDevice(val_dl, device))
             if cfg.checkpoint is not None:
-                trainer.save_checkpoint(cfg.checkpoint)
+                trainer.save_checkpoint(cfg.checkpoint, meta={"config": flat(cfg)})
             if echo:
                 echo(format_epoch(trainer.history[-1], cfg.epochs, time.perf_counter() - t0))
-    if cfg.log_dir is not None:
-        Path(cfg.log_dir, "history.json").write_text(json.dumps(trainer.history, indent=2))
+    for what, path in outputs.items():
+        if what != "checkpoint":
+            write_output(path, json.dumps(trainer.history, indent=2), what)
     return trainer.history
+
+
+def _resume_state(cfg: RunConfig, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The checkpoint to resume from (``None`` when there is none yet) and the config changes to
+    apply; a change that cannot be applied is refused before any data is built."""
+    from ..checkpoint import load
+
+    assert cfg.checkpoint is not None
+    if not Path(cfg.checkpoint).exists():
+        return None
+    state = load(cfg.checkpoint, map_location=device)
+    meta = state.get("meta")
+    saved = meta.get("config") if isinstance(meta, dict) else None
+    return state, config_changes(saved, flat(cfg), cfg.checkpoint)
 
 
 def _size(ds: Any) -> int:

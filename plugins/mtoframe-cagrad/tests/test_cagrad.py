@@ -206,3 +206,24 @@ def test_missing_backend_fails_at_train_start(monkeypatch):
     trainer = factories.make_trainer([CAGrad()])
     with pytest.raises(SolverError, match="mtoframe\\[solvers\\]"):
         trainer.start()
+
+
+def test_overflowed_gram_matrix_is_a_counted_failure_not_a_silent_mean():
+    m = CAGrad()
+    m.weights = np.full(2, 0.5)
+    gram = np.array([[np.inf, 1.0], [1.0, 2.0]])
+    with pytest.warns(SolverWarning, match="non-finite Gram"):
+        u = m.coefficients(gram, np.arange(2))
+    assert m.failures.count == 1
+    np.testing.assert_allclose(u, np.full(2, 0.5) / (1 + 0.4**2))
+
+
+def test_max_norm_clips_the_update_as_the_nash_mtl_famo_copy():
+    g = torch.randn(3, 12, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 5
+    d = mtoframe.aggregate(CAGrad(scale_by_tasks=True), g)
+    clipped = mtoframe.aggregate(CAGrad(scale_by_tasks=True, max_norm=1.0), g)
+    assert float(d.norm()) > 1.0
+    torch.testing.assert_close(clipped, d * (1.0 / (d.norm() + 1e-6)))
+    assert CAGrad(max_norm=1.0).scale_degree is None and CAGrad().scale_degree == 1.0
+    with pytest.raises(OptionError, match="max_norm"):
+        CAGrad(max_norm=-1.0)

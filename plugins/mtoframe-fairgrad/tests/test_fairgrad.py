@@ -179,8 +179,43 @@ def test_training_continues_after_failures_and_logs(monkeypatch, tmp_path):
     trainer.close()
 
 
-def test_heads_receive_unweighted_gradients():
-    factories.assert_heads_get_unweighted_gradients(FairGrad())
+def test_official_heads_receive_unweighted_gradients():
+    factories.assert_heads_get_unweighted_gradients(FairGrad(variant="official"))
+
+
+def _libmtl_fairgrad_weights(k: np.ndarray, alpha: float) -> np.ndarray:
+    """LibMTL's solve, written from its formula: bounded least squares of ``K w − (1/w)^(1/α)``
+    from ``1/T`` on the raw Gram matrix."""
+    from scipy.optimize import least_squares
+
+    T = k.shape[0]
+    res = least_squares(lambda w: k @ w - (1.0 / w) ** (1.0 / alpha), np.full(T, 1.0 / T), bounds=(0, np.inf),
+                        xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    return res.x
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_libmtl_step_equals_libmtl_shared_and_heads(alpha):
+    """One trainer step equals LibMTL's: shared parameters get ``Σ w_t g_t`` and every head the
+    gradient of ``w_t L_t`` (LibMTL back-propagates ``Σ w_t L_t``), in float64."""
+    model = factories.make_vector_model()
+    batch = factories.make_batch(model)
+    x, targets = batch
+    shared = list(model.encoder.parameters())
+    z = model.encoder(x)
+    losses = [((model.heads[t](z) - targets[t]) ** 2).mean() for t in model.heads]
+    rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
+    G = torch.stack(rows)
+    w = _libmtl_fairgrad_weights((G @ G.T).numpy(), alpha)
+    heads_expected = {t: [wt * g for g in torch.autograd.grad(loss, list(model.heads[t].parameters()), retain_graph=True)]
+                      for wt, t, loss in zip(w, model.heads, losses)}
+    trainer = factories.make_trainer([FairGrad(alpha=alpha)], model=model)
+    factories.step_keeping_grads(trainer, batch)
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    torch.testing.assert_close(got, torch.from_numpy(w) @ G, rtol=1e-6, atol=1e-9)
+    for t in model.heads:
+        for p, e in zip(model.heads[t].parameters(), heads_expected[t]):
+            torch.testing.assert_close(p.grad, e, rtol=1e-6, atol=1e-9)
 
 
 def test_options_validated():

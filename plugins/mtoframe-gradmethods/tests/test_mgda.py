@@ -116,3 +116,39 @@ def test_heads_weighted_option():
     (w * losses).sum().backward(inputs=model.head_parameters())
     for a, b in zip(got, model.head_parameters()):
         assert torch.allclose(a, b.grad, atol=1e-12)
+
+
+def _two_task_min_norm(K: torch.Tensor) -> torch.Tensor:
+    """Min-norm point of the segment [g1, g2] from its Gram matrix (closed form)."""
+    w1 = ((K[1, 1] - K[0, 1]) / (K[0, 0] - 2 * K[0, 1] + K[1, 1])).clamp(0.0, 1.0)
+    return torch.stack([w1, 1 - w1])
+
+
+@pytest.mark.parametrize("rep_rows", ["flatten", "batch_sum"])
+def test_mgda_ub_rows_as_sener_koltun_or_libmtl(rep_rows):
+    """``flatten`` (Sener & Koltun): weights from the whole ∂L_t/∂Z; ``batch_sum`` (LibMTL's
+    rep_grad): weights from Σ_b ∂L_t/∂Z_b, applied to the full per-sample gradients."""
+    model = make_conv_model(tasks=("a", "b"), seed=4)
+    x, y = make_batch(model, seed=7)
+    trainer = make_trainer([("mgda", {"space": "representation", "rep_rows": rep_rows})], model=model, lr=0.0)
+    trainer.step((x, y))
+    got = torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters()])
+    model.zero_grad()
+    z = model.encoder(x)
+    losses = [((model.heads[t](z) - y[t]) ** 2).mean() for t in model.heads]
+    per = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0] for loss in losses])  # T×B×C×H×W
+    flat = per.reshape(2, -1)
+    summed = per.reshape(2, per.shape[1], -1).sum(1)
+    w_flat, w_sum = _two_task_min_norm(flat @ flat.T), _two_task_min_norm(summed @ summed.T)
+    assert not torch.allclose(w_flat, w_sum, atol=1e-3)  # the two references differ on this batch
+    w = w_flat if rep_rows == "flatten" else w_sum
+    expected = torch.autograd.grad(z, list(model.encoder.parameters()), grad_outputs=(w @ flat).view_as(z))
+    torch.testing.assert_close(got, torch.cat([e.reshape(-1) for e in expected]), rtol=1e-9, atol=1e-12)
+
+
+def test_batch_sum_rows_need_representation_space_and_a_trainer():
+    with pytest.raises(mtoframe.errors.OptionError, match="rep_rows.*space='representation'"):
+        mtoframe.create("mgda", rep_rows="batch_sum")
+    m = mtoframe.create("mgda", space="representation", rep_rows="batch_sum")
+    with pytest.raises(mtoframe.errors.MtoError, match="batch_sum.*trainer"):
+        mtoframe.aggregate(m, torch.randn(2, 6, dtype=torch.float64))

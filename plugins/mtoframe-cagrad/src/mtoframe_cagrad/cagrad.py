@@ -14,6 +14,12 @@ multiplies by the number of tasks; LibMTL does not, default off). ``c = 0.4`` is
 NYUv2 value (LibMTL's default is 0.5). ``c = 0`` gives ``g0`` exactly (no solve); as ``c`` grows
 ``w*`` tends to the min-norm (MGDA) weights and ``d`` to the MGDA direction.
 
+``max_norm`` (default 0: off, as the official CAGrad code and LibMTL) clips the final update's
+norm with ``clip_grad_norm_``'s coefficient: the copy of CAGrad in the Nash-MTL and FAMO code
+bases (which also multiplies by ``T``) calls ``clip_grad_norm_(shared, 1.0)`` after writing the
+update into the shared gradients, so ``scale_by_tasks=True, max_norm=1.0`` reproduces their runs
+(the two-task toy's protocol (b)).
+
 The problem only needs the Gram matrix ``K = GGᵀ``. It is normalised, ``K̂ = K / ‖K‖_F`` (w* and
 the ratio ‖g0‖/‖g_w‖ do not change, and the 1e-8 … 1e8 gradient scales behave alike), factored
 as ``K̂ = RᵀR`` with ``R = diag(sqrt(max(λ, 0))) Vᵀ`` from its symmetric eigendecomposition
@@ -33,7 +39,8 @@ denominator effectively does.
 Solver failure (exception, bad status, non-finite solution): the previous ``w*`` of the present
 tasks (renormalised; uniform before the first success) is used, a
 :class:`~mtoframe.solvers.SolverWarning` is issued once per instance and the count is logged as
-``solver/failures/cagrad``.
+``solver/failures/cagrad``. A non-finite Gram matrix (a float32 one that overflowed) is counted
+the same way and gives ``g0`` (``mtoframe.aggregate`` rescales such a matrix first).
 
 Heads receive their (unweighted) task gradients, as in both references. Host work: the ``T×T``
 Gram matrix goes to the CPU (the one sync a CPU solver needs) and ``T`` coefficients come back;
@@ -50,6 +57,7 @@ import numpy as np
 import torch
 
 from mtoframe import Method, Role, hookimpl
+from mtoframe.numerics import clip_norm
 from mtoframe.options import boolean, in_range, one_of
 from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter
 
@@ -64,6 +72,8 @@ class CAGradOptions:
     rescale: int = attrs.field(default=1, validator=one_of((0, 1, 2)))
     #: multiply the update by T (official code) instead of not (LibMTL).
     scale_by_tasks: bool = attrs.field(default=False, validator=boolean())
+    #: clip the update to this norm; 0 disables (official code, LibMTL; Nash-MTL/FAMO's copy: 1.0).
+    max_norm: float = attrs.field(default=0.0, validator=in_range(0.0))
 
 
 def _build(size: int) -> Any:
@@ -93,6 +103,11 @@ class CAGrad(Method):
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted task gradients (both references)"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # w* and the ratio ‖g0‖/‖g_w*‖ do not depend on the scale of G; clipping breaks the law
+        return 1.0 if self.options.max_norm == 0 else None
+
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.problems = CompiledProblems(self.name, _build)
@@ -107,12 +122,17 @@ class CAGrad(Method):
         return self.problems.for_tasks(size)
 
     def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``u`` such that the update is ``uᵀG`` (rescaling included)."""
+        """``u`` such that the update is ``uᵀG`` (rescaling included, before ``max_norm``)."""
         assert self.weights is not None
         T = len(ids)
         c = self.options.c
         u = np.full(T, 1.0 / T)
-        scale = float(np.linalg.norm(gram)) if np.all(np.isfinite(gram)) else float("nan")
+        if not np.all(np.isfinite(gram)):
+            # e.g. a float32 Gram matrix that overflowed: no w* can be computed from it
+            self.failures.record("non-finite Gram matrix")
+            scale = 0.0
+        else:
+            scale = float(np.linalg.norm(gram))
         if c > 0 and scale > 0:
             kh = gram / scale
             g0 = float(np.sqrt(max(kh.mean(), 0.0)))
@@ -155,7 +175,7 @@ class CAGrad(Method):
         ids = np.array([index[t] for t in ctx.tasks])
         grads = ctx.grads
         u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
-        ctx.set_update(torch.from_numpy(u).to(grads.device, grads.dtype) @ grads)
+        ctx.set_update(clip_norm(torch.from_numpy(u).to(grads.device, grads.dtype) @ grads, self.options.max_norm))
         self.failures.log(ctx)
 
     def state_dict(self) -> dict[str, Any]:

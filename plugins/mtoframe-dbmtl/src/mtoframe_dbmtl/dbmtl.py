@@ -63,6 +63,11 @@ class DBMTL(Method):
     ignores_loss_weights = "DB-MTL normalises every task's gradient and log-transforms the losses itself"
     heads_receive = "the unscaled gradient of log(L_t + 1e-8) (of L_t with log_transform=False)"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # max_t‖ĝ_t‖ · Σ ĝ_t/‖ĝ_t‖ scales with G (up to the reference's +1e-8)
+        return 1.0
+
     def __init__(self, options: DBMTLOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.k = 0

@@ -18,7 +18,9 @@ reflective, default tolerances) from ``w = 1/T``. Differences, each deliberate:
 * The analytic Jacobian ``K̂ + diag(ŵ^(−1/α−1)/α)`` is passed instead of finite differences
   (same solution, fewer residual evaluations).
 * A task whose gradient is zero makes the equations unsolvable (``0 = w_t^(−1/α)``); it is left
-  out and gets weight 0 (its row contributes nothing to ``d`` either way).
+  out and gets weight 0 (its row contributes nothing to ``d`` either way; with the ``"libmtl"``
+  variant its head then gets no gradient that step, where LibMTL's unbounded solve would push
+  that weight towards infinity).
 * The solve counts as failed when scipy reports failure, the solution is not finite and positive,
   or the relative residual ``‖K̂ŵ − ŵ^(−1/α)‖ / ‖ŵ^(−1/α)‖`` exceeds 1e-3 (e.g. rank-deficient
   gradients with no direction improving every task: no positive solution exists, and the
@@ -27,13 +29,20 @@ reflective, default tolerances) from ``w = 1/T``. Differences, each deliberate:
   problem), a :class:`~mtoframe.solvers.SolverWarning` is issued once per instance and the count
   is logged as ``solver/failures/fairgrad``.
 
-``variant``: ``"libmtl"`` (default) applies ``d`` as is, as LibMTL does; ``"official"`` multiplies
-it by ``T`` ("to match the sum loss") and clips its norm to 1.0 (``clip_grad_norm_``'s
-coefficient), as the official code does.
+``variant`` picks the reference whose whole step is reproduced, shared update and heads:
 
-Heads receive their unweighted task gradients (both references back-propagate every task loss
-unweighted through the heads). Host work: the ``T×T`` Gram matrix goes to the CPU (the one sync a
-CPU solver needs); ``d`` is formed on the device.
+* ``"libmtl"`` (default): the shared update is ``d`` as is and heads receive their
+  ``w_t``-weighted loss gradient ``w_t ∇L_t``, as LibMTL, which back-propagates ``Σ_t w_t L_t``
+  (with the weights detached) through the whole model.
+* ``"official"``: the shared update is ``T·d`` ("to match the sum loss") with its norm clipped to
+  1.0 (``clip_grad_norm_``'s coefficient), and heads receive their unweighted loss gradient
+  ``∇L_t``, as the official code, which back-propagates each task loss alone to collect the
+  per-task gradients (filling the heads' ``.grad`` unweighted) and then overwrites only the
+  shared parameters' gradient.
+
+When the solve fails, the heads of the ``"libmtl"`` variant are weighted by the fallback weights
+that form the update. Host work: the ``T×T`` Gram matrix goes to the CPU (the one sync a CPU
+solver needs); ``d`` is formed on the device.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ OFFICIAL_MAX_NORM = 1.0
 class FairGradOptions:
     #: fairness exponent α > 0 (authors' runs: 2.0; their code's default 1.0 = Nash-MTL).
     alpha: float = attrs.field(default=2.0, validator=in_range(0.0, lo_open=True))
-    #: "libmtl": d as is; "official": T·d clipped to norm 1.0.
+    #: "libmtl": d as is, heads w-weighted (LibMTL); "official": T·d clipped to norm 1.0, heads unweighted.
     variant: str = attrs.field(default="libmtl", validator=one_of(("libmtl", "official")))
 
 
@@ -99,7 +108,17 @@ class FairGrad(Method):
     defaults_reproduce = "α = 2.0 (authors' runs; their code defaults to 1.0); variant 'libmtl' (no ×T, no clipping)"
     Options = FairGradOptions
     roles = Role.AGGREGATOR
-    heads_receive = "their unweighted task gradients (both references)"
+    heads_receive = ("variant 'libmtl': their w_t-weighted task gradients (LibMTL back-propagates Σ w_t L_t); "
+                     "variant 'official': their unweighted task gradients (official code)")
+
+    @property
+    def scale_degree(self) -> float | None:
+        # GGᵀw = w^(−1/α) gives w(cG) = c^(−2α/(α+1)) w(G), so d = wᵀG scales as c^((1−α)/(1+α));
+        # the official variant's clipping keeps that law only where it is scale-free (α = 1)
+        a = self.options.alpha
+        if self.options.variant == "official" and a != 1.0:
+            return None
+        return (1.0 - a) / (1.0 + a)
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -147,10 +166,12 @@ class FairGrad(Method):
         ids = np.array([index[t] for t in ctx.tasks])
         grads = ctx.grads
         u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
-        d = torch.from_numpy(u).to(grads.device, grads.dtype) @ grads
+        coef = torch.from_numpy(u)
+        d = coef.to(grads.device, grads.dtype) @ grads
         if self.options.variant == "official":
-            d = clip_norm(d, OFFICIAL_MAX_NORM)
-        ctx.set_update(d)
+            ctx.set_update(clip_norm(d, OFFICIAL_MAX_NORM))
+        else:
+            ctx.set_update(d, head_weights=coef.to(ctx.weights.device, ctx.weights.dtype))
         self.failures.log(ctx)
 
     def state_dict(self) -> dict[str, Any]:

@@ -32,7 +32,10 @@ Options and which reference they reproduce:
   statistics) and dropout draws a second mask. ``"eval"`` runs that forward in eval mode:
   BatchNorm uses and keeps its running statistics and dropout is off, so ``δ`` measures the
   change of the deterministic model; this is not what the paper ran.
-* No gradient clipping: the reference's ``clip_grad_norm_`` on ``ξ`` never triggers.
+* No gradient clipping. The reference's ``backward`` calls ``clip_grad_norm_(shared_parameters,
+  1.0)`` *before* ``loss.backward()``: it clips whatever the shared parameters' ``.grad`` held
+  before this step's backward (nothing after the usual ``zero_grad``), never this step's
+  gradient, so leaving it out changes no update. (The logits ``ξ`` are not clipped either.)
 
 Partial labels: only present tasks enter ``softmax`` (over their logits) and the logit update;
 absent tasks' logits receive zero gradient (Adam's weight decay and momentum still move them,
@@ -66,11 +69,15 @@ def softmax_vjp(logits: Tensor, delta: Tensor) -> Tensor:
     return z * delta - z * (z @ delta)
 
 
+_INF = float("inf")  # NaN fails the chained comparison too
+
+
 def _min_losses(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v != v for v in values):
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not -_INF < v < _INF for v in values):
         raise OptionError(
-            f"option 'min_losses' of famo must be a number or a tuple of numbers (one per task), got {value!r}"
+            f"option 'min_losses' of famo must be a finite number or a tuple of finite numbers (one per task), "
+            f"got {value!r}"
         )
 
 

@@ -2,7 +2,7 @@
 
 Senushkin et al., "Independent Component Alignment for Multi-Task Learning", CVPR 2023
 (https://arxiv.org/abs/2305.19000). With the eigendecomposition ``G Gᵀ = V Λ Vᵀ`` restricted to
-the ``r`` eigenvalues above ``λ_max · T · eps`` (the numerical rank, as the official code)::
+the ``r`` eigenvalues above the cut-off ``λ_max · T · eps``::
 
     B = σ · V Λ^{-1/2} Vᵀ          Ĝ = B G  (Ĝ Ĝᵀ = σ² I on the range)
     d = Σ_t α_t g_t,   α = 1ᵀ B      (the sum of the aligned rows)
@@ -14,6 +14,20 @@ code and LibMTL, default) or ``"mean"`` (TorchJD's ``AlignedMTL``, which equals 
 ``reduction="mean"`` to round-off; checked in the tests). Uses ``torch.linalg.eigh`` in float64 on the device
 (the official code calls ``torch.symeig``, which PyTorch removed). Heads receive their
 unweighted loss gradient (LibMTL).
+
+``rank_cutoff`` picks ``eps``: ``"float32"`` (default) is float32's machine epsilon (1.19e-7)
+whatever the dtype, as the official code, LibMTL and TorchJD (``torch.finfo().eps`` of the
+default dtype); ``"float64"`` is float64's (2.2e-16), the numerical rank of the float64 Gram
+matrix. They differ where the gradients are nearly collinear: an eigenvalue ratio of 1.5e-10 is
+cut by the first (the update keeps the scale of the dominant direction) and kept by the second
+(σ = √λ_min then shrinks the update by about five orders of magnitude).
+
+Only the dominant direction survives when one task's gradient is many orders larger than the
+others (ratio of eigenvalues below the cut-off): the update is then that task's gradient alone,
+as in the references. A Gram matrix that overflowed in the gradients' dtype (e.g. float32 rows
+above ~1e19) has no eigendecomposition: the update is then NaN, not a silent zero, so the
+trainer's ``nonfinite`` policy raises or skips the step; ``mtoframe.aggregate`` rescales such a
+matrix first (:mod:`mtoframe.scaling`) and returns the method's answer.
 """
 
 from __future__ import annotations
@@ -32,12 +46,19 @@ from ._common import combine
 class AlignedMTLOptions:
     scale: str = attrs.field(default="min", validator=one_of(("min", "median", "rmse")))
     reduction: str = attrs.field(default="sum", validator=one_of(("sum", "mean")))
+    #: machine epsilon of the rank cut-off λ_max·T·eps: "float32" (references) or "float64".
+    rank_cutoff: str = attrs.field(default="float32", validator=one_of(("float32", "float64")))
 
 
-def aligned_weights(K: torch.Tensor, scale: str = "min") -> torch.Tensor:
+RANK_EPS = {"float32": torch.finfo(torch.float32).eps, "float64": torch.finfo(torch.float64).eps}
+
+
+def aligned_weights(K: torch.Tensor, scale: str = "min", rank_cutoff: str = "float32") -> torch.Tensor:
     T = K.shape[0]
-    lam, V = torch.linalg.eigh(K)
-    tol = lam.max() * T * torch.finfo(K.dtype).eps
+    finite = torch.isfinite(K).all()
+    # an overflowed Gram matrix has no eigendecomposition: NaN weights (no host sync), not zeros
+    lam, V = torch.linalg.eigh(torch.where(finite, K, torch.zeros_like(K)))
+    tol = lam.max() * T * RANK_EPS[rank_cutoff]
     keep = lam > tol
     inv_sqrt = torch.where(keep, lam.clamp_min(tol).rsqrt(), torch.zeros_like(lam))
     rank = keep.sum()
@@ -51,7 +72,7 @@ def aligned_weights(K: torch.Tensor, scale: str = "min") -> torch.Tensor:
         sigma2 = torch.where(keep, lam, torch.zeros_like(lam)).sum() / rank.clamp_min(1)
     sigma = torch.where(rank > 0, sigma2.clamp_min(0), torch.zeros_like(sigma2)).sqrt()
     B = sigma * (V * inv_sqrt) @ V.T
-    return B.sum(0)
+    return torch.where(finite, B.sum(0), torch.full_like(lam, torch.nan))
 
 
 class AlignedMTL(Method):
@@ -59,15 +80,20 @@ class AlignedMTL(Method):
     name = "alignedmtl"
     summary = "Aligned-MTL: sum of the task gradients aligned to an orthogonal equal-norm system."
     paper = "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023"
-    defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum)"
+    defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum, float32-eps rank cut-off)"
     Options = AlignedMTLOptions
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # B = σ V Λ^(-1/2) Vᵀ does not change with the scale of G, so d = 1ᵀB G scales with it
+        return 1.0
+
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:
         g = ctx.grads
-        alpha = aligned_weights(ctx.gram().to(torch.float64), self.options.scale)
+        alpha = aligned_weights(ctx.gram().to(torch.float64), self.options.scale, self.options.rank_cutoff)
         if self.options.reduction == "mean":
             alpha = alpha / g.shape[0]
         ctx.set_update(combine(alpha, g))

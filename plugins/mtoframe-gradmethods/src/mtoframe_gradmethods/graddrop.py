@@ -63,6 +63,11 @@ class GradDrop(Method):
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # the keep-probabilities depend on sign ratios only; kept entries scale with G
+        return 1.0
+
     def __init__(self, options: GradDropOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.rng = SeededGenerator(self.options.seed)

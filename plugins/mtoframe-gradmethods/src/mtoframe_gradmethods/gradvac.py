@@ -78,6 +78,11 @@ class GradVac(Method):
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # targets and EMA are cosines (scale-free); the corrections scale with G
+        return 1.0
+
     def __init__(self, options: GradVacOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.rng = SeededGenerator(self.options.seed)

@@ -16,6 +16,15 @@ minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0
 gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
 there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads receive their unweighted loss gradient
 (LibMTL with IMTL-G alone).
+
+Scale: the *direction* of ``d`` does not depend on each task's gradient scale (only the unit
+vectors enter the conditions), its *length* does (``Σ α_t = 1`` is over the given rows), so a
+loss weighting before IMTL-G changes only the step length and is rejected as meaningless, with
+one exception. The hybrid IMTL (the paper's full method, LibMTL's ``IMTL``) is the stack
+``["imtll", "imtlg"]``: IMTL-L's learnable scales make the rows ``e^{s_t} ∇L_t``, IMTL-G
+aggregates them, heads receive ``e^{s_t} ∇L_t`` and ``s`` the gradient of
+``Σ_t e^{s_t} L_t − s_t``, exactly LibMTL's step (checked against LibMTL's formula in the
+tests).
 """
 
 from __future__ import annotations
@@ -50,8 +59,15 @@ class IMTLG(Method):
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     defaults_reproduce = "the paper's closed form (as LibMTL)"
     roles = Role.AGGREGATOR
-    ignores_loss_weights = "IMTL-G's update is invariant to rescaling each task's gradient"
+    ignores_loss_weights = ("IMTL-G's update direction is invariant to rescaling each task's gradient (only its "
+                            "length changes)")
+    hybrid_with = ("imtll",)
     heads_receive = "their unweighted loss gradient"
+
+    @property
+    def scale_degree(self) -> float | None:
+        # α depends on directions and sums to one, so d = αᵀG scales with G
+        return 1.0
 
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:

@@ -18,6 +18,14 @@ Options (defaults reproduce LibMTL's ``MGDA`` in parameter space):
   LibMTL's ``rep_grad`` path: weights from the normalised gradients, applied to the raw ones).
 * ``space``: ``"params"`` (MGDA) or ``"representation"`` (MGDA-UB: rows are ``∂L_t/∂Z``, the
   update goes through the encoder in one backward).
+* ``rep_rows`` (representation space only): which rows the weights ``w*`` (and the ``l2`` /
+  ``loss+`` normalisers) are computed from. ``"flatten"`` (default): each row is the whole
+  ``∂L_t/∂Z`` flattened, batch dimension included, as Sener & Koltun's MGDA-UB code (its
+  min-norm solver takes the dot products over the full tensor). ``"batch_sum"``: each row is
+  ``Σ_b ∂L_t/∂Z_b``, the gradient summed over the samples of the batch (``C·H·W`` entries), as
+  LibMTL's ``rep_grad`` path; the weights are then applied to the full per-sample rows, as
+  LibMTL's ``_backward_new_grads``. Needs the representation (a trainer step):
+  ``mtoframe.aggregate`` has no batch dimension to sum over.
 * ``solver``: ``"exact"`` (Wolfe's min-norm-point algorithm, :func:`mtoframe.numerics.min_norm_point`,
   stopping at relative duality gap ``tol`` = 1e-12, at most ``max_iter · T`` minor cycles) or
   ``"frankwolfe"`` (``max_iter`` = 250 Frank–Wolfe steps with exact line search on the device,
@@ -37,7 +45,7 @@ import torch
 
 from mtoframe import Method, Role, hookimpl
 from mtoframe.context import StepContext
-from mtoframe.errors import MtoError
+from mtoframe.errors import MtoError, OptionError
 from mtoframe.numerics import min_norm_point, min_norm_point_fw
 from mtoframe.options import boolean, in_range, integer, one_of
 
@@ -53,6 +61,12 @@ class MGDAOptions:
     tol: float = attrs.field(default=1e-12, validator=in_range(0.0, 1e-2, lo_open=True))
     max_iter: int = attrs.field(default=250, validator=integer(1, 100_000))
     heads_weighted: bool = attrs.field(default=False, validator=boolean())
+    rep_rows: str = attrs.field(default="flatten", validator=one_of(("flatten", "batch_sum")))
+
+    def __attrs_post_init__(self) -> None:
+        if self.rep_rows == "batch_sum" and self.space != "representation":
+            raise OptionError("option 'rep_rows' of mgda is 'batch_sum', which sums representation gradients over "
+                              "the batch; it needs space='representation' (got space='params')")
 
 
 class MGDA(Method):
@@ -65,6 +79,12 @@ class MGDA(Method):
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient (heads_weighted=True: weighted by the MGDA weights w*)"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # w* does not depend on the scale of G; the normalised rows g/‖g‖ (l2, loss+) do not either
+        scale_free_rows = self.options.normalization in ("l2", "loss+") and self.options.combine == "normalised"
+        return 0.0 if scale_free_rows else 1.0
+
     def __init__(self, options: MGDAOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.failures = FailureCounter(self.name)
@@ -72,8 +92,8 @@ class MGDA(Method):
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:
         g = ctx.grads
-        n = self._normalisers(ctx, g)
-        gram = ctx.gram().to(torch.float64)
+        gram = self._gram(ctx).to(torch.float64)
+        n = self._normalisers(ctx, gram)
         if n is not None:
             gram = gram / (n.unsqueeze(0) * n.unsqueeze(1))
         if self.options.solver == "exact":
@@ -91,13 +111,24 @@ class MGDA(Method):
             for t, name in enumerate(ctx.tasks):
                 ctx.log(f"mgda/weight/{name}", w[t])
 
-    def _normalisers(self, ctx: StepContext, g: torch.Tensor) -> torch.Tensor | None:
+    def _gram(self, ctx: StepContext) -> torch.Tensor:
+        """Gram matrix of the rows the weights are computed from (see ``rep_rows``)."""
+        if self.options.rep_rows == "flatten":
+            return ctx.gram()
+        if not isinstance(ctx.z, torch.Tensor):
+            raise MtoError("mgda: rep_rows='batch_sum' sums the representation gradients over the batch, which needs "
+                           "the representation of a trainer step; mtoframe.aggregate has none (use rep_rows='flatten')")
+        # samples of the (union, under DDP) batch are consecutive blocks of one sample's entries
+        summed = ctx.grads.reshape(ctx.num_tasks, -1, ctx.z[0].numel()).sum(1)
+        return summed @ summed.T
+
+    def _normalisers(self, ctx: StepContext, gram: torch.Tensor) -> torch.Tensor | None:
         mode = self.options.normalization
         if mode == "none":
             return None
         if mode in ("loss", "loss+") and not ctx.has_losses:
             raise MtoError(f"mgda: normalization={mode!r} needs the task losses (pass losses= to aggregate)")
-        norms = ctx.gram().diagonal().to(torch.float64).clamp_min(0).sqrt()
+        norms = gram.diagonal().to(torch.float64).clamp_min(0).sqrt()
         if mode == "l2":
             n = norms
         else:

@@ -63,6 +63,11 @@ class PCGrad(Method):
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # projections are linear in G
+        return 1.0
+
     def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.rng = SeededGenerator(self.options.seed)

@@ -39,6 +39,11 @@ class UPGrad(Method):
     roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # the dual-cone weights do not depend on the scale of G
+        return 1.0
+
     def __init__(self, options: object = None, /, **kwargs: object) -> None:
         super().__init__(options, **kwargs)
         self.failures = FailureCounter(self.name)

@@ -11,7 +11,9 @@ gradients:
 * rejected with the reason: two loss-level methods in one stack (two weighting schemes fight
   over the same weights; their product is no published method); a loss-level method before an
   aggregator that is invariant to per-task gradient scales or imposes its own weights (Nash-MTL,
-  IMTL-G, DB-MTL, ExcessMTL): the loss weights would have no effect.
+  DB-MTL, ExcessMTL: the loss weights would have no effect; IMTL-G: they would change only the
+  step length), except the published hybrid IMTL-L + IMTL-G (LibMTL's IMTL), which IMTL-G
+  declares.
 
 ExcessMTL reads per-task gradients, so it is an aggregator, not a loss-level method.
 """

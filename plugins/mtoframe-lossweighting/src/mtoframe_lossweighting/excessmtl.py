@@ -59,6 +59,11 @@ class ExcessMTL(Method):
     ignores_loss_weights = "ExcessMTL sets its own task weights"
     heads_receive = "their task's gradient weighted by λ_t (as the reference)"
 
+    @property
+    def scale_degree(self) -> float | None:
+        # the excess-risk ratios e_t/e_t(0) are scale-free (up to the reference's +1e-7); d = λᵀG
+        return 1.0
+
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.reset()

@@ -7,10 +7,11 @@ value. In the pipeline the weights are ``e^{s_t}`` (they require grad) and ``−
 regulariser (``reg/imtll``) whose gradient reaches only ``s``.
 
 ``s`` lives in its own optimiser group without weight decay (``lr``: default the optimiser's).
-Heads receive their task's gradient weighted by ``e^{s_t}``. IMTL-G (the gradient half) and the
-hybrid belong to the gradient-method plugins: stack ``imtll`` with ``imtlg`` is rejected here
-because IMTL-G is invariant to each task's scale, which makes IMTL-L's weights void on the
-shared parameters; LibMTL's hybrid applies ``e^{s}`` only to the heads.
+Heads receive their task's gradient weighted by ``e^{s_t}``. IMTL-G, the gradient half, is in
+the gradient-method plugin; the hybrid IMTL (LibMTL's ``IMTL``) is the stack
+``["imtll", "imtlg"]``: the shared parameters get IMTL-G's aggregation of the rows
+``e^{s_t} ∇L_t``, heads ``e^{s_t} ∇L_t`` and ``s`` the gradient of ``Σ_t e^{s_t} L_t − s_t``
+(IMTL-G declares the hybrid; other aggregators that ignore loss weights still reject IMTL-L).
 """
 
 from __future__ import annotations

@@ -36,9 +36,6 @@ and ``α = β / sqrt(‖GGᵀ‖_F)``. Differences from the reference, each deli
 * A task whose gradient is zero (``‖g_t‖² ≤ 1e-16 max_s ‖g_s‖²``) makes the equations
   unsolvable; it is left out of the bargaining and keeps its previous α (which then only
   scales its head's gradient, its shared row being zero).
-* ``max_norm`` clips the aggregated shared update (the reference calls ``clip_grad_norm_``
-  before ``backward``, where it has no effect on the new gradient); same coefficient as
-  ``torch.nn.utils.clip_grad_norm_``. ``max_norm = 0`` disables it.
 * Solver failure (exception, bad status, non-finite solution): the previous α is kept (ones
   before the first success, as the reference's initial ``prvs_alpha``), a
   :class:`~mtoframe.solvers.SolverWarning` is issued once per method instance and the count is
@@ -49,6 +46,11 @@ and ``α = β / sqrt(‖GGᵀ‖_F)``. Differences from the reference, each deli
 ``update_weights_every = k`` re-solves on every k-th call and reuses α in between (the per-task
 gradients are still needed in between to form ``Σ α_t g_t``). α is kept per task of the
 trainer's full task list, so partial labels warm-start each present task from its own value.
+
+``max_norm`` clips the aggregated shared update as the reference does: its ``backward`` calls
+``clip_grad_norm_(shared_parameters, max_norm)`` after ``loss.backward()``, so the clip acts on
+the shared parameters' new gradient ``Σ α_t g_t`` and not on the heads'; same coefficient as
+``torch.nn.utils.clip_grad_norm_``. ``max_norm = 0`` disables it.
 
 Heads receive α-weighted gradients (the reference back-propagates ``Σ_t α_t L_t``).
 
@@ -106,6 +108,11 @@ class NashMTL(Method):
     roles = Role.AGGREGATOR
     ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"
     heads_receive = "α-weighted task gradients (the reference back-propagates Σ α_t L_t)"
+
+    @property
+    def scale_degree(self) -> float | None:
+        # α scales as 1/c, so d = αᵀG (and its clipped version) does not depend on the scale of G
+        return 0.0
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

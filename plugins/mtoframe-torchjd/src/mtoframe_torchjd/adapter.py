@@ -38,6 +38,11 @@ class TorchJDMethod(Method):
     #: checkpointed in ``state_dict`` and leave the user's global RNG untouched)
     uses_rng: ClassVar[bool] = False
 
+    @property
+    def scale_degree(self) -> float | None:
+        # every exposed TorchJD aggregator is positively homogeneous of degree 1 in the Jacobian
+        return 1.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # TorchJD aggregators are stateless modules configured once; building them per step would
