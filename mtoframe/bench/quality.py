@@ -30,7 +30,7 @@ import attrs
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..errors import MtoError, OptionError
+from ..errors import MtoError
 from ..metrics import delta_m, delta_p_task, task_directions
 from ..method import Method
 from ..trainer import Trainer
