@@ -67,7 +67,8 @@ import torch
 from torch import Tensor
 
 from ..api import aggregate, create
-from ..errors import StackError
+from ..checkpoint import check_plain
+from ..errors import CheckpointError, StackError
 from ..hookspecs import hookimpl
 from ..method import SPACES, Method, Role
 from ..registry import HOOK_NAMES
@@ -91,7 +92,6 @@ from .state_checks import nonfinite_state, partial_labels
 CHECKS = ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
           "determinism", "trainer", "stacking")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)?$")
-_PLAIN = (int, float, bool, str, type(None))
 
 
 @attrs.frozen
@@ -216,20 +216,12 @@ def _roundtrip(state: Any) -> Any:
 
 
 def _check_plain(obj: Any, where: str = "state") -> None:
-    if isinstance(obj, Tensor) or isinstance(obj, _PLAIN):
-        return
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                _fail(f"{where} has a key {k!r} of type {type(k).__name__}; use str or int keys")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    _fail(f"{where} is a {type(obj).__qualname__}; state_dict may hold only tensors and plain containers "
-          "(store a torch.Generator as gen.get_state())")
+    # the same rule the trainer applies when it saves a checkpoint, so a method that passes here
+    # never fails at save time
+    try:
+        check_plain(obj, where)
+    except CheckpointError as exc:
+        _fail(str(exc))
 
 
 def _matrices(seed: int, tasks: Sequence[int] = (3,), n: int = 4, dim: int = 20) -> list[tuple[Tensor, Tensor]]:
