@@ -24,15 +24,22 @@ def in_range(
     *,
     lo_open: bool = False,
     hi_open: bool = False,
+    allow_inf: bool = False,
 ) -> Validator:
-    """Number in ``[lo, hi]`` (ends open when asked); rejects NaN and non-numbers."""
+    """Number in ``[lo, hi]`` (ends open when asked); rejects NaN and non-numbers.
+
+    An infinite bound means "no bound", not "infinity allowed": ``±inf`` is rejected unless the
+    method passes ``allow_inf=True`` because infinity has a documented meaning for that option
+    (an infinite learning rate or weight turns every later update into NaN)."""
 
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        unbounded = not allow_inf  # an infinite end the value may not take is shown open: [0.0, inf)
+        left = "(" if lo_open or (unbounded and lo == -math.inf) else "["
+        right = ")" if hi_open or (unbounded and hi == math.inf) else "]"
         allowed = f"a number in {left}{lo}, {hi}{right}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(f"option {attr.name!r} of {_owner(inst)} must be {allowed}, got {value!r}")
-        ok = not math.isnan(value)
+        ok = not math.isnan(value) and (allow_inf or not math.isinf(value))
         ok = ok and (value > lo if lo_open else value >= lo)
         ok = ok and (value < hi if hi_open else value <= hi)
         if not ok:

@@ -1,17 +1,28 @@
-"""Scaffold a new plugin distribution (``mtoframe new-plugin NAME``).
+"""Scaffold a new plugin distribution (``mtoframe new-plugin NAME [--stateful]``).
 
 The generated folder is a complete, installable distribution ``mtoframe-NAME`` with one small
-working method (a gradient aggregator with options, state-free, documented the way the built-in
-plugins are), its own unit test and the conformance suite. Authors replace the example method.
+working method, documented the way the built-in plugins are, its own unit tests and the
+conformance suite. The default example is a state-free gradient aggregator; ``stateful=True``
+gives one with per-task state (:mod:`mtoframe.scaffold_stateful`). Authors replace the example
+method. ``constraints.txt`` pins the torch installed here, so that installing the plugin never
+fetches another torch build; :func:`next_command` is the line that installs and tests it.
 """
 
 from __future__ import annotations
 
+import datetime
+import getpass
 import re
+import shlex
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
+from . import scaffold_stateful
+from .api import available
 from .errors import MtoError
 from .hookspecs import HOOK_API_VERSION
+from .registry import get_registry
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*$")
 
@@ -22,7 +33,8 @@ def _major() -> int:
 
 _PYPROJECT = """\
 [build-system]
-requires = ["setuptools>=70.1"]
+# 77: the SPDX license expression below (PEP 639)
+requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
 [project]
@@ -31,6 +43,9 @@ version = "0.1.0"
 description = "@CLASS@: an mtoframe multi-task optimisation method."
 readme = "README.md"
 requires-python = ">=3.10"
+license = "MIT"
+license-files = ["LICENSE"]
+authors = [@AUTHORS@]
 dependencies = ["mtoframe>=0.1"]
 
 [project.optional-dependencies]
@@ -48,22 +63,54 @@ mtoframe_@NAME@ = ["py.typed"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
+# as mtoframe's own tests: test modules of several plugins may share a name (test_conformance.py)
+addopts = "-ra --import-mode=importlib"
+"""
+
+_CONSTRAINTS = """\
+# The torch this plugin was scaffolded against. Installing with `pip install -c constraints.txt`
+# keeps pip from fetching another torch build (a multi-GB download) while resolving.
+torch==@TORCH@
+"""
+
+_LICENSE = """\
+MIT License
+
+Copyright (c) @YEAR@ @HOLDER@
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
+associated documentation files (the "Software"), to deal in the Software without restriction,
+including without limitation the rights to use, copy, modify, merge, publish, distribute,
+sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or
+substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
+NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
+OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
+CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 """
 
 _README = """\
 # mtoframe-@NAME@
 
-An [mtoframe](https://github.com/) plugin providing the method `@NAME@`.
+An mtoframe plugin providing the method `@NAME@` (@SUMMARY@).
+
+Install it in the environment where mtoframe is installed, with its tests, and run them (unit
+tests and mtoframe's conformance suite); `constraints.txt` pins the torch already installed:
 
 ```
-pip install ./mtoframe-@NAME@
+cd mtoframe-@NAME@
+python -m pip install -c constraints.txt -e '.[test]' && python -m pytest .
 mtoframe plugins            # lists @NAME@
-pytest mtoframe-@NAME@      # unit tests and the mtoframe conformance suite
 ```
 
 ```python
 import mtoframe
-trainer = mtoframe.Trainer(model, tasks, methods=[("@NAME@", {"eps": 1e-8})], optimizer=opt)
+trainer = mtoframe.Trainer(model, tasks, methods=[("@NAME@", @EXAMPLE_OPTIONS@)], optimizer=opt)
 ```
 
 See mtoframe's `docs/plugins.md` for the hook contract, the stacking rule and the state rules.
@@ -167,6 +214,10 @@ def test_bad_option_names_the_option():
     with pytest.raises(mtoframe.OptionError, match="eps"):
         @CLASS@(eps=0.0)
 
+'''
+
+#: appended to either template's unit tests
+_TEST_ENTRY_POINT = '''
 
 def test_registered_through_the_entry_point():
     from importlib import metadata
@@ -182,6 +233,8 @@ _TEST_CONFORMANCE = '''\
 from mtoframe.testing.conformance import conformance_tests
 from mtoframe_@NAME@ import @CLASS@
 
+# every check of the suite, among them partial_labels (per-task state follows ctx.task_ids and
+# absent tasks keep theirs) and nonfinite (a step with NaN or inf gradients leaves the state alone)
 test_conformance = conformance_tests(@CLASS@)
 '''
 
@@ -190,26 +243,88 @@ def class_name(name: str) -> str:
     return name[:1].upper() + name[1:]
 
 
-def scaffold(name: str, directory: str | Path = ".") -> Path:
+def _authors() -> tuple[str, str]:
+    """``(pyproject authors entry, copyright holder)`` from git's user name and e-mail (the login
+    name without them)."""
+    def git(key: str) -> str:
+        try:
+            out = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    name, email = git("user.name"), git("user.email")
+    if not name:
+        try:
+            name = getpass.getuser()  # the login name: who ran the command, if git does not say
+        except (OSError, KeyError) as exc:
+            raise MtoError("no author for the new plugin's pyproject.toml and LICENSE: pass --author "
+                           "'NAME <EMAIL>' (or set git config user.name)") from exc
+    return _author_entry(name, email), name
+
+
+def _author_entry(name: str, email: str) -> str:
+    fields = [f"name = {_toml_str(name)}"] + ([f"email = {_toml_str(email)}"] if email else [])
+    return "{ " + ", ".join(fields) + " }"
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_author(text: str) -> tuple[str, str]:
+    """``"Name <email>"`` or ``"Name"`` -> ``(pyproject authors entry, copyright holder)``."""
+    m = re.fullmatch(r"\s*([^<>]+?)\s*(?:<([^<>\s]+@[^<>\s]+)>)?\s*", text)
+    if not m:
+        raise MtoError(f"--author must be 'NAME' or 'NAME <EMAIL>', got {text!r}")
+    return _author_entry(m.group(1), m.group(2) or ""), m.group(1)
+
+
+def next_command(root: Path) -> str:
+    """The shell line that installs the scaffolded plugin with its test extra (torch pinned by
+    its ``constraints.txt``) and runs its tests with the same interpreter."""
+    return (f"python -m pip install -c {shlex.quote(str(root / 'constraints.txt'))} -e {shlex.quote(f'{root}[test]')}"
+            f" && python -m pytest {shlex.quote(str(root))}")
+
+
+def scaffold(name: str, directory: str | Path = ".", *, stateful: bool = False, author: str | None = None) -> Path:
     """Write ``mtoframe-NAME/`` under ``directory`` and return its path.
 
-    ``name`` is the method's registry name: lower-case letters and digits, no separators.
-    Refuses to overwrite an existing folder.
+    ``name`` is the method's registry name: lower-case letters and digits, no separators, and no
+    installed method's name (the registry would refuse the plugin). ``stateful`` picks the
+    example with per-task state. ``author`` is ``"NAME <EMAIL>"`` (default: git's user name and
+    e-mail, else the login name). Refuses to overwrite an existing folder.
     """
     if not _NAME.match(name):
         raise MtoError(f"plugin name {name!r} must be lower-case letters and digits with no separators "
                        "(it becomes the method name, the distribution mtoframe-NAME and the package mtoframe_NAME)")
+    if name in available():
+        dist = get_registry().get(name).distribution
+        raise MtoError(f"a method named {name!r} is already installed (from {dist}); method names are global and "
+                       "mtoframe would refuse a second one: choose another name")
     root = Path(directory) / f"mtoframe-{name}"
     if root.exists():
         raise MtoError(f"{root} already exists; choose another name or --dir")
-    subs = {"@NAME@": name, "@CLASS@": class_name(name), "@MAJOR@": str(_major()), "@NEXT@": str(_major() + 1)}
+    authors, holder = parse_author(author) if author is not None else _authors()
+    method, tests = (scaffold_stateful.METHOD, scaffold_stateful.TESTS) if stateful else (_METHOD, _TEST_METHOD)
+    subs = {
+        "@AUTHORS@": authors, "@HOLDER@": holder, "@YEAR@": str(datetime.date.today().year),
+        "@TORCH@": metadata.version("torch"),
+        "@SUMMARY@": "gradients balanced by a running estimate of their norms" if stateful
+        else "unit-normalised task gradients rescaled to their mean norm",
+        "@EXAMPLE_OPTIONS@": '{"beta": 0.9}' if stateful else '{"eps": 1e-8}',
+        # last: the texts above contain these placeholders
+        "@NAME@": name, "@CLASS@": class_name(name), "@MAJOR@": str(_major()), "@NEXT@": str(_major() + 1),
+    }
     files = {
         "pyproject.toml": _PYPROJECT,
         "README.md": _README,
+        "LICENSE": _LICENSE,
+        "constraints.txt": _CONSTRAINTS,
         f"src/mtoframe_{name}/__init__.py": _INIT,
-        f"src/mtoframe_{name}/{name}.py": _METHOD,
+        f"src/mtoframe_{name}/{name}.py": method,
         f"src/mtoframe_{name}/py.typed": "",
-        f"tests/test_{name}.py": _TEST_METHOD,
+        f"tests/test_{name}.py": tests.rstrip("\n") + "\n" + _TEST_ENTRY_POINT,
         "tests/test_conformance.py": _TEST_CONFORMANCE,
     }
     for rel, text in files.items():

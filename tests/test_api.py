@@ -28,7 +28,7 @@ def test_unknown_option_lists_allowed():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"scale": -1.0}, r"option 'scale' of .* must be a number in \[0.0, inf\], got -1.0"),
+        ({"scale": -1.0}, r"option 'scale' of .* must be a number in \[0.0, inf\), got -1.0"),
         ({"scale": "x"}, r"option 'scale' .* got 'x'"),
         ({"space": "grads"}, r"option 'space' .* must be one of 'params', 'representation'; got 'grads'"),
     ],

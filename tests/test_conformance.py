@@ -98,7 +98,7 @@ def test_good_methods_pass(cls):
     report = check_method(cls)
     assert report.ok
     gradient = cls is not Decay
-    assert {o.check for o in report.outcomes if o.status == "skipped"} == (set() if gradient else {"aggregate", "single_task"})
+    assert {o.check for o in report.outcomes if o.status == "skipped"} == (set() if gradient else {"aggregate", "single_task", "nonfinite"})
 
 
 # -- broken variants: each must fail the named check, and only the checks it breaks ------------
@@ -207,8 +207,8 @@ def test_unknown_check_is_rejected():
 
 
 def test_checks_listed():
-    assert CHECKS == ("declarations", "repr", "aggregate", "single_task", "state_dict", "determinism", "trainer",
-                      "stacking")
+    assert CHECKS == ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
+                      "determinism", "trainer", "stacking")
 
 
 def test_fixture_from_pytest_plugin(method_conformance):

@@ -68,7 +68,7 @@ CATALOGUE: list[tuple[str, Callable[[], object], type[BaseException], str]] = [
     ("unknown option", lambda: ScaledSum(scael=1.0), mtoframe.OptionError,
      r"unknown option\(s\) 'scael' .* allowed: space, scale"),
     ("bad option value", lambda: ScaledSum(scale=-2.0), mtoframe.OptionError,
-     r"option 'scale' .* must be a number in \[0.0, inf\], got -2.0"),
+     r"option 'scale' .* must be a number in \[0.0, inf\), got -2.0"),
     ("bad option choice", lambda: ScaledSum(space="Z"), mtoframe.OptionError,
      r"option 'space' .* one of 'params', 'representation'; got 'Z'"),
     ("aggregator before transform", lambda: make_trainer([ScaledSum(), Negate()]), mtoframe.StackError,

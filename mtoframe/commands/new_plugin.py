@@ -1,22 +1,28 @@
-"""``mtoframe new-plugin NAME [--dir DIR]``: scaffold a plugin distribution folder."""
+"""``mtoframe new-plugin NAME [--stateful] [--dir DIR] [--author 'NAME <EMAIL>']``: scaffold a
+plugin distribution folder and print the line that installs and tests it."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..scaffold import scaffold
+from ..scaffold import next_command, scaffold
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("new-plugin", help="scaffold a plugin distribution mtoframe-NAME with an example method and tests")
-    p.add_argument("name", help="method name: lower-case letters and digits, no separators")
+    p.add_argument("name", help="method name: lower-case letters and digits, no separators, not an installed method's")
     p.add_argument("--dir", default=".", help="folder to create mtoframe-NAME in (default: current folder)")
+    p.add_argument("--stateful", action="store_true",
+                   help="an example aggregator with per-task state (partial labels, non-finite steps, state_dict) "
+                        "instead of the state-free one")
+    p.add_argument("--author", metavar="'NAME <EMAIL>'",
+                   help="author for pyproject.toml and LICENSE (default: git config user.name/user.email)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    root = scaffold(args.name, args.dir)
+    root = scaffold(args.name, args.dir, stateful=args.stateful, author=args.author)
     print(f"created {root}")
-    print(f"next: pip install -e {root} && pytest {root}")
+    print(f"next: {next_command(root)}")
     return 0

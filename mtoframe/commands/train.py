@@ -21,7 +21,9 @@ from ..resume import apply_changes, checkpoint_errors, config_changes
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a stack of methods from a TOML config",
-                       description=(__doc__ or "").split("\n\n")[0])
+                       description=(__doc__ or "").split("\n\n")[0],
+                       epilog="Generated data (data name 'scenes') is cached under $MTOFRAME_CACHE, by default "
+                              "~/.cache/mtoframe, unless the config's [data] cache_dir says where.")
     p.add_argument("config", help="TOML run configuration (see mtoframe/config.py for the keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one dotted key, e.g. --set optimizer.lr=3e-4 (repeatable)")
@@ -35,6 +37,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     train(cfg, resume=args.resume, echo=print, config_path=args.config, history_path=args.history)
     return 0
+
+
+def resolve_methods(cfg: RunConfig) -> list[Any]:
+    """The config's stack as configured methods, checked by the stacking rule: a mistyped name,
+    a bad option or an impossible stack fails here, before any data is generated or loaded."""
+    from ..api import as_method
+    from ..checks import check_stack_order
+    from ..method import check_generic_stack
+
+    methods = [as_method(m) for m in cfg.methods]
+    check_stack_order(methods)
+    check_generic_stack(methods)
+    return methods
 
 
 def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
@@ -184,6 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
                           "device; use device = \"cpu\" or a CUDA build of torch")
     if resume and cfg.checkpoint is None:
         raise OptionError("--resume needs checkpoint = \"PATH\" in the config")
+    methods = resolve_methods(cfg)
     outputs = check_outputs({"config file": config_path}, {
         "checkpoint": cfg.checkpoint,
         "history file (<log_dir>/history.json)": Path(cfg.log_dir, "history.json") if cfg.log_dir else None,
@@ -206,7 +222,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
         train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
                               drop_last=len(train_ds) > cfg.batch_size, num_workers=workers)
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
-    trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
+    trainer = Trainer(model, tasks, methods, optimizer=make_optimizer(cfg, model.parameters()),
                       log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
                       progress=cfg.progress, hparams=flat(cfg))
     if saved is not None:

@@ -32,6 +32,9 @@ with option overrides as keywords (a :class:`~mtoframe.Method` subclass is one).
     instance loaded with a used instance's state produces *identical* subsequent outputs — through
     ``aggregate`` (gradient methods) and through a :class:`~mtoframe.Trainer` resumed mid-run
     (model, optimiser, step/epoch counters, history and global RNG restored as a checkpoint would).
+``partial_labels``, ``nonfinite``
+    per-task state follows ``ctx.task_ids`` and leaves absent tasks alone; a step with
+    non-finite gradients leaves the state as it was: see :mod:`mtoframe.testing.state_checks`.
 ``determinism``
     two fresh instances, same seed, same inputs: identical outputs and trained parameters.
 ``trainer``
@@ -65,7 +68,7 @@ from torch import Tensor
 from ..api import aggregate, create
 from ..errors import StackError
 from ..hookspecs import hookimpl
-from ..method import GRADIENT_ROLES, SPACES, Method, Role
+from ..method import SPACES, Method, Role
 from ..registry import HOOK_NAMES
 from ..trainer import Trainer
 from .factories import (
@@ -76,20 +79,18 @@ from .factories import (
     make_trainer,
     make_vector_model,
 )
+from ._common import ConformanceError, Factory, NotApplicable
+from ._common import fail as _fail
+from ._common import is_gradient as _is_gradient
+from ._common import params as _params
+from ._common import require_gradient as _require_gradient
+from ._common import space_variants as _space_variants
+from .state_checks import nonfinite_state, partial_labels
 
-Factory = Callable[..., Method]
-
-CHECKS = ("declarations", "repr", "aggregate", "single_task", "state_dict", "determinism", "trainer", "stacking")
+CHECKS = ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
+          "determinism", "trainer", "stacking")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)?$")
 _PLAIN = (int, float, bool, str, type(None))
-
-
-class ConformanceError(AssertionError):
-    """A method broke a promise of the conformance suite."""
-
-
-class NotApplicable(Exception):
-    """The check does not apply to this method (e.g. ``aggregate`` for a loss weighting)."""
 
 
 @attrs.frozen
@@ -132,12 +133,16 @@ def as_factory(method: str | Factory, /, **options: Any) -> Factory:
     return lambda **over: method(**{**options, **over})
 
 
-def run_check(factory: Factory, check: str, *, atol: float = 0.0) -> Outcome:
-    """Run one named check; a broken promise gives status ``failed`` with the reason."""
+def run_check(factory: Factory, check: str, *, atol: float = 0.0, absent_state_moves: str = "") -> Outcome:
+    """Run one named check; a broken promise gives status ``failed`` with the reason.
+    ``absent_state_moves``: see :func:`check_method`."""
     if check not in CHECKS:
         raise ValueError(f"unknown conformance check {check!r}; checks: {', '.join(CHECKS)}")
     try:
-        _CHECK_FUNCS[check](factory, atol)
+        if check == "partial_labels":
+            partial_labels(factory, atol, absent_state_moves=absent_state_moves)
+        else:
+            _CHECK_FUNCS[check](factory, atol)
     except NotApplicable as exc:
         return Outcome(check, "skipped", str(exc))
     except ConformanceError as exc:
@@ -153,22 +158,30 @@ def check_method(
     *,
     checks: Iterable[str] = CHECKS,
     atol: float = 0.0,
+    absent_state_moves: str = "",
     raise_on_failure: bool = True,
     **options: Any,
 ) -> Report:
     """Run the conformance checks on ``method`` (a name, a Method class or a factory) configured
-    with ``options``. Raises :class:`ConformanceError` with the full report if any check fails."""
+    with ``options``. Raises :class:`ConformanceError` with the full report if any check fails.
+
+    ``absent_state_moves`` says why the method's state of a task absent from the batch still
+    changes by design (an optimiser's momentum on every task's logit, a renormalisation over all
+    tasks); ``partial_labels`` then checks only that per-task state follows ``ctx.task_ids``."""
     factory = as_factory(method, **options)
-    report = Report(factory().name, tuple(run_check(factory, c, atol=atol) for c in checks))
+    report = Report(factory().name, tuple(run_check(factory, c, atol=atol, absent_state_moves=absent_state_moves)
+                                          for c in checks))
     if raise_on_failure and not report.ok:
         raise ConformanceError(str(report))
     return report
 
 
 def conformance_tests(
-    method: str | Factory, /, *, checks: Iterable[str] = CHECKS, atol: float = 0.0, **options: Any
+    method: str | Factory, /, *, checks: Iterable[str] = CHECKS, atol: float = 0.0, absent_state_moves: str = "",
+    **options: Any
 ) -> Callable[[str], None]:
-    """A pytest test function parametrised over the checks; assign it to a ``test_*`` name."""
+    """A pytest test function parametrised over the checks; assign it to a ``test_*`` name.
+    ``absent_state_moves``: see :func:`check_method`."""
     import pytest
 
     factory = as_factory(method, **options)
@@ -176,7 +189,7 @@ def conformance_tests(
 
     @pytest.mark.parametrize("check", selected)
     def test_conformance(check: str) -> None:
-        outcome = run_check(factory, check, atol=atol)
+        outcome = run_check(factory, check, atol=atol, absent_state_moves=absent_state_moves)
         if outcome.status == "skipped":
             pytest.skip(outcome.message)
         if outcome.status == "failed":
@@ -188,32 +201,10 @@ def conformance_tests(
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _fail(msg: str) -> None:
-    raise ConformanceError(msg)
-
-
 def _same(a: Tensor, b: Tensor, atol: float) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     return torch.equal(a, b) if atol == 0 else torch.allclose(a, b, rtol=0, atol=atol)
-
-
-def _is_gradient(m: Method) -> bool:
-    return bool(m.roles & GRADIENT_ROLES)
-
-
-def _require_gradient(m: Method) -> None:
-    if not _is_gradient(m):
-        raise NotApplicable(f"{m.name!r} is not a gradient method (roles {m.roles})")
-
-
-def _space_variants(factory: Factory) -> list[dict[str, Any]]:
-    """Option overrides covering each gradient space the method offers."""
-    m = factory()
-    fields = {a.name: a for a in attrs.fields(type(m.options))}
-    if "space" in fields:
-        return [{"space": s} for s in SPACES]
-    return [{}]
 
 
 def _roundtrip(state: Any) -> Any:
@@ -252,10 +243,6 @@ def _matrices(seed: int, tasks: Sequence[int] = (3,), n: int = 4, dim: int = 20)
 
 def _loader(model: Any, n: int = 2) -> list[Any]:
     return [make_batch(model, seed=100 + i) for i in range(n)]
-
-
-def _params(trainer: Any) -> Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
 
 
 def _total_loss(trainer: Any, batch: Any) -> float:
@@ -530,6 +517,7 @@ _CHECK_FUNCS: dict[str, Callable[[Factory, float], None]] = {
     "aggregate": _aggregate,
     "single_task": _single_task,
     "state_dict": _state_dict,
+    "nonfinite": nonfinite_state,
     "determinism": _determinism,
     "trainer": _trainer,
     "stacking": _stacking,

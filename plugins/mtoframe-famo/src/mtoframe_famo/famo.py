@@ -69,11 +69,15 @@ def softmax_vjp(logits: Tensor, delta: Tensor) -> Tensor:
     return z * delta - z * (z @ delta)
 
 
+_INF = float("inf")  # NaN fails the chained comparison too
+
+
 def _min_losses(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v != v for v in values):
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not -_INF < v < _INF for v in values):
         raise OptionError(
-            f"option 'min_losses' of famo must be a number or a tuple of numbers (one per task), got {value!r}"
+            f"option 'min_losses' of famo must be a finite number or a tuple of finite numbers (one per task), "
+            f"got {value!r}"
         )
 
 
