@@ -167,3 +167,38 @@ def test_bad_stacks_and_factories_fail_before_training(tmp_path, capsys):
                  "--set", 'data.factory="weather_mtl.data:make_nothing"']) == 2
     err = capsys.readouterr().err
     assert "[data] factory = 'weather_mtl.data:make_nothing': 'weather_mtl.data' has no attribute 'make_nothing'" in err
+
+
+def _rank_worker(rank: int, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        result, _ = _compare(Path(out), seeds=1)
+        Path(f"{out}.rank{rank}").write_text(json.dumps(result is None))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_ranks_train_each_run_together_and_rank_0_writes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.start_processes(_rank_worker, args=(port, str(out)), nprocs=2, join=True, start_method="fork")
+    assert json.loads(Path(f"{out}.rank0").read_text()) is False  # rank 0 summarised
+    assert json.loads(Path(f"{out}.rank1").read_text()) is True   # rank 1 trained, wrote nothing
+    single, _ = _compare(tmp_path / "single", seeds=1)
+    ddp = json.loads((out / "compare.json").read_text())
+    # as under `mtoframe train`, every rank steps on the same batches: the union batch's mean loss
+    # is each rank's, so the runs equal the single-process ones within float tolerance
+    for stack in ("ew", "famo"):
+        for task, ms in single["runs"][stack]["0"]["metrics"].items():
+            assert ddp["runs"][stack]["0"]["metrics"][task] == pytest.approx(ms, rel=1e-4, abs=1e-5)
