@@ -177,7 +177,7 @@ def _rank_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
     try:
-        result, _ = _compare(Path(out), seeds=1)
+        result, _ = _compare(Path(out), seeds=1, timing_rounds=2)
         Path(f"{out}.rank{rank}").write_text(json.dumps(result is None))
     finally:
         dist.destroy_process_group()
@@ -197,6 +197,7 @@ def test_under_torch_distributed_ranks_train_each_run_together_and_rank_0_writes
     assert json.loads(Path(f"{out}.rank1").read_text()) is True   # rank 1 trained, wrote nothing
     single, _ = _compare(tmp_path / "single", seeds=1)
     ddp = json.loads((out / "compare.json").read_text())
+    assert next(s for s in ddp["stacks"] if s["stack"] == "famo")["timing"]["ratio_to_ew"] > 0
     # as under `mtoframe train`, every rank steps on the same batches: the union batch's mean loss
     # is each rank's, so the runs equal the single-process ones within float tolerance
     for stack in ("ew", "famo"):

@@ -17,7 +17,6 @@ from ..bench.quality import CHECKPOINT_RULE
 from ..config import RunConfig
 from ..distributed import is_distributed, rank
 from ..errors import OptionError
-from ..metrics import task_directions
 from . import cost, report, runs, summary
 
 TIMING = "timing.json"
@@ -79,11 +78,7 @@ def run_compare(cfg: RunConfig, opts: CompareOptions, out: Path, *, config_name:
     by_stack: dict[str, dict[int, dict[str, Any]]] = {}
     for spec, res in results.items():
         by_stack.setdefault(spec.label, {})[spec.seed] = res
-    torch.manual_seed(cfg.seed)
-    from .runs import build_splits
-
-    tasks = build_splits(runs.stack_config(cfg, (), cfg.seed, None))[1]
-    directions = task_directions(tasks)
+    directions = results[specs[0]]["directions"]
     quality, excluded = summary.quality_vs_ew(by_stack, directions)
     labels = [runs.RunSpec(s, 0).label for s in stacks]
     ew_mean = {t: {m: sum(by_stack["ew"][s]["metrics"][t][m] for s in seeds) / len(seeds) for m in ms}
@@ -121,22 +116,22 @@ def run_compare(cfg: RunConfig, opts: CompareOptions, out: Path, *, config_name:
 
 def _timing(cfg: RunConfig, stacks: Sequence[Sequence[str]], opts: CompareOptions, out: Path,
             say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Timing after training, with no run in flight (it would share the cores); on rank 0 only,
-    once: ``timing.json`` is kept like a finished run."""
+    """Timing after training, with no run in flight (it would share the cores), once:
+    ``timing.json`` is kept like a finished run."""
     if opts.timing_rounds == 0:
         return {}
     path = out / TIMING
     key = {"fingerprint": runs.fingerprint(cfg), "stacks": ["+".join(s) for s in stacks],
            "rounds": opts.timing_rounds, "warmup": opts.timing_warmup, "threads": torch.get_num_threads()}
-    timing: dict[str, dict[str, Any]] = {}
+    if path.exists() and (saved := json.loads(path.read_text(encoding="utf-8"))).get("key") == key:
+        say(f"step times already measured in {path}: not redone")
+        return saved["records"]
+    # Under torch.distributed every rank times (a step's collectives need them all, in the same
+    # seeded round order); what is timed is then the distributed step. Rank 0 writes.
+    say(f"timing the stacks on the config's model and first batch ({opts.timing_rounds} rounds)")
+    timing = cost.measure(cfg, stacks, rounds=opts.timing_rounds, warmup=opts.timing_warmup, say=say)
     if rank() == 0:
-        if path.exists() and (saved := json.loads(path.read_text(encoding="utf-8"))).get("key") == key:
-            say(f"step times already measured in {path}: not redone")
-            timing = saved["records"]
-        else:
-            say(f"timing the stacks on the config's model and first batch ({opts.timing_rounds} rounds)")
-            timing = cost.measure(cfg, stacks, rounds=opts.timing_rounds, warmup=opts.timing_warmup, say=say)
-            bench_report.write_json(path, {"key": key, "records": timing})
+        bench_report.write_json(path, {"key": key, "records": timing})
     if is_distributed():
         torch.distributed.barrier()
     return timing

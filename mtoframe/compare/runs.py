@@ -22,6 +22,7 @@ from ..bench.report import write_json
 from ..config import RunConfig, flat
 from ..distributed import is_distributed, rank
 from ..errors import MtoError, OptionError
+from ..metrics import task_directions
 
 RESULT = "result.json"
 
@@ -101,6 +102,7 @@ def train_one(cfg: RunConfig, spec: RunSpec, out: Path, *, threads: int | None) 
         history = trainer.history
     return {"stack": spec.label, "methods": list(spec.stack), "seed": spec.seed, "split": split,
             "checkpoint_rule": CHECKPOINT_RULE, "epochs": cfg.epochs, "metrics": metrics,
+            "directions": task_directions(tasks),
             "val_last_epoch": history[-1].get("val"), "train_loss_last_epoch": history[-1]["train_loss"],
             "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "fingerprint": fingerprint(cfg)}
 
