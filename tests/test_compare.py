@@ -57,6 +57,9 @@ def test_verdicts_follow_the_intervals_on_doctored_results():
     noisy = summary.stack_sentence("noisy", quality["noisy"], None)
     assert noisy.startswith("noisy: no difference from EW within noise") and "better" not in noisy
     assert "worse than EW" in summary.stack_sentence("bad", quality["bad"], None)
+    assert summary.metric_words("steady", quality["steady"]) == \
+        "steady per metric: better than EW on a/err, b/acc; no difference on the others"
+    assert summary.metric_words("noisy", quality["noisy"]) == "noisy per metric: no metric differs from EW within noise"
     assert summary.conclusion(quality, 4) == "steady is the only stack better than EW within its 95% interval (4 seeds)."
     del quality["steady"]
     assert summary.conclusion(quality, 4).startswith("No stack beats EW within noise on this problem")

@@ -84,12 +84,14 @@ def run_compare(cfg: RunConfig, opts: CompareOptions, out: Path, *, config_name:
     ew_mean = {t: {m: sum(by_stack["ew"][s]["metrics"][t][m] for s in seeds) / len(seeds) for m in ms}
                for t, ms in directions.items()}
     verdicts = [summary.stack_sentence(lab, quality[lab], timing.get(lab)) for lab in labels if lab != "ew"]
+    per_metric = [summary.metric_words(lab, quality[lab]) for lab in labels if lab != "ew"]
     result: dict[str, Any] = {
         "config": config_name,
         "stacks": [{"stack": lab, "timing": timing.get(lab),
                     **({"ew_metrics": ew_mean} if lab == "ew" else {"quality": quality[lab]})} for lab in labels],
         "conclusion": summary.conclusion(quality, len(seeds)),
         "verdicts": verdicts,
+        "metric_verdicts": per_metric,
         "seeds": seeds,
         "epochs": cfg.epochs,
         "split": next(iter(results.values()))["split"],
@@ -107,7 +109,7 @@ def run_compare(cfg: RunConfig, opts: CompareOptions, out: Path, *, config_name:
     report.tensorboard_summary(out / "tb-summary", result)
     say("")
     say(result["conclusion"])
-    for v in verdicts:
+    for v in verdicts + per_metric:
         say(f"  {v}")
     say(f"wrote {out / 'compare.json'}, {out / 'compare.md'}" + (f", {out / 'compare.png'}" if png else "")
         + f"; TensorBoard runs under {out / 'runs'} ({time.perf_counter() - t0:.0f} s)")

@@ -44,7 +44,7 @@ def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
 def write_markdown(path: Path, result: Mapping[str, Any]) -> None:
     header, rows = table(result)
     lines = [f"# mtoframe compare: {result['config']}", "",
-             f"{result['conclusion']}", "", *[f"- {v}" for v in result["verdicts"]], "",
+             f"{result['conclusion']}", "", *[f"- {v}" for v in result["verdicts"] + result["metric_verdicts"]], "",
              report.markdown_table(rows, header), "",
              f"Held-out split: **{result['split']}**, checkpoint: {result['checkpoint_rule']}; seeds "
              f"{result['seeds']}, {result['epochs']} epochs per run. Quality: per-seed paired differences to EW of the "

@@ -89,6 +89,19 @@ def stack_sentence(label: str, quality: Mapping[str, Any], timing: Mapping[str, 
     return f"{label}: no difference from EW within noise ({span}), {cost}"
 
 
+def metric_words(label: str, quality: Mapping[str, Any]) -> str:
+    """Which metrics moved beyond noise, each by its own paired interval and direction."""
+    moved: dict[str, list[str]] = {"better": [], "worse": []}
+    for t, ms in quality["metrics"].items():
+        for m, rec in ms.items():
+            if rec["verdict"] in moved:
+                moved[rec["verdict"]].append(f"{t}/{m}")
+    if not moved["better"] and not moved["worse"]:
+        return f"{label} per metric: no metric differs from EW within noise"
+    parts = [f"{v} than EW on {', '.join(ms)}" for v, ms in moved.items() if ms]
+    return f"{label} per metric: {'; '.join(parts)}; no difference on the others"
+
+
 def conclusion(quality: Mapping[str, Mapping[str, Any]], n_seeds: int) -> str:
     """The headline: which stacks beat EW within their intervals, never ranking stacks whose
     intervals overlap."""
