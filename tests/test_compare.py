@@ -129,6 +129,21 @@ def test_workers_2_gives_the_numbers_of_workers_1(tmp_path):
     assert two["stacks"] == one["stacks"] and two["verdicts"] == one["verdicts"]
 
 
+def test_a_run_does_not_depend_on_the_global_rng_it_starts_from(tmp_path):
+    """RLW seeds its generator from the global RNG when built (its default): a run must give the
+    same numbers whatever ran before it in the process (sequential runs, --workers)."""
+    import torch
+
+    from mtoframe.compare.runs import RunSpec, train_one
+
+    cfg = load_config(EXAMPLE, TINY)
+    got = []
+    for dirty in (123, 456):
+        torch.manual_seed(dirty)
+        got.append(train_one(cfg, RunSpec(("rlw",), 0), tmp_path / str(dirty), threads=1)["metrics"])
+    assert got[0] == got[1]
+
+
 def test_a_killed_compare_continues_without_redoing_finished_runs(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mtoframe", "compare", str(EXAMPLE), "--methods", "famo", "--seeds", "3",

@@ -80,7 +80,6 @@ def train_one(cfg: RunConfig, spec: RunSpec, out: Path, *, threads: int | None) 
         torch.set_num_threads(threads)
     run_dir = spec.directory(out)
     run_cfg = stack_config(cfg, spec.stack, spec.seed, run_dir)
-    methods = resolve_methods(run_cfg)
     if rank() == 0 and (run_dir / "tb").exists():  # events of an interrupted attempt would mix with this one's
         shutil.rmtree(run_dir / "tb")
     device = torch.device(cfg.device)
@@ -88,6 +87,11 @@ def train_one(cfg: RunConfig, spec: RunSpec, out: Path, *, threads: int | None) 
     torch.manual_seed(spec.seed)
     model, tasks, train, val, test = build_splits(run_cfg)
     model.to(device)
+    # Methods are built after the model, so one that draws from the global RNG when built (RLW's
+    # default seed) leaves the initial weights as EW's, and from a reseeded RNG, so a run is the
+    # same in any process (--workers) and in any position among the runs.
+    torch.manual_seed(spec.seed)
+    methods = resolve_methods(run_cfg)
     order = torch.Generator().manual_seed(spec.seed)
     bs = cfg.batch_size
     train_dl = DataLoader(train, batch_size=bs, shuffle=True, generator=order, drop_last=len(train) > bs,
