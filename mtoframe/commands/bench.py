@@ -3,8 +3,9 @@
 Default: per-step time and peak memory of every installed method and of Rep-MTL stacks on the
 embedded ``scenes`` data (``--tasks T``: the ``manytask`` regression). ``--quality``: train
 single-task baselines and every stack for a fixed budget over several seeds and compare
-``Δp_task``, ``Δm%`` and mean rank. ``--compare OLD NEW``: per-stack change between two timing
-runs' ``results.json``, with verdicts (``--fail-on-regression PCT`` for CI).
+``Δp_task`` with paired 95% intervals against EW (``--data scenes`` or ``multimnist``).
+``--compare OLD NEW``: per-stack change between two timing runs' ``results.json``, with verdicts
+(``--fail-on-regression PCT`` for CI).
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ SPEED_SIZES = {
     "size": (64, 32), "batch": (8, 8), "width": (16, 16), "rounds": (30, 20), "warmup": (3, 3),
     "manytask_batch": (256, 64),
 }
-#: (full, --quick) budgets of the quality run
+#: (full, --quick) budgets of the quality run per dataset, measured on 2 loaded CPU cores (docs/BENCHMARKS.md)
 QUALITY_SIZES = {
-    "size": (64, 32), "batch": (32, 32), "width": (32, 16), "seeds": (3, 2), "epochs": (20, 3),
-    "n_train": (2000, 256), "n_val": (400, 64),
+    "scenes": {"size": (32, 32), "batch": (32, 32), "width": (16, 16), "seeds": (3, 3), "epochs": (6, 2),
+               "n_train": (512, 256), "n_val": (128, 64), "n_test": (256, 128)},
+    "multimnist": {"batch": (128, 128), "seeds": (3, 3), "epochs": (8, 4),
+                   "n_train": (4000, 3000), "n_val": (1000, 500), "n_test": (2000, 1000)},
 }
+
+
+def quality_sizes(data: str, *, quick: bool) -> dict[str, int]:
+    """The quality run's budget for ``data`` (full or ``--quick``)."""
+    return {k: v[1 if quick else 0] for k, v in QUALITY_SIZES[data].items()}
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -45,10 +53,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for timing on CPU, steadier and "
                    "far faster on a loaded machine; torch's default for --quality)")
     q = p.add_argument_group("quality")
-    q.add_argument("--seeds", type=int, help="number of seeds (3/2 full/quick)")
-    q.add_argument("--epochs", type=int, help="epochs per run (20/3 full/quick)")
-    q.add_argument("--n-train", type=int, help="training images (2000/256 full/quick)")
-    q.add_argument("--n-val", type=int, help="validation images (400/64 full/quick)")
+    q.add_argument("--data", choices=("scenes", "multimnist"), default="scenes",
+                   help="quality dataset: the embedded scenes or MultiMNIST from real digits "
+                   "(needs pip install 'mtoframe[data]'; default: %(default)s)")
+    q.add_argument("--seeds", type=int, help="number of seeds (3 full and quick)")
+    q.add_argument("--epochs", type=int, help="epochs per run (scenes 6/2, multimnist 8/4 full/quick)")
+    q.add_argument("--n-train", type=int, help="training images or pairs (scenes 512/256, multimnist 4000/3000)")
+    q.add_argument("--n-val", type=int, help="validation images or pairs (scenes 128/64, multimnist 1000/500)")
+    q.add_argument("--n-test", type=int, help="test images or pairs (scenes 256/128, multimnist 2000/1000)")
     q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
     p.add_argument("--cache-dir", help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
     c = p.add_argument_group("compare two timing runs")
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                       f"and slower{hint}", stacklevel=1)
 
     if args.quality and args.tasks is not None:
-        raise OptionError("--quality runs on scenes; --tasks (manytask) is for timing only")
+        raise OptionError("--quality runs on --data scenes or multimnist; --tasks (manytask) is for timing only")
     if args.tasks is not None and not 2 <= args.tasks <= 40:
         raise OptionError(f"--tasks must be in 2..40, got {args.tasks}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
@@ -168,11 +180,8 @@ def run_quality(args: argparse.Namespace) -> int:
     from ..bench.quality import QualityConfig, run_quality_cli
 
     stacks, strict = _stacks(args)
-    cfg = QualityConfig(
-        size=_pick(args, "size", QUALITY_SIZES), batch=_pick(args, "batch", QUALITY_SIZES),
-        width=_pick(args, "width", QUALITY_SIZES), seeds=_pick(args, "seeds", QUALITY_SIZES),
-        epochs=_pick(args, "epochs", QUALITY_SIZES), n_train=_pick(args, "n_train", QUALITY_SIZES),
-        n_val=_pick(args, "n_val", QUALITY_SIZES), lr=args.lr if args.lr is not None else 1e-3,
-        device=args.device, cache_dir=args.cache_dir, seed=args.seed,
-    )
+    sizes = quality_sizes(args.data, quick=args.quick)
+    sizes.update({k: getattr(args, k) for k in sizes if getattr(args, k, None) is not None})
+    cfg = QualityConfig(data=args.data, lr=args.lr if args.lr is not None else 1e-3, device=args.device,
+                        cache_dir=args.cache_dir, seed=args.seed, **sizes)
     return run_quality_cli(stacks, cfg, out=args.out, strict=strict, stream=sys.stdout)

@@ -15,7 +15,7 @@ Protocol (that of the quality benchmark, :mod:`mtoframe.bench.quality`, on the u
   with EW in place of the single-task baselines: the mean over tasks of the mean signed relative
   change of each metric, in %), and the plain difference of each metric; mean and 95% Student-t
   interval over seeds (:func:`mtoframe.bench.stats.mean_ci`). A stack is called better or worse
-  only when the interval excludes 0 (:func:`mtoframe.bench.stats.verdict`).
+  only when the interval excludes 0 (:func:`mtoframe.bench.stats.difference_verdict`).
 * Cost: step time as a paired ratio to EW with a bootstrap interval, and peak memory, from the
   timing harness (:func:`mtoframe.bench.speed.run_speed`) on the config's model and first batch.
 

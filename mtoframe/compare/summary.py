@@ -1,7 +1,7 @@
 """Per-stack quality against EW, paired by seed, with intervals, and the plain-words verdicts.
 
 Nothing here calls a stack better or worse than EW unless the 95% interval of its paired
-difference excludes 0 (:func:`mtoframe.bench.stats.verdict`); with one seed there is no interval
+difference excludes 0 (:func:`mtoframe.bench.stats.difference_verdict`); with one seed there is no interval
 and so no verdict."""
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..bench.stats import mean_ci, verdict
+from ..bench.stats import difference_verdict as verdict
+from ..bench.stats import mean_ci
 from ..metrics import delta_p_task
 
 EW = "ew"
 
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
+    if any(math.isnan(v) for v in values):  # a metric undefined on some seed: no mean, no verdict
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "per_seed": list(values)}
     mean, (low, high) = mean_ci(values)
     return {"mean": mean, "ci": [low, high], "per_seed": list(values)}
 

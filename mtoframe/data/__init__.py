@@ -8,12 +8,11 @@ layout, so the same :class:`NpyMultiTaskDataset` serves generated and real data.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import OptionError
+from .cache import build_once
 from .manytask import ManyTaskDataset, manytask_data, manytask_datasets
 from .npy import NpyMultiTaskDataset, write_npy_layout
 from .office import MultiInputLoader, office_datasets
@@ -54,28 +53,13 @@ def scenes_datasets(*, n_train: int = 2000, n_val: int = 400, size: int = 64, se
     images are disjoint from training images (they continue the same per-image seed stream)."""
     root = Path(cache_dir) if cache_dir is not None else (
         cache_root() / f"scenes-v{SCENES_VERSION}-n{n_train}-{n_val}-s{size}-seed{seed}")
-    if not (root / "complete").exists():
-        if root.exists() and any(root.iterdir()):
-            raise OptionError(f"cache_dir {root} exists and is not a complete scenes cache; "
-                              "give an empty or new directory (nothing there is deleted)")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename: a crash or a concurrent run never leaves a
-        # half-written cache that looks complete.
-        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-        try:
-            write_npy_layout(tmp, "train", generate_scenes(n_train, size=size, seed=seed))
-            write_npy_layout(tmp, "val", generate_scenes(n_val, size=size, seed=seed, offset=n_train))
-            (tmp / "complete").write_text(f"scenes v{SCENES_VERSION} n_train={n_train} n_val={n_val} size={size} seed={seed}\n")
-            if root.exists():
-                root.rmdir()  # empty, checked above
-            try:
-                os.replace(tmp, root)
-            except OSError:
-                if not (root / "complete").exists():  # lost a race only if the winner finished
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(tmp: Path) -> None:
+        write_npy_layout(tmp, "train", generate_scenes(n_train, size=size, seed=seed))
+        write_npy_layout(tmp, "val", generate_scenes(n_val, size=size, seed=seed, offset=n_train))
+
+    build_once(root, fill, f"scenes v{SCENES_VERSION} n_train={n_train} n_val={n_val} size={size} seed={seed}",
+               what="scenes")
     return NpyMultiTaskDataset(root, "train", preload=True), NpyMultiTaskDataset(root, "val", preload=True)
 
 

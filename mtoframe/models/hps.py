@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..metrics import Depth, MeanError, Normals, Segmentation
+from ..metrics import Accuracy, Depth, MeanError, Normals, Segmentation
 from ..model import MultiTaskModel, Task
 
 SCENE_TASKS = ("segmentation", "depth", "normal")
@@ -135,3 +135,33 @@ def count_macs(model: MultiTaskModel, x: Tensor) -> dict[str, int]:
         for h in handles:
             h.remove()
     return totals
+
+
+def build_multilenet(*, tasks: Sequence[str] = ("left", "right"), num_classes: int = 10,
+                     dropout: float = 0.5) -> MultiTaskModel:
+    """Multi-LeNet for MultiMNIST (Sener & Koltun 2018, https://arxiv.org/abs/1810.04650, after
+    their MultiMNIST code): the shared encoder is LeNet's conv part and first dense layer
+    (``conv5×5 1→10``, max-pool, ReLU, ``conv5×5 10→20``, 2-D dropout, max-pool, ReLU,
+    ``320→50``, ReLU), so ``Z`` is ``B×50``; each task's head is ``50→50``, ReLU, dropout,
+    ``50→num_classes`` (logits). Input: ``B×1×28×28``."""
+    if not tasks:
+        raise ValueError("tasks must be a non-empty sequence of task names")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(10, 20, 5), nn.Dropout2d(dropout), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(320, 50), nn.ReLU(),
+    )
+    heads = {t: nn.Sequential(nn.Linear(50, 50), nn.ReLU(), nn.Dropout(dropout), nn.Linear(50, num_classes))
+             for t in tasks}
+    return MultiTaskModel(encoder=encoder, heads=heads)
+
+
+def classification_loss(pred: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(pred, target)
+
+
+def multimnist_tasks(tasks: Sequence[str] = ("left", "right")) -> list[Task]:
+    """Cross-entropy loss and accuracy (higher is better) per MultiMNIST task."""
+    return [Task(t, loss=classification_loss, metrics=[Accuracy()]) for t in tasks]

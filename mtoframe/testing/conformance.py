@@ -34,7 +34,8 @@ with option overrides as keywords (a :class:`~mtoframe.Method` subclass is one).
     (model, optimiser, step/epoch counters, history and global RNG restored as a checkpoint would).
 ``partial_labels``, ``nonfinite``
     per-task state follows ``ctx.task_ids`` and leaves absent tasks alone; a step with
-    non-finite gradients leaves the state as it was: see :mod:`mtoframe.testing.state_checks`.
+    non-finite gradients is skipped under ``nonfinite="skip"`` and leaves the state as it was:
+    see :mod:`mtoframe.testing.state_checks`.
 ``determinism``
     two fresh instances, same seed, same inputs: identical outputs and trained parameters.
 ``trainer``

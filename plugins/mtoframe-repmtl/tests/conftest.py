@@ -14,6 +14,7 @@ from torch import Tensor
 from mtoframe import MultiTaskModel
 from mtoframe.testing import make_batch, make_conv_model, make_tasks, make_trainer
 from mtoframe_repmtl import csa_loss, tsr_loss
+from mtoframe_repmtl.repmtl import RepMTLOptions
 
 
 def hand_losses(model: MultiTaskModel, batch) -> tuple[Tensor, Tensor, tuple[str, ...]]:
@@ -25,8 +26,14 @@ def hand_losses(model: MultiTaskModel, batch) -> tuple[Tensor, Tensor, tuple[str
     return z, losses, names
 
 
-def hand_regulariser(z: Tensor, losses: Tensor, *, lam_tsr: float = 0.9, lam_csa: float = 0.9, **csa_opts) -> Tensor:
-    """λ_tsr·L_tsr + λ_csa·L_csa of the saliency ∂L_t/∂Z, written out with autograd."""
+def hand_regulariser(z: Tensor, losses: Tensor, *, lam_tsr: float | None = None, lam_csa: float | None = None,
+                     **csa_opts) -> Tensor:
+    """λ_tsr·L_tsr + λ_csa·L_csa of the saliency ∂L_t/∂Z, written out with autograd (λ and τ
+    default to the method's defaults)."""
+    d = RepMTLOptions()
+    lam_tsr = d.lambda_tsr if lam_tsr is None else lam_tsr
+    lam_csa = d.lambda_csa if lam_csa is None else lam_csa
+    csa_opts.setdefault("tau", d.tau)
     s = torch.stack([torch.autograd.grad(l, z, create_graph=True)[0] for l in losses]).transpose(0, 1)
     return lam_tsr * tsr_loss(s) + lam_csa * csa_loss(s, **csa_opts)
 

@@ -13,13 +13,14 @@ from mtoframe import Role, Trainer
 from mtoframe.errors import BatchError, OptionError
 from mtoframe.testing import make_batch, make_trainer, make_vector_model
 from mtoframe_repmtl import RepMTL
+from mtoframe_repmtl.repmtl import RepMTLOptions
 
 
 def test_registered_with_its_options() -> None:
     assert "repmtl" in mtoframe.available()
     m = mtoframe.create("repmtl", tau=0.1, negatives="task")
     assert isinstance(m, RepMTL)
-    assert m.options.lambda_tsr == 0.9 and m.options.lambda_csa == 0.9 and m.options.tau == 0.1
+    assert m.options.lambda_tsr == m.options.lambda_csa == RepMTLOptions().lambda_tsr and m.options.tau == 0.1
     assert "negatives='task'" in repr(m)
     assert m.saliency == "differentiable" and m.grad_space is None
 
@@ -70,7 +71,8 @@ def test_lambda_zero_reproduces_ew_exactly(make: str, hand) -> None:
 )
 def test_gradients_equal_hand_objective_and_reach_encoder_and_heads(opts: dict, hand) -> None:
     model, batch = hand.conv_setup()
-    lam_tsr, lam_csa = opts.get("lambda_tsr", 0.9), opts.get("lambda_csa", 0.9)
+    d = RepMTLOptions()
+    lam_tsr, lam_csa = opts.get("lambda_tsr", d.lambda_tsr), opts.get("lambda_csa", d.lambda_csa)
     csa_opts = {k: v for k, v in opts.items() if not k.startswith("lambda")}
     ew = hand.trainer_grads([], hand.clone(model), batch)
     got = hand.trainer_grads([RepMTL(**opts)], m := hand.clone(model), batch)
@@ -147,7 +149,7 @@ def test_logs_regularisers_cosines_and_entropy(tmp_path, hand) -> None:
     for tag in ("reg/tsr", "reg/csa", "repmtl/cos_pos", "repmtl/cos_neg", *(f"repmtl/entropy/{t}" for t in "abc")):
         assert tag in s, tag
     entropy = sum(float(s[f"repmtl/entropy/{t}"]) for t in "abc")
-    assert entropy == pytest.approx(float(s["reg/tsr"]) / 0.9, rel=1e-12)
+    assert entropy == pytest.approx(float(s["reg/tsr"]) / RepMTLOptions().lambda_tsr, rel=1e-12)
     assert 0 <= entropy <= math.log(3)
     assert -1 <= float(s["repmtl/cos_neg"]) <= 1 and 0 <= float(s["repmtl/cos_pos"]) <= 1
 
@@ -174,3 +176,32 @@ def test_mixed_precision_terms_in_float32(hand) -> None:
     assert ctx.z.dtype == torch.bfloat16
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in ctx.extra_losses.values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_reg_grad_ratio_equals_hand_formula(tmp_path, hand) -> None:
+    model, batch = hand.conv_setup()
+    ref = hand.clone(model)
+    trainer = make_trainer([RepMTL()], model=model, log_dir=tmp_path, log_every=1, lr=0.0)
+    ratio = float(trainer.step(batch).scalars["repmtl/reg_grad_ratio"])
+    trainer.close()
+    z, losses, _ = hand.hand_losses(ref, batch)
+    (task_grad,) = torch.autograd.grad(losses.sum(), z, retain_graph=True)
+    (reg_grad,) = torch.autograd.grad(hand.hand_regulariser(z, losses), z)
+    assert ratio == pytest.approx(float(reg_grad.norm() / task_grad.norm()), rel=1e-8)
+    assert ratio > 0
+
+
+def test_reg_grad_ratio_only_on_logging_steps(tmp_path, hand) -> None:
+    model, batch = hand.conv_setup()
+    trainer = make_trainer([RepMTL()], model=model, log_dir=tmp_path, log_every=2)
+    assert "repmtl/reg_grad_ratio" in trainer.step(batch).scalars
+    assert "repmtl/reg_grad_ratio" not in trainer.step(batch).scalars
+    trainer.close()
+
+
+def test_multi_input_batches_are_a_clear_error(hand) -> None:
+    model, (x, targets) = hand.conv_setup()
+    trainer = make_trainer([RepMTL()], model=model)
+    batch = {t: (x, targets[t]) for t in targets}
+    with pytest.raises(mtoframe.errors.MtoError, match="multi-input.*own images"):
+        trainer.step(batch)
