@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 #: sub-command modules, in the order ``--help`` lists them
-COMMANDS = ("plugins", "train", "bench", "toy", "new_plugin")
+COMMANDS = ("plugins", "train", "compare", "bench", "toy", "new_plugin")
 
 
 def build_parser() -> argparse.ArgumentParser:

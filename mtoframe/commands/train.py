@@ -58,6 +58,11 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
     from ..models.hps import build_manytask_model, build_scene_model, manytask_tasks, scene_tasks
 
     d, m = cfg.data, cfg.model
+    if d.factory is not None:
+        from ..userrun import build_user_run
+
+        run = build_user_run(cfg)
+        return run.model, run.tasks, run.train, run.val
     if d.name == "manytask":
         from ..data.manytask import manytask_datasets
 
@@ -229,7 +234,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
             echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
     stack = "+".join(m.name for m in trainer.stack) or "ew"
     if echo:
-        echo(f"training {stack} on {cfg.data.name} ({_size(train_ds)} train / {_size(val_ds)} val), "
+        echo(f"training {stack} on {cfg.data.factory or cfg.data.name} ({_size(train_ds)} train / {_size(val_ds)} val), "
              f"tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
     with trainer:
         while trainer.epoch < cfg.epochs:
