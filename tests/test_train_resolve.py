@@ -4,6 +4,7 @@ loads any data, and says where generated data is cached."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import mtoframe
 from mtoframe.cli import main
@@ -46,3 +47,15 @@ def test_help_states_the_cache_location(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "$MTOFRAME_CACHE" in out and "~/.cache/mtoframe" in out and "cache_dir" in out
+
+
+def test_a_run_does_not_depend_on_the_global_rng_it_starts_from(tmp_path):
+    """RLW draws its generator's seed from the global RNG when it is built: resolving the stack
+    early must not build the run's methods before ``seed`` is applied."""
+    cfg = parse_config(SCENES.format(methods='"rlw"').replace("n_train = 512", "n_train = 64")
+                       .replace("n_val = 128", "n_val = 16") + f'cache_dir = "{tmp_path.as_posix()}"\n')
+    histories = []
+    for outer in (1, 2):
+        torch.manual_seed(outer)
+        histories.append(train_cmd.train(cfg)[-1]["train_loss"])
+    assert histories[0] == histories[1]

@@ -199,7 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
                           "device; use device = \"cpu\" or a CUDA build of torch")
     if resume and cfg.checkpoint is None:
         raise OptionError("--resume needs checkpoint = \"PATH\" in the config")
-    methods = resolve_methods(cfg)
+    resolve_methods(cfg)  # fail fast; the run's methods are built after the seed, as the model is
     outputs = check_outputs({"config file": config_path}, {
         "checkpoint": cfg.checkpoint,
         "history file (<log_dir>/history.json)": Path(cfg.log_dir, "history.json") if cfg.log_dir else None,
@@ -222,7 +222,7 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
         train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True,
                               drop_last=len(train_ds) > cfg.batch_size, num_workers=workers)
         val_dl = DataLoader(val_ds, batch_size=cfg.batch_size, num_workers=workers)
-    trainer = Trainer(model, tasks, methods, optimizer=make_optimizer(cfg, model.parameters()),
+    trainer = Trainer(model, tasks, list(cfg.methods), optimizer=make_optimizer(cfg, model.parameters()),
                       log_dir=cfg.log_dir, log_every=cfg.log_every, nonfinite=cfg.nonfinite,  # type: ignore[arg-type]
                       progress=cfg.progress, hparams=flat(cfg))
     if saved is not None:
