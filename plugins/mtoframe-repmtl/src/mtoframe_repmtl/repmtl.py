@@ -46,7 +46,7 @@ selecting on the **validation** split only: the best mean paired difference to E
 both datasets among the settings whose 95% interval does not lie below 0 on either. **No setting
 beats EW**: every one of the 19 has a negative mean val difference to EW and none has an interval
 above 0. Larger τ and smaller λ are broadly less harmful (CSA's gradient is of order λ/τ and does
-not shrink as the task losses fall): τ = 0.07 (the MoCo value first shipped) costs 9–40 points of
+not shrink as the task losses fall): τ = 0.07 (the MoCo value first shipped) costs 7–41 points of
 Δp_task on MultiMNIST at every λ; λ = 0.9 is worse than EW on MultiMNIST at every τ. The rule
 picks the smallest λ swept, λ = 0.001 at τ = 2 (mean val −0.27): within noise of EW on both test
 splits (MultiMNIST −0.39 [−3.61, +2.83], scenes +0.05 [−0.37, +0.46]). That is the EW limit
