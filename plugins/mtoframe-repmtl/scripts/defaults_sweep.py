@@ -23,8 +23,30 @@ TAUS = (0.07, 0.2, 0.5, 1.0, 2.0)
 LAMBDAS = (0.1, 0.3, 0.9)
 
 
-def grid(taus: list[float], lambdas: list[float]) -> list[list[tuple[str, dict[str, float]]]]:
-    return [[("repmtl", {"tau": t, "lambda_tsr": lam, "lambda_csa": lam})] for t, lam in itertools.product(taus, lambdas)]
+def grid(taus: list[float], lambdas: list[float],
+         fixed: dict[str, object] | None = None) -> list[list[tuple[str, dict[str, object]]]]:
+    """One single-method stack per (τ, λ); ``fixed`` adds the same other options to every setting
+    (e.g. ``positive_in_denominator=True``), so a variant is swept like the literal method."""
+    return [[("repmtl", {"tau": t, "lambda_tsr": lam, "lambda_csa": lam, **(fixed or {})})]
+            for t, lam in itertools.product(taus, lambdas)]
+
+
+def parse_fixed(pairs: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to options: true/false to bool, numbers to float, anything else as text.
+    The option class validates names and values when the method is built."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects KEY=VALUE (e.g. positive_in_denominator=true), got {pair!r}")
+        if raw.lower() in ("true", "false"):
+            out[key] = raw.lower() == "true"
+        else:
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                out[key] = raw
+    return out
 
 
 def _ci(mean: float, ci: list[float]) -> str:
@@ -74,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--taus", default=",".join(map(str, TAUS)))
     ap.add_argument("--lambdas", default=",".join(map(str, LAMBDAS)))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another repmtl option for every setting, e.g. positive_in_denominator=true (repeatable)")
     ap.add_argument("--extra", default="", help="more stacks as in --methods, e.g. 'repmtl'")
     for key in ("seeds", "epochs", "n_train", "n_val", "n_test", "batch", "size", "width"):
         ap.add_argument(f"--{key.replace('_', '-')}", type=int)
@@ -93,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = quality_sizes(args.data, quick=False)
     sizes.update({k: v for k, v in vars(args).items() if k in sizes and v is not None})
     cfg = QualityConfig(data=args.data, **sizes)
-    stacks = grid([float(t) for t in args.taus.split(",")], [float(x) for x in args.lambdas.split(",")])
+    fixed = parse_fixed(args.set)
+    stacks = grid([float(t) for t in args.taus.split(",")], [float(x) for x in args.lambdas.split(",")], fixed)
     stacks += [s.split("+") for s in args.extra.split(",") if s]
     return run_quality_cli(stacks, cfg, out=args.out, strict=True, stream=sys.stdout)
 

@@ -22,7 +22,7 @@ before it to regularise the raw losses' saliency, after it to regularise the tra
 
 Options (defaults in brackets):
 
-``lambda_tsr``, ``lambda_csa`` [0.01, 0.01]
+``lambda_tsr``, ``lambda_csa`` [0.001, 0.001]
     a measured choice, not the paper's: its sensitivity anchor is 0.9 (grid 0.7–1.5).
 ``tau`` [2.0]
     CSA temperature; **not reported in the paper**; a measured choice (see below).
@@ -40,18 +40,22 @@ Options (defaults in brackets):
 
 How the defaults were chosen (``docs/BENCHMARKS.md``, "Rep-MTL defaults by measurement"): with
 ``mtoframe bench --quality``'s paired harness (same seeds and data order as EW, 3 seeds, last-epoch
-checkpoint) on ``scenes`` and on MultiMNIST from real digits, τ ∈ {0.07, 0.2, 0.5, 1, 2} at
-λ = 0.3, then λ ∈ {0.9, 0.1, 0.03, 0.01} at the best τ (2), selecting on the **validation** split:
+checkpoint) on ``scenes`` and on MultiMNIST from real digits, the full grid τ ∈ {0.07, 0.2, 0.5,
+1, 2} × λ ∈ {0.1, 0.3, 0.9} plus λ ∈ {0.03, 0.01, 0.003, 0.001} at τ = 2 (where the grid pointed)
+and 6 settings with ``positive_in_denominator=True``, selecting on the **validation** split only:
 the best mean paired difference to EW in Δp_task over both datasets among the settings whose 95%
-interval does not lie below 0 on either. Every setting of the sweep is at best level with EW;
-none beats it. Larger τ and smaller λ are broadly less harmful (CSA's gradient is of order λ/τ
-and does not shrink as the task losses fall): τ = 0.07 (the MoCo value first shipped)
-costs 13–25 points of Δp_task even at λ = 0.3; λ = 0.9 at τ = 2 costs 24 on MultiMNIST. The shipped λ = 0.01,
-τ = 2 is the least harmful measured setting: within noise of EW on scenes and on MultiMNIST's
-validation split, 0.9 points (interval [−1.3, −0.5]) below EW on MultiMNIST's test split. At
-these budgets (100–250 steps on CPU) Rep-MTL's regularisers are a cost, not a gain; the
-paper's gains are on full NYUv2/Cityscapes/Office schedules, which we have not reproduced. Set
-λ and τ explicitly to study the paper's regime.
+interval does not lie below 0 on either. **No setting beats EW**: every one of the 25 has a
+negative mean val difference to EW and none has an interval above 0; the InfoNCE variant is within
+2.2 points (mostly 1) of the literal form wherever both were run. Larger τ and smaller λ are
+broadly less harmful (CSA's gradient is of order λ/τ and does not shrink as the task losses
+fall): τ = 0.07 (the MoCo value first shipped) costs 7–41 points of
+Δp_task on MultiMNIST at every λ; λ = 0.9 is worse than EW on MultiMNIST at every τ. The rule
+picks the smallest λ swept, λ = 0.001 at τ = 2 (mean val −0.27): within noise of EW on both test
+splits (MultiMNIST −0.39 [−3.61, +2.83], scenes +0.05 [−0.37, +0.46]). That is the EW limit
+(λ → 0 is EW exactly), not a gain: at these budgets (100–250 steps on CPU) Rep-MTL's regularisers
+are a cost, and the shipped default keeps that cost within noise. The paper's gains are on full
+NYUv2/Cityscapes/Office schedules, which we have not reproduced; set λ and τ explicitly (the
+paper's λ anchor is 0.9) to study that regime.
 
 Heads receive their task's (weighted) loss gradient plus the regulariser's gradient. Logs
 ``reg/tsr``, ``reg/csa`` (λ-scaled), ``repmtl/cos_pos``, ``repmtl/cos_neg`` and
@@ -88,7 +92,7 @@ from .tsr import tsr_terms
 #: the same guard DB-MTL uses for ``log(L_t)`` when a loss reaches 0.
 LOG_EPS = 1e-8
 #: λ_tsr = λ_csa, chosen with τ = DEFAULT_TAU by the sweep in docs/BENCHMARKS.md (not the paper's 0.9)
-DEFAULT_LAMBDA = 0.01
+DEFAULT_LAMBDA = 0.001
 
 
 @attrs.frozen(kw_only=True)
@@ -112,8 +116,9 @@ class RepMTL(Method):
     summary = "Rep-MTL: task-saliency entropy (TSR) and cross-task saliency alignment (CSA) regularisers."
     paper = "Wang, Li, Xu, Rep-MTL, ICCV 2025, https://arxiv.org/abs/2507.21049"
     defaults_reproduce = (
-        "measured, not the paper's: λ_tsr = λ_csa = 0.01 and τ = 2 (τ is not reported by the paper; its λ anchor is 0.9), "
-        "the least harmful setting of a τ × λ sweep on scenes and MultiMNIST (docs/BENCHMARKS.md); no official code exists"
+        "measured, not the paper's: λ_tsr = λ_csa = 0.001 and τ = 2 (τ is not reported by the paper; its λ anchor is 0.9), "
+        "the least harmful setting of a τ × λ sweep on scenes and MultiMNIST selected on validation data "
+        "(docs/BENCHMARKS.md); no setting beat EW, and smaller λ is closer to EW; no official code exists"
     )
     Options = RepMTLOptions
     # What the class may do; an instance is a loss method only with log_transform=True.
