@@ -313,7 +313,7 @@ def scaffold(name: str, directory: str | Path = ".", *, stateful: bool = False, 
         "@SUMMARY@": "gradients balanced by a running estimate of their norms" if stateful
         else "unit-normalised task gradients rescaled to their mean norm",
         "@EXAMPLE_OPTIONS@": '{"beta": 0.9}' if stateful else '{"eps": 1e-8}',
-        # last: the texts above contain these placeholders
+        # last: the texts substituted above contain these fields themselves
         "@NAME@": name, "@CLASS@": class_name(name), "@MAJOR@": str(_major()), "@NEXT@": str(_major() + 1),
     }
     files = {
