@@ -98,6 +98,8 @@ def _compare(out: Path, *, workers: int = 1, seeds: int = 2, timing_rounds: int 
 
 
 def test_end_to_end_files_tensorboard_runs_and_statistics(tmp_path):
+    pytest.importorskip("mtoframe_famo")
+    pytest.importorskip("mtoframe_nashmtl")
     result, lines = _compare(tmp_path, seeds=3, timing_rounds=3, methods=("famo", "nashmtl"))
     assert {p.name for p in tmp_path.iterdir()} >= {"compare.json", "compare.md", "compare.png", "timing.json", "runs"}
     for stack in ("ew", "famo", "nashmtl"):
@@ -121,6 +123,7 @@ def test_end_to_end_files_tensorboard_runs_and_statistics(tmp_path):
 
 
 def test_workers_2_gives_the_numbers_of_workers_1(tmp_path):
+    pytest.importorskip("mtoframe_famo")
     one, _ = _compare(tmp_path / "one", workers=1)
     two, _ = _compare(tmp_path / "two", workers=2)
     for stack in ("ew", "famo"):
@@ -132,6 +135,7 @@ def test_workers_2_gives_the_numbers_of_workers_1(tmp_path):
 def test_a_run_does_not_depend_on_the_global_rng_it_starts_from(tmp_path):
     """RLW seeds its generator from the global RNG when built (its default): a run must give the
     same numbers whatever ran before it in the process (sequential runs, --workers)."""
+    pytest.importorskip("mtoframe_lossweighting")
     import torch
 
     from mtoframe.compare.runs import RunSpec, train_one
@@ -145,6 +149,7 @@ def test_a_run_does_not_depend_on_the_global_rng_it_starts_from(tmp_path):
 
 
 def test_a_killed_compare_continues_without_redoing_finished_runs(tmp_path):
+    pytest.importorskip("mtoframe_famo")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "mtoframe", "compare", str(EXAMPLE), "--methods", "famo", "--seeds", "3",
            "--timing-rounds", "0", "--threads", "1", "--out", str(out)]
@@ -171,12 +176,14 @@ def test_a_killed_compare_continues_without_redoing_finished_runs(tmp_path):
 
 
 def test_runs_of_another_budget_are_not_mixed_in(tmp_path):
+    pytest.importorskip("mtoframe_famo")
     _compare(tmp_path, seeds=1)
     with pytest.raises(OptionError, match="holds runs of another config or budget"):
         _compare(tmp_path, seeds=1, extra=["epochs=2"])
 
 
 def test_bad_stacks_and_factories_fail_before_training(tmp_path, capsys):
+    pytest.importorskip("mtoframe_famo")
     assert main(["compare", str(EXAMPLE), "--methods", "famo,nosuchmethod", "--seeds", "1",
                  "--out", str(tmp_path / "a")]) == 2
     assert "nosuchmethod" in capsys.readouterr().err
@@ -202,6 +209,7 @@ def _rank_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_under_torch_distributed_ranks_train_each_run_together_and_rank_0_writes(tmp_path):
+    pytest.importorskip("mtoframe_famo")
     import socket
 
     import torch.multiprocessing as mp

@@ -52,6 +52,7 @@ def test_help_states_the_cache_location(capsys):
 def test_a_run_does_not_depend_on_the_global_rng_it_starts_from(tmp_path):
     """RLW draws its generator's seed from the global RNG when it is built: resolving the stack
     early must not build the run's methods before ``seed`` is applied."""
+    pytest.importorskip("mtoframe_lossweighting")
     cfg = parse_config(SCENES.format(methods='"rlw"').replace("n_train = 512", "n_train = 64")
                        .replace("n_val = 128", "n_val = 16") + f'cache_dir = "{tmp_path.as_posix()}"\n')
     histories = []

@@ -114,6 +114,7 @@ def test_user_factories_train_and_pythonpath_is_relative_to_the_config(tmp_path,
 
 
 def test_the_example_package_trains_from_its_config(tmp_path, capsys):
+    pytest.importorskip("mtoframe_famo")
     assert main(["train", str(EXAMPLE), "--set", "epochs=1", "--set", f'log_dir="{tmp_path / "run"}"',
                  "--set", "data.args={ n_train = 64, n_val = 32, n_test = 32 }"]) == 0
     out = capsys.readouterr().out
