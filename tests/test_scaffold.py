@@ -54,7 +54,7 @@ def test_layout(generated):
     assert (generated / "constraints.txt").read_text().splitlines()[-1] == f"torch=={metadata.version('torch')}"
 
 
-def test_readme_has_no_placeholder_and_its_example_options_exist(generated):
+def test_readme_has_no_unfilled_template_field_and_its_example_options_exist(generated):
     readme = (generated / "README.md").read_text()
     assert "https://" not in readme and "@" not in readme.replace("@example", "")
     [options] = re.findall(r'methods=\[\("demo", (\{.*?\})\)\]', readme)
