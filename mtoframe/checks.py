@@ -70,7 +70,8 @@ def check_inputs(inputs: Any, model: nn.Module) -> None:
     if not isinstance(inputs, Tensor):
         return
     if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise BatchError(f"the batch's inputs are empty (shape {tuple(inputs.shape)}); a step needs at least one sample")
+        raise BatchError(f"the batch's inputs are empty (shape {tuple(inputs.shape)}); "
+                         "a step needs at least one sample")
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     if inputs.is_floating_point() and ref is not None and inputs.dtype != ref.dtype:
         raise BatchError(f"inputs are {inputs.dtype} but the model's parameters are {ref.dtype}; convert the inputs "

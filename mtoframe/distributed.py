@@ -151,7 +151,7 @@ class Communicator:
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= self.world
-            for g, chunk in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+            for g, chunk in zip(grads, torch.split(flat, [g.numel() for g in grads]), strict=True):
                 g.copy_(chunk.view_as(g))
 
     def broadcast(self, tensors: Iterable[Tensor]) -> None:

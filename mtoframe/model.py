@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-import torch
 from torch import Tensor, nn
 
 from .errors import MtoError
@@ -30,7 +29,8 @@ class MultiTaskModel(nn.Module):
         for name, head in self.heads.items():
             shared = [n for n, p in head.named_parameters() if id(p) in enc]
             if shared:
-                raise MtoError(f"head {name!r} shares parameters with the encoder ({shared[:3]}); heads must be task-specific")
+                raise MtoError(f"head {name!r} shares parameters with the encoder ({shared[:3]}); "
+                               "heads must be task-specific")
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
@@ -73,5 +73,6 @@ def check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> None:
     heads = list(model.heads.keys())
     if sorted(names) != sorted(heads):
         raise MtoError(
-            f"task names {names} do not match the model's heads {heads}; every task needs exactly one head of the same name"
+            f"task names {names} do not match the model's heads {heads}; "
+            "every task needs exactly one head of the same name"
         )

@@ -15,7 +15,8 @@ from .context import StepContext
 
 
 def is_rank_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
 
 
 class RunLogger:
@@ -33,7 +34,8 @@ class RunLogger:
         # Written into this run directory itself: add_hparams would make a sub-run per call.
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str) for k, v in hparams.items()}
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+                for k, v in hparams.items()}
         exp, ssi, sei = hparams_summary(flat, dict(metrics or {}))
         fw = self.writer._get_file_writer()
         for s in (exp, ssi, sei):
@@ -47,7 +49,7 @@ class RunLogger:
         keys = [k for k, v in values.items() if isinstance(v, Tensor)]
         if keys:
             host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-            resolved = dict(zip(keys, host))
+            resolved = dict(zip(keys, host, strict=True))
         else:
             resolved = {}
         for k, v in values.items():

@@ -23,7 +23,6 @@ import torch
 
 from ..errors import MtoError
 
-
 # -- contenders ----------------------------------------------------------------------------------
 
 

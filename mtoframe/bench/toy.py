@@ -70,7 +70,8 @@ def toy_losses_and_grads(x: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> 
 def on_front(x: np.ndarray, *, tol: float = 0.25) -> np.ndarray:
     """Whether points lie on the Pareto set: x1 in [-7, 7] (±0.05) and |x2 - (-8.3552)| < tol
     (the tolerance covers the set's slight bend, whose x2 reaches about -8.47 at x1 = ±7)."""
-    return (np.abs(x[..., 1] - PARETO_X2) < tol) & (x[..., 0] >= PARETO_X1[0] - 0.05) & (x[..., 0] <= PARETO_X1[1] + 0.05)
+    x1 = x[..., 0]
+    return (np.abs(x[..., 1] - PARETO_X2) < tol) & (x1 >= PARETO_X1[0] - 0.05) & (x1 <= PARETO_X1[1] + 0.05)
 
 
 # -- protocols -----------------------------------------------------------------------------------
@@ -341,8 +342,8 @@ def method_options(name: str, protocol: Protocol) -> dict[str, Any]:
     return opts
 
 
-def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | None = None, record_every: int | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | None = None,
+                 record_every: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Run every method from every start with Adam(lr) on θ; all methods and starts advance in
     one array. ``steps`` overrides the budgets (scaled proportionally for per-method budgets)."""
     S, M = len(protocol.starts), len(methods)

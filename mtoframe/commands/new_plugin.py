@@ -10,7 +10,8 @@ from ..scaffold import next_command, scaffold
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("new-plugin", help="scaffold a plugin distribution mtoframe-NAME with an example method and tests")
+    p = sub.add_parser("new-plugin",
+                       help="scaffold a plugin distribution mtoframe-NAME with an example method and tests")
     p.add_argument("name", help="method name: lower-case letters and digits, no separators, not an installed method's")
     p.add_argument("--dir", default=".", help="folder to create mtoframe-NAME in (default: current folder)")
     p.add_argument("--stateful", action="store_true",

@@ -151,7 +151,8 @@ def _check_subset(cfg: RunConfig, available: Iterable[str]) -> None:
     if cfg.tasks is not None:
         bad = [t for t in cfg.tasks if t not in available]
         if bad:
-            raise OptionError(f"option 'tasks' names {bad}, which data {cfg.data.name!r} does not have; allowed: {available}")
+            raise OptionError(f"option 'tasks' names {bad}, which data {cfg.data.name!r} does not have; "
+                              f"allowed: {available}")
         if len(set(cfg.tasks)) != len(cfg.tasks):
             raise OptionError(f"option 'tasks' repeats a task: {list(cfg.tasks)}")
 
@@ -234,8 +235,8 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
             echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
     stack = "+".join(m.name for m in trainer.stack) or "ew"
     if echo:
-        echo(f"training {stack} on {cfg.data.factory or cfg.data.name} ({_size(train_ds)} train / {_size(val_ds)} val), "
-             f"tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
+        echo(f"training {stack} on {cfg.data.factory or cfg.data.name} "
+             f"({_size(train_ds)} train / {_size(val_ds)} val), tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
     with trainer:
         while trainer.epoch < cfg.epochs:
             t0 = time.perf_counter()
@@ -270,5 +271,6 @@ def _size(ds: Any) -> int:
 
 def format_epoch(stats: dict[str, Any], epochs: int, seconds: float) -> str:
     loss = " ".join(f"{t}={v:.4f}" for t, v in stats["train_loss"].items())
-    val = " | ".join(f"{t}: " + " ".join(f"{k}={v:.4f}" for k, v in ms.items()) for t, ms in stats.get("val", {}).items())
+    val = " | ".join(f"{t}: " + " ".join(f"{k}={v:.4f}" for k, v in ms.items())
+                     for t, ms in stats.get("val", {}).items())
     return f"epoch {stats['epoch'] + 1}/{epochs} ({seconds:.1f}s)  loss {loss}  val {val}"

@@ -58,7 +58,8 @@ def quality_vs_ew(results: Mapping[str, Mapping[int, Mapping[str, Any]]],
     return out, excluded
 
 
-def _only(metrics: Mapping[str, Mapping[str, float]], kept: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, float]]:
+def _only(metrics: Mapping[str, Mapping[str, float]],
+          kept: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, float]]:
     return {t: {m: metrics[t][m] for m in ms} for t, ms in kept.items()}
 
 

@@ -74,14 +74,15 @@ def split_sources(n: int, fractions: tuple[float, float, float], *, seed: int) -
         raise OptionError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     order = np.random.default_rng([seed, 0]).permutation(n)
     ends = np.round(np.cumsum(fractions) * n).astype(int)
-    return {s: np.sort(order[lo:hi]) for s, lo, hi in zip(SPLITS, (0, *ends[:2]), ends)}
+    return {s: np.sort(order[lo:hi]) for s, lo, hi in zip(SPLITS, (0, *ends[:2]), ends, strict=True)}
 
 
 def pair_digits(labels: np.ndarray, pool: np.ndarray, n_pairs: int, *, seed: int, stream: int) -> np.ndarray:
     """``[n_pairs, 2]`` source indices (left, right), both from ``pool``, of different classes."""
     classes = np.unique(labels[pool])
     if len(classes) < 2:
-        raise MtoError(f"a pool of {len(pool)} digits with classes {classes.tolist()} cannot make pairs of different classes")
+        raise MtoError(f"a pool of {len(pool)} digits with classes {classes.tolist()} "
+                       "cannot make pairs of different classes")
     rng = np.random.default_rng([seed, 1, stream])
     left = rng.choice(pool, n_pairs)
     right = rng.choice(pool, n_pairs)

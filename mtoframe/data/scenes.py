@@ -121,7 +121,10 @@ def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
     cyl = np.zeros((_MAX_CYLINDERS, 6), np.float32)  # cx, cz, radius, top y, class, active
     for i in range(k):
         cls = PILLAR if r.random() < 0.5 else STOOL
-        rad, height = (r.uniform(0.1, 0.3), r.uniform(1.2, 2.4)) if cls == PILLAR else (r.uniform(0.2, 0.45), r.uniform(0.35, 0.7))
+        if cls == PILLAR:
+            rad, height = r.uniform(0.1, 0.3), r.uniform(1.2, 2.4)
+        else:
+            rad, height = r.uniform(0.2, 0.45), r.uniform(0.35, 0.7)
         x, z = place(rad)
         cyl[i] = (x, z, rad, -h + height, cls, 1.0)
     p["spheres"], p["boxes"], p["cylinders"] = sph, box, cyl
@@ -162,7 +165,7 @@ class _Hits:
         near = t < self.t
         self.t[near] = t[near]
         self.cls[near] = (np.broadcast_to(cls, t.shape))[near]
-        for mine, theirs in zip(self.normal, normal):
+        for mine, theirs in zip(self.normal, normal, strict=True):
             mine[near] = np.broadcast_to(theirs, t.shape)[near]
         self.slot[near] = slot
 
@@ -187,7 +190,7 @@ def _render(p: dict[str, np.ndarray], size: int, rngs: list[np.random.Generator]
     albedo = _albedo(p, pts, hits, valid)
     to_light = [p["light"][:, i : i + 1] - pts[i] for i in range(3)]
     dist2 = sum(c * c for c in to_light)
-    lam = np.clip(sum(n * c for n, c in zip(hits.normal, to_light)) / np.sqrt(dist2 + 1e-12), 0.0, None)
+    lam = np.clip(sum(n * c for n, c in zip(hits.normal, to_light, strict=True)) / np.sqrt(dist2 + 1e-12), 0.0, None)
     light = p["ambient"][:, None] + p["light_gain"][:, None] * lam / (1.0 + 0.15 * dist2)
     rgb = albedo * (light[..., None] * p["tint"][:, None, :])
     rgb = np.where(valid[..., None], rgb, 0.02)  # the void above open rooms is dark
@@ -249,7 +252,7 @@ def _boxes(p: dict[str, np.ndarray], d: list[np.ndarray], hits: _Hits) -> None:
         dl = (cs * dx - sn * dz, dy, sn * dx + cs * dz)
         dl = [np.where(np.abs(c) < 1e-9, np.float32(1e-9), c) for c in dl]
         near, far = [], []
-        for oi, di, hi in zip(o, dl, (hx, hy, hz)):
+        for oi, di, hi in zip(o, dl, (hx, hy, hz), strict=True):
             t1, t2 = (-hi - oi) / di, (hi - oi) / di
             near.append(np.minimum(t1, t2))
             far.append(np.maximum(t1, t2))
@@ -282,7 +285,8 @@ def _cylinders(p: dict[str, np.ndarray], d: list[np.ndarray], hits: _Hits) -> No
         t = np.where(cap, tc, ts)
         tf = np.where(np.isfinite(ts), ts, 0)
         inv = 1.0 / np.maximum(rad, 1e-6)
-        normal = (np.where(cap, 0, (tf * dx - cx) * inv), cap.astype(np.float32), np.where(cap, 0, (tf * dz - cz) * inv))
+        normal = (np.where(cap, 0, (tf * dx - cx) * inv), cap.astype(np.float32),
+                  np.where(cap, 0, (tf * dz - cz) * inv))
         hits.offer(t, cls, normal, _MAX_SPHERES + _MAX_BOXES + k)
 
 

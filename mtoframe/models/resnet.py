@@ -33,7 +33,8 @@ def _bn(c: int) -> nn.BatchNorm2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, dilation, dilation, bias=False)
         self.bn1 = _bn(planes)
@@ -50,7 +51,8 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = _bn(planes)
@@ -129,7 +131,8 @@ class _ImagePool(nn.Module):
         self.conv = _ConvBNReLU(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(self.conv(F.adaptive_avg_pool2d(x, 1)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class ASPP(nn.Module):
