@@ -88,7 +88,7 @@ def check_target(task: str, pred: Any, target: Any) -> None:
     if target.numel() == 0:
         raise BatchError(f"target of task {task!r} is empty (shape {tuple(target.shape)})")
     try:
-        shape = torch.broadcast_shapes(pred.shape, target.shape)
+        shape = torch.broadcast_shapes(pred.shape, target.shape)  # type: ignore[no-untyped-call]  # unannotated in torch
     except RuntimeError:
         return  # the loss itself names the mismatch
     if shape != pred.shape:

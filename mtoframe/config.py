@@ -317,8 +317,15 @@ class RunConfig:
     checkpoint: str | None = attrs.field(default=None, validator=_optional_str)
     progress: bool = attrs.field(default=False, validator=boolean())
 
+    def task_names(self) -> tuple[str, ...] | None:
+        """The names in ``tasks`` (``None`` when unset): a built-in data set's subset, or the
+        names of the ``[[tasks]]`` tables."""
+        if self.tasks is None:
+            return None
+        return tuple(t if isinstance(t, str) else t.name for t in self.tasks)
+
     def __attrs_post_init__(self) -> None:
-        user_tasks = bool(self.tasks) and isinstance(self.tasks[0], TaskSpec)  # type: ignore[index]
+        user_tasks = bool(self.tasks and isinstance(self.tasks[0], TaskSpec))
         if self.data.factory is not None:
             if not user_tasks:
                 raise OptionError(f"[data] factory = {self.data.factory!r} needs [[tasks]] tables (name, loss, "

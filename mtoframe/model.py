@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -54,6 +54,10 @@ def _check_loss(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise MtoError(f"task loss must be callable (prediction, target) -> scalar tensor, got {value!r}")
 
 
+def _metric_tuple(metrics: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(metrics)
+
+
 @attrs.define(frozen=True)
 class Task:
     """A task: ``name`` (matches a head), ``loss(prediction, target) -> scalar`` and metrics.
@@ -63,7 +67,7 @@ class Task:
 
     name: str = attrs.field(validator=_check_name)
     loss: LossFn = attrs.field(validator=_check_loss, kw_only=True)
-    metrics: tuple[Any, ...] = attrs.field(default=(), converter=tuple, kw_only=True)
+    metrics: tuple[Any, ...] = attrs.field(default=(), converter=_metric_tuple, kw_only=True)
 
 
 def check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> None:

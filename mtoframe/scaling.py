@@ -103,4 +103,4 @@ def rescaled(method: Method, grads: Tensor, run: Callable[[Tensor], Tensor]) -> 
     d = run(times_power_of_two(grads, -e))
     if float(degree).is_integer():
         return times_power_of_two(d, int(degree) * e)
-    return (d.to(torch.float64) * 2.0 ** (degree * e)).to(d.dtype)
+    return (d.to(torch.float64) * math.pow(2.0, degree * e)).to(d.dtype)

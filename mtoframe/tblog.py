@@ -36,8 +36,9 @@ class RunLogger:
 
         flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
                 for k, v in hparams.items()}
-        exp, ssi, sei = hparams_summary(flat, dict(metrics or {}))
-        fw = self.writer._get_file_writer()
+        # torch leaves these two tensorboard helpers unannotated
+        exp, ssi, sei = hparams_summary(flat, dict(metrics or {}))  # type: ignore[no-untyped-call]
+        fw = self.writer._get_file_writer()  # type: ignore[no-untyped-call]
         for s in (exp, ssi, sei):
             fw.add_summary(s)
         self.writer.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in flat.items()))
@@ -46,10 +47,10 @@ class RunLogger:
         if not values:
             return
         # One host transfer for all tensor scalars of the step.
-        keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if keys:
-            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-            resolved = dict(zip(keys, host, strict=True))
+        tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
+        if tensors:
+            host = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).cpu().tolist()
+            resolved = dict(zip(tensors, host, strict=True))
         else:
             resolved = {}
         for k, v in values.items():

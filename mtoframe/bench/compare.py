@@ -94,7 +94,10 @@ def run_compare(old_path: Path, new_path: Path, *, fail_on_regression: float | N
     if fail_on_regression is not None and fail_on_regression < 0:
         raise MtoError(f"--fail-on-regression must be >= 0 (a percentage), got {fail_on_regression}")
     old, new = load_results(old_path), load_results(new_path)
-    say = lambda s="": print(s, file=stream)  # noqa: E731
+
+    def say(line: str = "") -> None:
+        print(line, file=stream)
+
     say(f"mtoframe bench --compare: OLD {old_path}, NEW {new_path}")
     for key in ("workload",):
         a, b = old[BASELINE].get(key), new[BASELINE].get(key)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -74,6 +74,9 @@ class Bench:
 
 
 def load_bench(cfg: QualityConfig) -> Bench:
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
     if cfg.data == "multimnist":
         from ..data.multimnist import TASKS, multimnist_datasets
         from ..models.hps import build_multilenet, multimnist_tasks
@@ -195,7 +198,7 @@ def _mean_metrics(per_seed: Iterable[dict[str, dict[str, float]]]) -> dict[str, 
 
 
 def mean_ranks(results: dict[str, dict[str, dict[str, float]]],
-               directions: dict[str, dict[str, str]]) -> dict[str, float]:
+               directions: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
     """Mean over all metrics of each stack's rank (1 = best; ties share the average rank)."""
     labels = list(results)
     total = {lab: 0.0 for lab in labels}
@@ -244,7 +247,7 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
         return delta_p_task(keep(runs[label][seed][split]), keep(stl[seed][split]), kept)
 
     ew = runs.get("ew", {})
-    records = []
+    records: list[dict[str, Any]] = []
     means = {label: _mean_metrics(r["test"] for r in per.values()) for label, per in runs.items()}
     ranks = mean_ranks(means, directions) if means else {}
     for label, per in runs.items():

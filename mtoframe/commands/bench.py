@@ -35,7 +35,7 @@ def quality_sizes(data: str, *, quick: bool) -> dict[str, int]:
     return {k: v[1 if quick else 0] for k, v in QUALITY_SIZES[data].items()}
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="head-to-head timing (default) or quality (--quality) of the installed methods",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the two-task toy: trajectories and endpoints of the installed methods",
                        description=__doc__)
     p.add_argument("--out", type=Path, default=Path("toy-results"), help="output directory (default: %(default)s)")

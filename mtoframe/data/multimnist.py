@@ -127,7 +127,7 @@ def make_multimnist(images: np.ndarray, labels: np.ndarray, sizes: dict[str, int
     return out
 
 
-class MultiMnistDataset(Dataset):
+class MultiMnistDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
     """``(image [1,28,28], {"left": class, "right": class})`` items of one split, held in memory."""
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
@@ -157,7 +157,8 @@ def multimnist_datasets(*, n_train: int = 10000, n_val: int = 2000, n_test: int 
     def fill(tmp: Path) -> None:
         images, labels = load_mnist_digits()
         for split, arrays in make_multimnist(images, labels, sizes, seed=seed).items():
-            np.savez(tmp / f"{split}.npz", **arrays)
+            np.savez(tmp / f"{split}.npz", image=arrays["image"], left=arrays["left"], right=arrays["right"],
+                     source=arrays["source"])
 
     build_once(root, fill, f"multimnist v{MULTIMNIST_VERSION} sizes={sizes} seed={seed}", what="MultiMNIST")
     loaded = []

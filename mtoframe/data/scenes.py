@@ -25,6 +25,7 @@ smaller set.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 CLASSES = ("floor", "wall", "ceiling", "ball", "box", "cabinet", "pillar", "stool")
 NUM_CLASSES = len(CLASSES)
@@ -61,7 +62,7 @@ def generate_scenes(n: int, *, size: int = 64, seed: int = 0, offset: int = 0) -
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer >= 8, got {size!r}")
-    out = {
+    out: dict[str, np.ndarray] = {
         "image": np.empty((n, 3, size, size), np.float32),
         "label": np.empty((n, size, size), np.int64),
         "depth": np.empty((n, 1, size, size), np.float32),
@@ -80,12 +81,12 @@ def generate_scenes(n: int, *, size: int = 64, seed: int = 0, offset: int = 0) -
 # -- scene parameters (one dict per image, then stacked along a batch axis) -------------------
 
 
-def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
+def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray | np.generic]:
     h = r.uniform(1.2, 1.7)  # camera height above the floor
     back = r.uniform(4.0, 8.0)
     left, right = r.uniform(1.8, 3.5), r.uniform(1.8, 3.5)
     room_h = r.uniform(2.5, 3.2)  # floor-to-ceiling (or wall top)
-    p: dict[str, np.ndarray] = {
+    p: dict[str, np.ndarray | np.generic] = {
         "pitch": np.float32(np.deg2rad(r.uniform(0.0, 15.0))),
         "h": np.float32(h),
         "walls": np.array([back, left, right, room_h - h], np.float32),  # z, −x, +x, top y
@@ -134,7 +135,7 @@ def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
     return p
 
 
-def _stack(scenes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _stack(scenes: list[dict[str, np.ndarray | np.generic]]) -> dict[str, np.ndarray]:
     return {k: np.stack([s[k] for s in scenes]) for k in scenes[0]}
 
 
@@ -161,7 +162,7 @@ class _Hits:
         self.normal = [np.zeros(shape, np.float32) for _ in range(3)]
         self.slot = np.full(shape, -1, np.int64)
 
-    def offer(self, t: np.ndarray, cls: np.ndarray | int, normal: tuple, slot: int) -> None:
+    def offer(self, t: np.ndarray, cls: np.ndarray | int, normal: tuple[npt.ArrayLike, ...], slot: int) -> None:
         near = t < self.t
         self.t[near] = t[near]
         self.cls[near] = (np.broadcast_to(cls, t.shape))[near]
@@ -174,7 +175,8 @@ def _positive(t: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return np.where(ok & (t > 1e-4), t, np.inf).astype(np.float32)
 
 
-def _render(p: dict[str, np.ndarray], size: int, rngs: list[np.random.Generator]):
+def _render(p: dict[str, np.ndarray], size: int,
+            rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     B = len(p["pitch"])
     d = _rays(p["pitch"], size)
     hits = _Hits(d[0].shape)
@@ -249,8 +251,7 @@ def _boxes(p: dict[str, np.ndarray], d: list[np.ndarray], hits: _Hits) -> None:
         cs, sn = np.cos(yaw), np.sin(yaw)
         # ray in the box frame (rotation about y by −yaw; the origin is the camera)
         o = (-cs * cx + sn * cz, -cy, -sn * cx - cs * cz)
-        dl = (cs * dx - sn * dz, dy, sn * dx + cs * dz)
-        dl = [np.where(np.abs(c) < 1e-9, np.float32(1e-9), c) for c in dl]
+        dl = [np.where(np.abs(c) < 1e-9, np.float32(1e-9), c) for c in (cs * dx - sn * dz, dy, sn * dx + cs * dz)]
         near, far = [], []
         for oi, di, hi in zip(o, dl, (hx, hy, hz), strict=True):
             t1, t2 = (-hi - oi) / di, (hi - oi) / di
@@ -315,4 +316,5 @@ def _albedo(p: dict[str, np.ndarray], pts: list[np.ndarray], hits: _Hits, valid:
     stripe_coord = np.where((cls == BALL) | (cls == PILLAR) | (cls == STOOL), y, x + z)
     obj_tex = 1.0 + oamp * np.sign(np.sin(ofreq * stripe_coord))
     tex = np.select([cls == FLOOR, cls == WALL, cls == CEILING], [floor_tex, wall_tex, np.ones_like(x)], obj_tex)
-    return np.clip(colour * np.where(valid, tex, 1.0)[..., None], 0.0, 1.0).astype(np.float32)
+    shaded: np.ndarray = np.clip(colour * np.where(valid, tex, 1.0)[..., None], 0.0, 1.0).astype(np.float32)
+    return shaded

@@ -107,7 +107,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        out: Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return out
 
 
 def resnet18() -> ResNet:
@@ -146,7 +147,8 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(_ConvBNReLU(cout * (len(rates) + 2), cout, 1), nn.Dropout(0.5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(torch.cat([b(x) for b in self.branches], 1))
+        out: Tensor = self.project(torch.cat([b(x) for b in self.branches], 1))
+        return out
 
 
 class ASPPHead(nn.Module):
@@ -172,10 +174,12 @@ class _Trunk(nn.Module):
                                      nn.Dropout(0.5)) if hidden else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.backbone(x)
+        z: Tensor = self.backbone(x)
         if self.pool:
             z = F.adaptive_avg_pool2d(z, 1).flatten(1)
-        return self.hidden(z) if self.hidden is not None else z
+        if self.hidden is not None:
+            z = self.hidden(z)
+        return z
 
 
 def build_resnet50_aspp(*, num_classes: int, tasks: Sequence[str] = ("segmentation", "depth", "normal"),
