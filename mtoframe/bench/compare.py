@@ -3,10 +3,10 @@ timing runs (before and after a change, or two machines), with an interval and a
 pyperf's ``compare_to`` and asv's ``compare`` report theirs.
 
 The compared quantity is the ratio to EW (on the runs' common headline clock), not milliseconds: a
-ratio measured against EW in the same rounds is comparable across machines and loads, a step time is not. The change is
-new/old of the medians of the per-round ratios; its interval resamples the rounds of each run
-on its own (two runs' rounds are not paired). EW's own step time is shown on a separate line
-for information and never decides a verdict.
+ratio measured against EW in the same rounds is comparable across machines and loads, a step time
+is not. The change is new/old of the medians of the per-round ratios; its interval resamples the
+rounds of each run on its own (two runs' rounds are not paired). EW's own step time is shown on a
+separate line for information and never decides a verdict.
 """
 
 from __future__ import annotations

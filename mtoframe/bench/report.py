@@ -23,8 +23,8 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], *, align: str | 
     align = align or "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(header)))
 
     def line(vals: Sequence[str]) -> str:
-        cells = (v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(vals, widths, align, strict=True))
-        return "  ".join(cells).rstrip()
+        padded = (v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(vals, widths, align, strict=True))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
 

@@ -73,8 +73,8 @@ class ImageListDataset(Dataset[tuple[Tensor, Tensor]]):
         self.items = read_image_list(list_file)
         if not self.items:
             raise OptionError(f"image list {list_file} is empty")
-        self.norm = (torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)) \
-            if normalize else None
+        self.norm = ((torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
+                     if normalize else None)
 
     def __len__(self) -> int:
         return len(self.items)
