@@ -41,7 +41,7 @@ class MixedPrecision:
         self.device_type = device.type
 
     def autocast(self) -> AbstractContextManager[None]:
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)  # type: ignore[arg-type]
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     @staticmethod
     def float32(t: Tensor) -> Tensor:

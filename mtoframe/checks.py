@@ -70,7 +70,8 @@ def check_inputs(inputs: Any, model: nn.Module) -> None:
     if not isinstance(inputs, Tensor):
         return
     if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise BatchError(f"the batch's inputs are empty (shape {tuple(inputs.shape)}); a step needs at least one sample")
+        raise BatchError(f"the batch's inputs are empty (shape {tuple(inputs.shape)}); "
+                         "a step needs at least one sample")
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     if inputs.is_floating_point() and ref is not None and inputs.dtype != ref.dtype:
         raise BatchError(f"inputs are {inputs.dtype} but the model's parameters are {ref.dtype}; convert the inputs "
@@ -87,7 +88,7 @@ def check_target(task: str, pred: Any, target: Any) -> None:
     if target.numel() == 0:
         raise BatchError(f"target of task {task!r} is empty (shape {tuple(target.shape)})")
     try:
-        shape = torch.broadcast_shapes(pred.shape, target.shape)
+        shape = torch.broadcast_shapes(pred.shape, target.shape)  # type: ignore[no-untyped-call]  # unannotated in torch
     except RuntimeError:
         return  # the loss itself names the mismatch
     if shape != pred.shape:

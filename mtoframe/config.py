@@ -75,13 +75,15 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
 from .errors import OptionError
 from .factories import check_path
-from .options import boolean, in_range, integer, one_of
+from .options import boolean, in_range, integer, one_of, owner_name
+
+_C = TypeVar("_C", bound=attrs.AttrsInstance)
 
 DATASETS = ("scenes", "manytask", "nyuv2", "cityscapes", "office31", "officehome")
 MODELS = ("auto", "hps", "mlp", "resnet50", "resnet18")
@@ -90,21 +92,16 @@ LOSSES = ("mse", "l1", "smooth_l1", "cross_entropy", "bce_logits")
 METRICS = ("mae", "mse", "accuracy")
 
 
-def _named(section: str):  # the validators' messages say "option 'x' of <this>"
-    def deco(cls: type) -> type:
-        cls.__method_name__ = section
-        return cls
-    return deco
-
-
 def _optional_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value):
-        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty string, got {value!r}")
+        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty string, "
+                          f"got {value!r}")
 
 
 def _str_list(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (not isinstance(value, tuple) or not value or not all(isinstance(v, str) for v in value)):
-        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty list of names (strings), got {value!r}")
+        raise OptionError(f"option {attr.name!r} of {type(inst).__method_name__} must be a non-empty list of names "
+                          f"(strings), got {value!r}")
 
 
 def _tuple_or_none(value: Any) -> Any:
@@ -198,9 +195,9 @@ def _task_list(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     _str_list(inst, attr, value)
 
 
-@_named("[data]")
 @attrs.frozen(kw_only=True)
 class DataConfig:
+    __method_name__: ClassVar[str] = "[data]"  # the validators' messages say "option 'x' of <this>"
     name: str = attrs.field(default="scenes", validator=one_of(DATASETS))
     path: str | None = attrs.field(default=None, validator=_optional_str)
     # scenes
@@ -236,9 +233,9 @@ class DataConfig:
                               "directory of {domain}_{split}.txt lists when they live elsewhere)")
 
 
-@_named("[model]")
 @attrs.frozen(kw_only=True)
 class ModelConfig:
+    __method_name__: ClassVar[str] = "[model]"  # the validators' messages say "option 'x' of <this>"
     name: str = attrs.field(default="auto", validator=one_of(MODELS))
     width: int = attrs.field(default=32, validator=integer(1, 1024))
     d_rep: int = attrs.field(default=64, validator=integer(1))
@@ -247,9 +244,9 @@ class ModelConfig:
     args: dict[str, Any] = attrs.field(factory=dict, validator=_table)
 
 
-@_named("[optimizer]")
 @attrs.frozen(kw_only=True)
 class OptimizerConfig:
+    __method_name__: ClassVar[str] = "[optimizer]"  # the validators' messages say "option 'x' of <this>"
     name: str = attrs.field(default="adam", validator=one_of(("adam", "sgd")))
     lr: float = attrs.field(default=1e-3, validator=in_range(0.0, math.inf, lo_open=True, hi_open=True))
     weight_decay: float = attrs.field(default=0.0, validator=in_range(0.0, math.inf, hi_open=True))
@@ -257,6 +254,8 @@ class OptimizerConfig:
 
 
 def _methods(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, tuple):  # already converted (attrs.evolve)
+        return value
     if not isinstance(value, list):
         raise OptionError(f"'methods' must be a list of method names or {{name, options}} tables, got {value!r}")
     out: list[Any] = []
@@ -277,23 +276,34 @@ def _methods(value: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _section(cls: type) -> Any:
-    def convert(value: Any) -> Any:
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            raise OptionError(f"{cls.__method_name__} must be a table, got {value!r}")
-        return build(cls, value)
-    return convert
+def _section(cls: type[_C], value: Any) -> _C:
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise OptionError(f"{owner_name(cls)} must be a table, got {value!r}")
+    return build(cls, value)
 
 
-@_named("the run config")
+# attrs converters must be named functions for type checkers to see their result type
+def _data_section(value: Any) -> DataConfig:
+    return _section(DataConfig, value)
+
+
+def _model_section(value: Any) -> ModelConfig:
+    return _section(ModelConfig, value)
+
+
+def _optimizer_section(value: Any) -> OptimizerConfig:
+    return _section(OptimizerConfig, value)
+
+
 @attrs.frozen(kw_only=True)
 class RunConfig:
-    data: DataConfig = attrs.field(factory=DataConfig, converter=_section(DataConfig))
-    model: ModelConfig = attrs.field(factory=ModelConfig, converter=_section(ModelConfig))
-    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, converter=_section(OptimizerConfig))
-    methods: tuple[Any, ...] = attrs.field(default=(), converter=lambda v: v if isinstance(v, tuple) else _methods(v))
+    __method_name__: ClassVar[str] = "the run config"  # the validators' messages say "option 'x' of <this>"
+    data: DataConfig = attrs.field(factory=DataConfig, converter=_data_section)
+    model: ModelConfig = attrs.field(factory=ModelConfig, converter=_model_section)
+    optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig, converter=_optimizer_section)
+    methods: tuple[Any, ...] = attrs.field(default=(), converter=_methods)
     tasks: tuple[str, ...] | tuple[TaskSpec, ...] | None = attrs.field(default=None, converter=_tasks,
                                                                         validator=_task_list)
     pythonpath: tuple[str, ...] = attrs.field(default=(), converter=_tuple_or_none, validator=_str_list_or_empty)
@@ -307,8 +317,15 @@ class RunConfig:
     checkpoint: str | None = attrs.field(default=None, validator=_optional_str)
     progress: bool = attrs.field(default=False, validator=boolean())
 
+    def task_names(self) -> tuple[str, ...] | None:
+        """The names in ``tasks`` (``None`` when unset): a built-in data set's subset, or the
+        names of the ``[[tasks]]`` tables."""
+        if self.tasks is None:
+            return None
+        return tuple(t if isinstance(t, str) else t.name for t in self.tasks)
+
     def __attrs_post_init__(self) -> None:
-        user_tasks = bool(self.tasks) and isinstance(self.tasks[0], TaskSpec)  # type: ignore[index]
+        user_tasks = bool(self.tasks and isinstance(self.tasks[0], TaskSpec))
         if self.data.factory is not None:
             if not user_tasks:
                 raise OptionError(f"[data] factory = {self.data.factory!r} needs [[tasks]] tables (name, loss, "
@@ -324,12 +341,12 @@ class RunConfig:
                               "'tasks' is a list of its task names")
 
 
-def build(cls: type, table: Mapping[str, Any]) -> Any:
+def build(cls: type[_C], table: Mapping[str, Any]) -> _C:
     """``cls(**table)``, rejecting unknown keys with the list of allowed ones."""
     allowed = [a.name for a in attrs.fields(cls)]
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise OptionError(f"unknown key(s) {unknown} in {cls.__method_name__}; allowed: {', '.join(allowed)}")
+        raise OptionError(f"unknown key(s) {unknown} in {owner_name(cls)}; allowed: {', '.join(allowed)}")
     return cls(**table)
 
 

@@ -63,14 +63,14 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
 
 class _AllGatherCat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, dim: int) -> Tensor:
         ctx.dim, ctx.size = dim, tensor.shape[dim]
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         # Every rank's loss reads every rank's part: this rank's rows receive the sum of all
         # ranks' gradients for them (a reduce-scatter, done as all-reduce because gloo lacks one).
         grad = grad.contiguous()
@@ -89,7 +89,9 @@ def all_gather_cat(tensor: Tensor, dim: int = 0) -> Tensor:
     """
     if not is_distributed():
         return tensor
-    return _AllGatherCat.apply(tensor, dim)
+    # torch leaves Function.apply unannotated; forward's annotation says what it returns
+    gathered: Tensor = _AllGatherCat.apply(tensor, dim)  # type: ignore[no-untyped-call]
+    return gathered
 
 
 class Communicator:
@@ -151,7 +153,7 @@ class Communicator:
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= self.world
-            for g, chunk in zip(grads, torch.split(flat, [g.numel() for g in grads])):
+            for g, chunk in zip(grads, torch.split(flat, [g.numel() for g in grads]), strict=True):
                 g.copy_(chunk.view_as(g))
 
     def broadcast(self, tensors: Iterable[Tensor]) -> None:
@@ -173,7 +175,8 @@ def shard_loader(loader: Any, *, seed: int = 0) -> Any:
     if loader.batch_size is None:
         raise MtoError("distributed fit needs a DataLoader with batch_size (not a custom batch_sampler), "
                        "or pass one built with torch.utils.data.distributed.DistributedSampler")
-    sampler = DistributedSampler(loader.dataset, shuffle=isinstance(loader.sampler, RandomSampler), seed=seed)
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler: DistributedSampler[int] = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed)
     return DataLoader(
         loader.dataset,
         batch_size=loader.batch_size,
@@ -190,6 +193,6 @@ def shard_loader(loader: Any, *, seed: int = 0) -> Any:
 
 def set_epoch(loader: Any, epoch: int) -> None:
     """Reshuffle a ``DistributedSampler`` per epoch (as ``DataLoader`` shuffling does)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    reshuffle = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if callable(reshuffle):
+        reshuffle(epoch)

@@ -52,7 +52,7 @@ def resolve(path: str, where: str) -> Any:
     obj: Any = module
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
-            owner = ".".join([module_name] + attr.split(".")[:i])
+            owner = ".".join([module_name, *attr.split(".")[:i]])
             public = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n, None)))
             raise OptionError(f"{where} = {path!r}: {owner!r} has no attribute {part!r}; "
                               f"callables there: {', '.join(public[:20]) or 'none'}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
-import torch
 from torch import Tensor, nn
 
 from .errors import MtoError
@@ -30,7 +29,8 @@ class MultiTaskModel(nn.Module):
         for name, head in self.heads.items():
             shared = [n for n, p in head.named_parameters() if id(p) in enc]
             if shared:
-                raise MtoError(f"head {name!r} shares parameters with the encoder ({shared[:3]}); heads must be task-specific")
+                raise MtoError(f"head {name!r} shares parameters with the encoder ({shared[:3]}); "
+                               "heads must be task-specific")
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
@@ -54,6 +54,10 @@ def _check_loss(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise MtoError(f"task loss must be callable (prediction, target) -> scalar tensor, got {value!r}")
 
 
+def _metric_tuple(metrics: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(metrics)
+
+
 @attrs.define(frozen=True)
 class Task:
     """A task: ``name`` (matches a head), ``loss(prediction, target) -> scalar`` and metrics.
@@ -63,7 +67,7 @@ class Task:
 
     name: str = attrs.field(validator=_check_name)
     loss: LossFn = attrs.field(validator=_check_loss, kw_only=True)
-    metrics: tuple[Any, ...] = attrs.field(default=(), converter=tuple, kw_only=True)
+    metrics: tuple[Any, ...] = attrs.field(default=(), converter=_metric_tuple, kw_only=True)
 
 
 def check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> None:
@@ -73,5 +77,6 @@ def check_tasks(model: MultiTaskModel, tasks: Sequence[Task]) -> None:
     heads = list(model.heads.keys())
     if sorted(names) != sorted(heads):
         raise MtoError(
-            f"task names {names} do not match the model's heads {heads}; every task needs exactly one head of the same name"
+            f"task names {names} do not match the model's heads {heads}; "
+            "every task needs exactly one head of the same name"
         )

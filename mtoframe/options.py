@@ -14,8 +14,15 @@ from .errors import OptionError
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
 
+def owner_name(cls: type) -> str:
+    """How option messages name an options class: its ``__method_name__`` (the method or config
+    section it belongs to), else its qualified name."""
+    name = getattr(cls, "__method_name__", None)
+    return name if isinstance(name, str) else cls.__qualname__
+
+
 def _owner(inst: Any) -> str:
-    return getattr(type(inst), "__method_name__", type(inst).__qualname__)
+    return owner_name(type(inst))
 
 
 def in_range(

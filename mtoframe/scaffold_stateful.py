@@ -1,6 +1,7 @@
 """The stateful example of ``mtoframe new-plugin NAME --stateful``: an aggregator with per-task
 state, written the way :mod:`mtoframe.testing`'s ``partial_labels`` and ``nonfinite`` checks
-require (``docs/plugins.md`` walks through it), and its unit tests (the scaffold appends the entry-point test every template shares)."""
+require (``docs/plugins.md`` walks through it), and its unit tests (the scaffold appends the
+entry-point test every template shares)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from .context import StepContext
 
 
 def is_rank_zero() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0
 
 
 class RunLogger:
@@ -33,9 +34,11 @@ class RunLogger:
         # Written into this run directory itself: add_hparams would make a sub-run per call.
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str) for k, v in hparams.items()}
-        exp, ssi, sei = hparams_summary(flat, dict(metrics or {}))
-        fw = self.writer._get_file_writer()
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+                for k, v in hparams.items()}
+        # torch leaves these two tensorboard helpers unannotated
+        exp, ssi, sei = hparams_summary(flat, dict(metrics or {}))  # type: ignore[no-untyped-call]
+        fw = self.writer._get_file_writer()  # type: ignore[no-untyped-call]
         for s in (exp, ssi, sei):
             fw.add_summary(s)
         self.writer.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in flat.items()))
@@ -44,10 +47,10 @@ class RunLogger:
         if not values:
             return
         # One host transfer for all tensor scalars of the step.
-        keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if keys:
-            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-            resolved = dict(zip(keys, host))
+        tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
+        if tensors:
+            host = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]).cpu().tolist()
+            resolved = dict(zip(tensors, host, strict=True))
         else:
             resolved = {}
         for k, v in values.items():

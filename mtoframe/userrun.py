@@ -66,7 +66,7 @@ def build_data(path: str, args: dict[str, Any], task_names: Sequence[str]
         raise OptionError(f"{where} returned {factories.describe(out)}; it must return a tuple (train, val) or "
                           "(train, val, test) of datasets")
     splits = list(out) + [None] * (3 - len(out))
-    for split, ds in zip(("train", "val", "test"), splits):
+    for split, ds in zip(("train", "val", "test"), splits, strict=True):
         if ds is not None:
             check_dataset(ds, split, where, task_names)
     return splits[0], splits[1], splits[2]

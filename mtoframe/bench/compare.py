@@ -2,11 +2,11 @@
 timing runs (before and after a change, or two machines), with an interval and a verdict, as
 pyperf's ``compare_to`` and asv's ``compare`` report theirs.
 
-The compared quantity is the ratio to EW (on the runs' common headline clock), not milliseconds: a ratio measured against EW in the
-same rounds is comparable across machines and loads, a step time is not. The change is
-new/old of the medians of the per-round ratios; its interval resamples the rounds of each run
-on its own (two runs' rounds are not paired). EW's own step time is shown on a separate line
-for information and never decides a verdict.
+The compared quantity is the ratio to EW (on the runs' common headline clock), not milliseconds: a
+ratio measured against EW in the same rounds is comparable across machines and loads, a step time
+is not. The change is new/old of the medians of the per-round ratios; its interval resamples the
+rounds of each run on its own (two runs' rounds are not paired). EW's own step time is shown on a
+separate line for information and never decides a verdict.
 """
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ def run_compare(old_path: Path, new_path: Path, *, fail_on_regression: float | N
     if fail_on_regression is not None and fail_on_regression < 0:
         raise MtoError(f"--fail-on-regression must be >= 0 (a percentage), got {fail_on_regression}")
     old, new = load_results(old_path), load_results(new_path)
-    say = lambda s="": print(s, file=stream)  # noqa: E731
+
+    def say(line: str = "") -> None:
+        print(line, file=stream)
+
     say(f"mtoframe bench --compare: OLD {old_path}, NEW {new_path}")
     for key in ("workload",):
         a, b = old[BASELINE].get(key), new[BASELINE].get(key)
@@ -113,7 +116,8 @@ def run_compare(old_path: Path, new_path: Path, *, fail_on_regression: float | N
                      align="lrrrll"))
     ew = stats.ratio_of_medians_ci([x["wall_ms"] for x in old[BASELINE]["rounds"]],
                                    [x["wall_ms"] for x in new[BASELINE]["rounds"]])
-    say(f"\nEW's own step time NEW / OLD: {ew.value:.3f} {'' if ew.interval is None else f'[{ew.low:.3f}, {ew.high:.3f}]'}"
+    interval = "" if ew.interval is None else f"[{ew.low:.3f}, {ew.high:.3f}]"
+    say(f"\nEW's own step time NEW / OLD: {ew.value:.3f} {interval}"
         f" (absolute time depends on the machine and its load; informational, no verdict)")
     for label, names in (("only in OLD", sorted(set(old) - set(new))), ("only in NEW", sorted(set(new) - set(old)))):
         if names:

@@ -60,6 +60,9 @@ def torchjd_contenders(workload: Workload, method_names: list[str], *, lr: float
     aggregation = require_torchjd()
     from torchjd import autojac
 
+    # one fixed batch for every contender, so that they time the same work
+    tasks = workload.tasks
+    inputs, targets = workload.batch
     contenders, errors = [], []
     for name in method_names:
         if name not in TORCHJD_AGGREGATORS:
@@ -78,8 +81,6 @@ def torchjd_contenders(workload: Workload, method_names: list[str], *, lr: float
         model = workload.fresh_model()
         opt = make_optimizer(model.parameters(), lr)
         shared = model.shared_parameters()
-        tasks = workload.tasks
-        inputs, targets = workload.batch
 
         def step(model: Any = model, opt: Any = opt, agg: Any = agg, shared: Any = shared) -> None:
             opt.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,8 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import MtoError
-from ..metrics import delta_m, delta_p_task, task_directions
 from ..method import Method
+from ..metrics import delta_m, delta_p_task, task_directions
 from ..trainer import Trainer
 from . import report
 from .stats import difference_verdict, mean_ci
@@ -74,6 +74,9 @@ class Bench:
 
 
 def load_bench(cfg: QualityConfig) -> Bench:
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
     if cfg.data == "multimnist":
         from ..data.multimnist import TASKS, multimnist_datasets
         from ..models.hps import build_multilenet, multimnist_tasks
@@ -194,7 +197,8 @@ def _mean_metrics(per_seed: Iterable[dict[str, dict[str, float]]]) -> dict[str, 
     return {t: {m: statistics.fmean(r[t][m] for r in per_seed) for m in first[t]} for t in first}
 
 
-def mean_ranks(results: dict[str, dict[str, dict[str, float]]], directions: dict[str, dict[str, str]]) -> dict[str, float]:
+def mean_ranks(results: dict[str, dict[str, dict[str, float]]],
+               directions: Mapping[str, Mapping[str, str]]) -> dict[str, float]:
     """Mean over all metrics of each stack's rank (1 = best; ties share the average rank)."""
     labels = list(results)
     total = {lab: 0.0 for lab in labels}
@@ -243,7 +247,7 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
         return delta_p_task(keep(runs[label][seed][split]), keep(stl[seed][split]), kept)
 
     ew = runs.get("ew", {})
-    records = []
+    records: list[dict[str, Any]] = []
     means = {label: _mean_metrics(r["test"] for r in per.values()) for label, per in runs.items()}
     ranks = mean_ranks(means, directions) if means else {}
     for label, per in runs.items():
@@ -255,7 +259,8 @@ def summarise_quality(stl: dict[int, dict[str, dict[str, dict[str, float]]]],
         d_mean, d_ci = _ci(test_dp)
         v_mean, v_ci = _ci(vs)
         vv_mean, vv_ci = _ci(val_vs)
-        metric_diffs = {t: {m: dict(zip(("mean", "ci"), _ci([per[s]["test"][t][m] - ew[s]["test"][t][m] for s in paired])))
+        metric_diffs = {t: {m: dict(zip(("mean", "ci"),
+                                        _ci([per[s]["test"][t][m] - ew[s]["test"][t][m] for s in paired]), strict=True))
                             for m in ms} for t, ms in directions.items()}
         records.append({
             "dataset": cfg.data,
@@ -327,7 +332,7 @@ def quality_table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         if stacked:
             row.append(f"{_fmt_ci(r['vs_base'], r['vs_base_ci'])} vs {r['base']}: {r['vs_base_verdict']}"
                        if "base" in r else "")
-        rows.append(row + [r["seconds_per_run"]])
+        rows.append([*row, r["seconds_per_run"]])
     return header, rows
 
 

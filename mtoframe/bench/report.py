@@ -23,7 +23,8 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str], *, align: str | 
     align = align or "".join("r" if rows and isinstance(rows[0][i], (int, float)) else "l" for i in range(len(header)))
 
     def line(vals: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(vals, widths, align)).rstrip()
+        padded = (v.rjust(w) if a == "r" else v.ljust(w) for v, w, a in zip(vals, widths, align, strict=True))
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
@@ -54,8 +55,10 @@ def writable_dir(path: Path, *, option: str = "--out") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        what = "it or a parent exists and is not a directory" if isinstance(exc, (FileExistsError, NotADirectoryError)) \
-            else (exc.strerror or str(exc))
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            what = "it or a parent exists and is not a directory"
+        else:
+            what = exc.strerror or str(exc)
         raise MtoError(f"{option} {path}: cannot create the output directory ({what}); "
                        f"give a directory that can be created and written") from exc
     try:
@@ -116,7 +119,7 @@ def bar_panels(path: Path, labels: Sequence[str], panels: Sequence[Panel], *, ti
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.35 * len(labels) + 1.5), squeeze=False)
     y = list(range(len(labels)))[::-1]
-    for i, (ax, panel) in enumerate(zip(axes[0], panels)):
+    for i, (ax, panel) in enumerate(zip(axes[0], panels, strict=True)):
         vals = [math.nan if v is None else v for v in panel.values]
         ax.barh(y, vals, xerr=panel.errors, color="tab:blue", alpha=0.8)
         ax.set_yticks(y, labels if i == 0 else [""] * len(labels))

@@ -148,7 +148,7 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
             "wall_summary": stats.summarise_times(times.wall[c.name]),
             "period": c.period,
             "rounds": [{"wall_ms": a, "cpu_ms": b, "ratio_to_ew": (b if clock == "cpu" else a) / e}
-                       for a, b, e in zip(times.wall[c.name], times.cpu[c.name], ew_head)],
+                       for a, b, e in zip(times.wall[c.name], times.cpu[c.name], ew_head, strict=True)],
             "peak_mem_mib": times.peak_mib.get(c.name),
             "mem_method": times.mem_method,
             "methods": c.info.get("methods", [c.info.get("aggregator", "")]),

@@ -149,5 +149,5 @@ def write_speed_report(records: Sequence[dict[str, Any]], out: Path, *, title: s
 def _error_bars(ok: Sequence[dict[str, Any]], key: str) -> list[list[float]]:
     """matplotlib's asymmetric ``xerr`` (distances below and above), 0 where there is no interval."""
     ci = [r[f"{key}_ci"] for r in ok]
-    return [[0.0 if c is None else r[key] - c[0] for r, c in zip(ok, ci)],
-            [0.0 if c is None else c[1] - r[key] for r, c in zip(ok, ci)]]
+    return [[0.0 if c is None else r[key] - c[0] for r, c in zip(ok, ci, strict=True)],
+            [0.0 if c is None else c[1] - r[key] for r, c in zip(ok, ci, strict=True)]]

@@ -68,7 +68,7 @@ def per_round_ratios(times: Sequence[float], baseline: Sequence[float]) -> list[
         raise MtoError(f"paired ratios need one time per round from both: got {len(a)} and {len(b)} rounds")
     if (b <= 0).any():
         raise MtoError("paired ratios need positive baseline times")
-    return (a / b).tolist()
+    return [float(r) for r in a / b]
 
 
 def median_ci(sample: Sequence[float], *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
@@ -115,7 +115,7 @@ def ratio_of_medians_ci(old: Sequence[float], new: Sequence[float], *, confidenc
         return Estimate(value, None, None, min(len(a), len(b)))
 
     def stat(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.median(y, axis=axis) / np.median(x, axis=axis)
+        return np.asarray(np.median(y, axis=axis) / np.median(x, axis=axis))
 
     from scipy.stats import bootstrap
 

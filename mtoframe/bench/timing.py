@@ -10,6 +10,7 @@ instead of whichever happened to run last. The statistics of the rounds are in
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import random
@@ -22,7 +23,6 @@ import attrs
 import torch
 
 from ..errors import MtoError
-
 
 # -- contenders ----------------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int
         for c in order:
             if memory and r == untimed - 1:
                 m0 = time.perf_counter()
-                peaks[c.name], method = peak_memory(lambda c=c: _steps(c), device=device)
+                peaks[c.name], method = peak_memory(functools.partial(_steps, c), device=device)
                 memory_s += time.perf_counter() - m0
                 continue
             _sync(device)
@@ -186,7 +186,7 @@ def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
     runs, in time order, as recorded by the PyTorch profiler.
 
     A free of a tensor allocated before the call is not seen."""
-    from torch._C._profiler import _EventType
+    from torch._C._profiler import _ExtraFields_Allocation
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
@@ -201,11 +201,17 @@ def cpu_allocations(fn: Callable[[], Any]) -> list[int]:
     # and keeps only the unattributed ones as ``[memory]`` rows, which loses the order; the
     # event tree (what torch's own memory profiler reads) keeps every allocation with its time.
     events: list[tuple[int, int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    results = prof.profiler.kineto_results if prof.profiler is not None else None
+    if results is None:
+        raise MtoError("torch's profiler recorded no results (is it built with Kineto?); "
+                       "measure without --memory")
+    stack = list(results.experimental_event_tree())
     while stack:
         e = stack.pop()
-        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
-            events.append((e.start_time_ns, e.id, e.extra_fields.alloc_size))
+        fields = e.extra_fields
+        # allocation events, and only they, carry _ExtraFields_Allocation (tag _EventType.Allocation)
+        if isinstance(fields, _ExtraFields_Allocation) and fields.device.type == "cpu":
+            events.append((e.start_time_ns, e.id, fields.alloc_size))
         stack.extend(e.children)
     return [size for _, _, size in sorted(events)]
 

@@ -70,7 +70,8 @@ def toy_losses_and_grads(x: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> 
 def on_front(x: np.ndarray, *, tol: float = 0.25) -> np.ndarray:
     """Whether points lie on the Pareto set: x1 in [-7, 7] (±0.05) and |x2 - (-8.3552)| < tol
     (the tolerance covers the set's slight bend, whose x2 reaches about -8.47 at x1 = ±7)."""
-    return (np.abs(x[..., 1] - PARETO_X2) < tol) & (x[..., 0] >= PARETO_X1[0] - 0.05) & (x[..., 0] <= PARETO_X1[1] + 0.05)
+    x1 = x[..., 0]
+    return (np.abs(x[..., 1] - PARETO_X2) < tol) & (x1 >= PARETO_X1[0] - 0.05) & (x1 <= PARETO_X1[1] + 0.05)
 
 
 # -- protocols -----------------------------------------------------------------------------------
@@ -111,14 +112,16 @@ Direction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1)
+    dots: np.ndarray = (a * b).sum(-1)
+    return dots
 
 
 def _clip(d: np.ndarray, max_norm: float) -> np.ndarray:
     """Each row of ``d`` clipped to ``max_norm`` with ``clip_grad_norm_``'s coefficient (0: off)."""
     if max_norm <= 0:
         return d
-    return d * np.minimum(1.0, max_norm / (np.sqrt(_dot(d, d))[:, None] + 1e-6))
+    clipped: np.ndarray = d * np.minimum(1.0, max_norm / (np.sqrt(_dot(d, d))[:, None] + 1e-6))
+    return clipped
 
 
 def ew_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direction:
@@ -134,13 +137,19 @@ def mgda_weights(G: np.ndarray) -> np.ndarray:
     return np.clip(w, 0.0, 1.0)
 
 
+def _min_norm_point(G: np.ndarray) -> np.ndarray:
+    """The min-norm convex combination of the two gradients, per start."""
+    w = mgda_weights(G)[:, None]
+    d: np.ndarray = w * G[:, 0] + (1 - w) * G[:, 1]
+    return d
+
+
 def mgda_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direction | None:
     if opts.get("normalization", "none") != "none":
         return None  # the closed form covers normalization='none'; others go through aggregate()
 
     def step(G: np.ndarray, L: np.ndarray) -> np.ndarray:
-        w = mgda_weights(G)[:, None]
-        return w * G[:, 0] + (1 - w) * G[:, 1]
+        return _min_norm_point(G)
 
     return step
 
@@ -186,7 +195,8 @@ def cagrad_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Di
         s = _dot(u, g0)
 
         def obj(x: np.ndarray) -> np.ndarray:
-            return k * np.sqrt(np.maximum(a * x * x + 2 * b * x + e, 0.0)) + s * x
+            value: np.ndarray = k * np.sqrt(np.maximum(a * x * x + 2 * b * x + e, 0.0)) + s * x
+            return value
 
         m = np.maximum(a * e - b * b, 0.0)  # Gram determinant: q = ((a x + b)² + m) / a
         cands = [np.zeros_like(a), np.ones_like(a)]
@@ -211,17 +221,19 @@ def nashmtl_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> D
     calls, then the update is clipped to ``max_norm``."""
     every = int(opts.get("update_weights_every", 1))
     max_norm = float(opts.get("max_norm", 1.0))
-    state = {"calls": 0, "alpha": np.ones((n, 2))}
+    calls = 0
+    alpha = np.ones((n, 2))
 
     def step(G: np.ndarray, L: np.ndarray) -> np.ndarray:
-        if state["calls"] % every == 0:
+        nonlocal calls, alpha
+        if calls % every == 0:
             norms = np.sqrt(_dot(G, G))  # [S, 2]
             cos = _dot(G[:, 0], G[:, 1]) / np.maximum(norms[:, 0] * norms[:, 1], 1e-300)
             ok = (norms > 0).all(1) & (cos > -1 + 1e-12)
-            alpha = 1.0 / (np.maximum(norms, 1e-300) * np.sqrt(np.maximum(1 + cos, 1e-300))[:, None])
-            state["alpha"] = np.where(ok[:, None], alpha, state["alpha"])
-        state["calls"] += 1
-        return _clip((state["alpha"][:, :, None] * G).sum(1), max_norm)
+            solved = 1.0 / (np.maximum(norms, 1e-300) * np.sqrt(np.maximum(1 + cos, 1e-300))[:, None])
+            alpha = np.where(ok[:, None], solved, alpha)
+        calls += 1
+        return _clip((alpha[:, :, None] * G).sum(1), max_norm)
 
     return step
 
@@ -231,7 +243,8 @@ def rlw_form(opts: Mapping[str, Any], n: int, rng: np.random.Generator) -> Direc
         z = rng.standard_normal((n, 2))
         w = np.exp(z - z.max(1, keepdims=True))
         w /= w.sum(1, keepdims=True)
-        return (w[:, :, None] * G).sum(1)
+        d: np.ndarray = (w[:, :, None] * G).sum(1)
+        return d
 
     return step
 
@@ -256,7 +269,8 @@ class FamoForm:
         D = L - self.min + 1e-8
         c = 1.0 / (self.z / D).sum(1, keepdims=True)
         self.prev = D
-        return ((c * self.z / D)[:, :, None] * G).sum(1)
+        d: np.ndarray = ((c * self.z / D)[:, :, None] * G).sum(1)
+        return d
 
     def after(self, L_new: np.ndarray) -> None:
         if self.prev is None:
@@ -341,8 +355,8 @@ def method_options(name: str, protocol: Protocol) -> dict[str, Any]:
     return opts
 
 
-def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | None = None, record_every: int | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | None = None,
+                 record_every: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Run every method from every start with Adam(lr) on θ; all methods and starts advance in
     one array. ``steps`` overrides the budgets (scaled proportionally for per-method budgets)."""
     S, M = len(protocol.starts), len(methods)
@@ -415,9 +429,9 @@ def run_protocol(protocol: Protocol, methods: Sequence[str], *, steps: int | Non
 def pareto_stationarity(x: np.ndarray, scale: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
     """Norm of the min-norm convex combination of the two gradients (0 on the Pareto set)."""
     _, G = toy_losses_and_grads(np.atleast_2d(x), scale)
-    w = mgda_weights(G)[:, None]
-    d = w * G[:, 0] + (1 - w) * G[:, 1]
-    return np.sqrt(_dot(d, d))
+    d = _min_norm_point(G)
+    norm: np.ndarray = np.sqrt(_dot(d, d))
+    return norm
 
 
 def plot_protocol(result: Mapping[str, Any], path: Any) -> bool:

@@ -81,9 +81,9 @@ def manytask_workload(*, tasks: int, batch: int = 64, seed: int = 0) -> Workload
     x, ys = manytask_data(tasks=tasks, n=batch, seed=seed)
     torch.manual_seed(seed)
     model = build_manytask_model(tasks=tasks)
-    x = torch.as_tensor(x, dtype=torch.float32)
+    inputs = torch.as_tensor(x, dtype=torch.float32)
     targets = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in ys.items()}
-    return Workload("manytask", model, manytask_tasks(tasks), (x, targets),
+    return Workload("manytask", model, manytask_tasks(tasks), (inputs, targets),
                     info={"tasks": tasks, "batch": batch, "seed": seed,
                           "shared_params": sum(p.numel() for p in model.shared_parameters()),
                           "params": sum(p.numel() for p in model.parameters())})

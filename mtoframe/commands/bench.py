@@ -35,11 +35,12 @@ def quality_sizes(data: str, *, quick: bool) -> dict[str, int]:
     return {k: v[1 if quick else 0] for k, v in QUALITY_SIZES[data].items()}
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="head-to-head timing (default) or quality (--quality) of the installed methods",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="small model and budget (timing < 3 min, quality < 10 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="small model and budget (timing < 3 min, quality < 10 min on 2 CPU cores)")
     p.add_argument("--quality", action="store_true", help="train and compare quality instead of timing")
     p.add_argument("--methods", help="stacks to run, comma separated, '+' joins a stack: 'ew,cagrad,repmtl+nashmtl' "
                    "(default: every installed method alone and the Rep-MTL stacks whose methods are installed)")
@@ -62,7 +63,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     q.add_argument("--n-val", type=int, help="validation images or pairs (scenes 128/64, multimnist 1000/500)")
     q.add_argument("--n-test", type=int, help="test images or pairs (scenes 256/128, multimnist 2000/1000)")
     q.add_argument("--lr", type=float, help="Adam learning rate (timing 1e-4, quality 1e-3)")
-    p.add_argument("--cache-dir", help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
+    p.add_argument("--cache-dir",
+                   help="where the generated scenes are cached (default: MTOFRAME_CACHE or ~/.cache/mtoframe)")
     c = p.add_argument_group("compare two timing runs")
     c.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"),
                    help="compare two results.json files: per-stack change of the ratio to EW, with verdicts")

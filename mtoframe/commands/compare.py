@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -17,7 +16,7 @@ from ..config import load_config
 from ..errors import OptionError
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="which method helps on my data and model: stacks vs EW, paired over seeds",
                        description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("config", help="TOML run configuration (mtoframe/config.py; its 'methods' are ignored)")

@@ -4,13 +4,13 @@ plugin distribution folder and print the line that installs and tests it."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..scaffold import next_command, scaffold
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("new-plugin", help="scaffold a plugin distribution mtoframe-NAME with an example method and tests")
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    p = sub.add_parser("new-plugin",
+                       help="scaffold a plugin distribution mtoframe-NAME with an example method and tests")
     p.add_argument("name", help="method name: lower-case letters and digits, no separators, not an installed method's")
     p.add_argument("--dir", default=".", help="folder to create mtoframe-NAME in (default: current folder)")
     p.add_argument("--stateful", action="store_true",

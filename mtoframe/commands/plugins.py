@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from ..registry import get_registry
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list installed methods, their distributions, hooks and options")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p

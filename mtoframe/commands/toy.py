@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the two-task toy: trajectories and endpoints of the installed methods",
                        description=__doc__)
     p.add_argument("--out", type=Path, default=Path("toy-results"), help="output directory (default: %(default)s)")
     p.add_argument("--protocol", choices=("a", "b", "both"), default="both")
     p.add_argument("--methods", help="comma-separated methods (default: every installed method the toy applies to)")
-    p.add_argument("--steps", type=_positive, help="override the step budget of the protocols (per-method budgets scale along)")
+    p.add_argument("--steps", type=_positive,
+                   help="override the step budget of the protocols (per-method budgets scale along)")
     p.add_argument("--quick", action="store_true", help="a tenth of the protocols' steps")
     p.add_argument("--seed", type=int, default=0, help="seed of random methods (RLW)")
     return p
@@ -58,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
         for name, r in res["methods"].items():
             ends = " ".join(f"({a:+.2f},{b:+.2f})" for a, b in r["endpoints"])
             rows.append([name, f"{r['reached']}/{len(r['endpoints'])}", r["steps"], r["implementation"], ends])
-        print(report.table(rows, ["method", "on front", "steps", "implementation", "endpoints (x1, x2)"], align="llrll"))
+        header = ["method", "on front", "steps", "implementation", "endpoints (x1, x2)"]
+        print(report.table(rows, header, align="llrll"))
         png = plot_protocol(res, out / f"toy_{key}.png")
         print(f"  {res['wall_seconds']:.1f} s" + (f"; wrote {out / f'toy_{key}.png'}" if png else ""), flush=True)
         results["protocols"][key] = res
     for name, why in skipped.items():
         print(f"not run: {name}: {why}")
-    endpoints = {k: {n: {f: r[f] for f in ("endpoints", "losses", "on_front", "reached", "steps", "implementation", "options")}
-                     for n, r in res["methods"].items()} for k, res in results["protocols"].items()}
+    fields = ("endpoints", "losses", "on_front", "reached", "steps", "implementation", "options")
+    endpoints = {k: {n: {f: r[f] for f in fields} for n, r in res["methods"].items()}
+                 for k, res in results["protocols"].items()}
     report.write_json(out / "endpoints.json", {"skipped": skipped, "front_criterion": results["front_criterion"],
                                                "protocols": endpoints})
     report.write_json(out / "trajectories.json", results)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..outputs import check_outputs, write_output
 from ..resume import apply_changes, checkpoint_errors, config_changes
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a stack of methods from a TOML config",
                        description=(__doc__ or "").split("\n\n")[0],
                        epilog="Generated data (data name 'scenes') is cached under $MTOFRAME_CACHE, by default "
@@ -58,6 +58,8 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
     from ..models.hps import build_manytask_model, build_scene_model, manytask_tasks, scene_tasks
 
     d, m = cfg.data, cfg.model
+    train_ds: Dataset[Any]
+    val_ds: Dataset[Any]
     if d.factory is not None:
         from ..userrun import build_user_run
 
@@ -72,7 +74,7 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
                                              d_in=d.d_in, correlation=d.correlation, seed=cfg.seed)
         names = [f"t{i}" for i in range(d.num_tasks)]
         _check_subset(cfg, names)
-        keep = cfg.tasks or names
+        keep = cfg.task_names() or names
         model = build_manytask_model(tasks=d.num_tasks, d_in=d.d_in, d_rep=m.d_rep)
         model.heads = torch.nn.ModuleDict({k: v for k, v in model.heads.items() if k in keep})
         return (model, [t for t in manytask_tasks(d.num_tasks) if t.name in keep],
@@ -83,6 +85,7 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
 
     from .. import data as datamod
 
+    available: tuple[str, ...]
     if d.name == "scenes":
         available, classes = ("segmentation", "depth", "normal"), d.num_classes or datamod.NUM_CLASSES
     elif d.name == "nyuv2":
@@ -91,14 +94,16 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
         suffix = d.label_dir.rpartition("_")[2]  # label_7 -> 7 classes
         available, classes = ("segmentation", "depth"), d.num_classes or (int(suffix) if suffix.isdigit() else 7)
     _check_subset(cfg, available)
-    tasks = tuple(cfg.tasks or available)
+    tasks = cfg.task_names() or available
     if d.name == "scenes":
         train_ds, val_ds = datamod.scenes_datasets(n_train=d.n_train, n_val=d.n_val, size=d.size, seed=cfg.seed,
                                                    cache_dir=d.cache_dir)
     elif d.name == "nyuv2":
-        train_ds, val_ds = datamod.nyuv2_datasets(d.path, tasks=tasks)  # type: ignore[arg-type]
+        assert d.path is not None  # DataConfig requires it for nyuv2 and cityscapes
+        train_ds, val_ds = datamod.nyuv2_datasets(d.path, tasks=tasks)
     else:
-        train_ds, val_ds = datamod.cityscapes_datasets(d.path, label_dir=d.label_dir, tasks=tasks)  # type: ignore[arg-type]
+        assert d.path is not None
+        train_ds, val_ds = datamod.cityscapes_datasets(d.path, label_dir=d.label_dir, tasks=tasks)
     if m.name in ("auto", "hps"):
         model = build_scene_model(num_classes=classes, tasks=tasks, width=m.width)
     elif m.name == "resnet50":
@@ -110,7 +115,7 @@ def build_run(cfg: RunConfig) -> tuple[Any, list[Any], Any, Any]:
     return model, scene_tasks(classes, tasks), _Subset(train_ds, tasks), _Subset(val_ds, tasks)
 
 
-def _office_run(cfg: RunConfig) -> tuple[Any, list[Any], dict[str, Dataset], dict[str, Dataset]]:
+def _office_run(cfg: RunConfig) -> tuple[Any, list[Any], Mapping[str, Dataset[Any]], Mapping[str, Dataset[Any]]]:
     from ..data.office import OFFICE31, OFFICEHOME, office_datasets
     from ..metrics import Accuracy
     from ..model import Task
@@ -121,7 +126,7 @@ def _office_run(cfg: RunConfig) -> tuple[Any, list[Any], dict[str, Dataset], dic
         raise OptionError(f"[model] name = {cfg.model.name!r} does not fit data {d.name!r}; allowed: auto, resnet18")
     domains = d.domains or (OFFICE31 if d.name == "office31" else OFFICEHOME)
     _check_subset(cfg, domains)
-    domains = cfg.tasks or domains
+    domains = cfg.task_names() or domains
     lists = d.list_dir or d.path
     assert d.path is not None and lists is not None
     train_ds = office_datasets(d.path, lists, domains=domains, split="train", size=d.image_size)
@@ -132,10 +137,10 @@ def _office_run(cfg: RunConfig) -> tuple[Any, list[Any], dict[str, Dataset], dic
     return model, tasks, train_ds, val_ds
 
 
-class _Subset(Dataset):
+class _Subset(Dataset[Any]):
     """Drops targets of tasks the run does not train (preloaded datasets keep them all)."""
 
-    def __init__(self, ds: Dataset, tasks: Iterable[str]) -> None:
+    def __init__(self, ds: Dataset[Any], tasks: Iterable[str]) -> None:
         self.ds, self.tasks = ds, tuple(tasks)
 
     def __len__(self) -> int:
@@ -151,7 +156,8 @@ def _check_subset(cfg: RunConfig, available: Iterable[str]) -> None:
     if cfg.tasks is not None:
         bad = [t for t in cfg.tasks if t not in available]
         if bad:
-            raise OptionError(f"option 'tasks' names {bad}, which data {cfg.data.name!r} does not have; allowed: {available}")
+            raise OptionError(f"option 'tasks' names {bad}, which data {cfg.data.name!r} does not have; "
+                              f"allowed: {available}")
         if len(set(cfg.tasks)) != len(cfg.tasks):
             raise OptionError(f"option 'tasks' repeats a task: {list(cfg.tasks)}")
 
@@ -234,8 +240,8 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Any = None, config_path
             echo(f"resumed from {cfg.checkpoint} at epoch {trainer.epoch}")
     stack = "+".join(m.name for m in trainer.stack) or "ew"
     if echo:
-        echo(f"training {stack} on {cfg.data.factory or cfg.data.name} ({_size(train_ds)} train / {_size(val_ds)} val), "
-             f"tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
+        echo(f"training {stack} on {cfg.data.factory or cfg.data.name} "
+             f"({_size(train_ds)} train / {_size(val_ds)} val), tasks {[t.name for t in tasks]}, {cfg.epochs} epochs")
     with trainer:
         while trainer.epoch < cfg.epochs:
             t0 = time.perf_counter()
@@ -270,5 +276,6 @@ def _size(ds: Any) -> int:
 
 def format_epoch(stats: dict[str, Any], epochs: int, seconds: float) -> str:
     loss = " ".join(f"{t}={v:.4f}" for t, v in stats["train_loss"].items())
-    val = " | ".join(f"{t}: " + " ".join(f"{k}={v:.4f}" for k, v in ms.items()) for t, ms in stats.get("val", {}).items())
+    val = " | ".join(f"{t}: " + " ".join(f"{k}={v:.4f}" for k, v in ms.items())
+                     for t, ms in stats.get("val", {}).items())
     return f"epoch {stats['epoch'] + 1}/{epochs} ({seconds:.1f}s)  loss {loss}  val {val}"

@@ -127,7 +127,8 @@ def _timing(cfg: RunConfig, stacks: Sequence[Sequence[str]], opts: CompareOption
            "rounds": opts.timing_rounds, "warmup": opts.timing_warmup, "threads": torch.get_num_threads()}
     if path.exists() and (saved := json.loads(path.read_text(encoding="utf-8"))).get("key") == key:
         say(f"step times already measured in {path}: not redone")
-        return saved["records"]
+        records: dict[str, dict[str, Any]] = saved["records"]
+        return records
     # Under torch.distributed every rank times (a step's collectives need them all, in the same
     # seeded round order); what is timed is then the distributed step. Rank 0 writes.
     say(f"timing the stacks on the config's model and first batch ({opts.timing_rounds} rounds)")

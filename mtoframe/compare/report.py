@@ -54,7 +54,8 @@ def write_markdown(path: Path, result: Mapping[str, Any]) -> None:
              "(95% bootstrap interval) on the config's model and first batch; peak memory of one step."
              if result["timing_rounds"] else "Step time: not measured (--timing-rounds 0)."]
     if result["excluded_from_delta_p"]:
-        lines.append(f"Left out of Δp_task (EW's value is 0 on some seed): {', '.join(result['excluded_from_delta_p'])}.")
+        excluded = ", ".join(result["excluded_from_delta_p"])
+        lines.append(f"Left out of Δp_task (EW's value is 0 on some seed): {excluded}.")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

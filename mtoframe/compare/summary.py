@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..bench.stats import difference_verdict as verdict
 from ..bench.stats import mean_ci
-from ..metrics import delta_p_task
+from ..metrics import Direction, delta_p_task
 
 EW = "ew"
 
@@ -25,7 +25,7 @@ def _ci(values: Sequence[float]) -> dict[str, Any]:
 
 
 def quality_vs_ew(results: Mapping[str, Mapping[int, Mapping[str, Any]]],
-                  directions: Mapping[str, Mapping[str, str]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+                  directions: Mapping[str, Mapping[str, Direction]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``({stack: quality record}, excluded metrics)`` from ``{stack: {seed: run result}}``.
 
     A metric whose EW value is 0 or NaN on some seed has no relative change there: it is left out
@@ -58,11 +58,12 @@ def quality_vs_ew(results: Mapping[str, Mapping[int, Mapping[str, Any]]],
     return out, excluded
 
 
-def _only(metrics: Mapping[str, Mapping[str, float]], kept: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, float]]:
+def _only(metrics: Mapping[str, Mapping[str, float]],
+          kept: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, float]]:
     return {t: {m: metrics[t][m] for m in ms} for t, ms in kept.items()}
 
 
-def _interval_known(ci: Sequence[float] | None) -> bool:
+def _interval_known(ci: Sequence[float] | None) -> TypeGuard[Sequence[float]]:
     return ci is not None and not any(v is None or math.isnan(v) for v in ci)
 
 

@@ -33,13 +33,15 @@ def task_weights(tasks: int, d_in: int, correlation: float, rng: np.random.Gener
         gram = (1 - p) * np.eye(tasks) + p * np.ones((tasks, tasks))
         factor = np.linalg.cholesky(gram)  # rows have the wanted Gram matrix
         basis, _ = np.linalg.qr(rng.standard_normal((d_in, tasks)))
-        return factor @ basis.T
+        rows: np.ndarray = factor @ basis.T
+        return rows
     u0 = rng.standard_normal(d_in)
     u0 /= np.linalg.norm(u0)
     v = rng.standard_normal((tasks, d_in))
     v -= np.outer(v @ u0, u0)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return np.sqrt(p) * u0 + np.sqrt(1 - p) * v
+    rows = np.sqrt(p) * u0 + np.sqrt(1 - p) * v
+    return rows
 
 
 def manytask_data(*, tasks: int, n: int, d_in: int = 32, correlation: float = 0.5,
@@ -62,7 +64,7 @@ def manytask_data(*, tasks: int, n: int, d_in: int = 32, correlation: float = 0.
     return x.astype(np.float32), {f"t{i}": y[:, i : i + 1].astype(np.float32) for i in range(tasks)}
 
 
-class ManyTaskDataset(Dataset):
+class ManyTaskDataset(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
     """Items ``(x [d_in], {task: y [1]})`` from :func:`manytask_data` arrays."""
 
     def __init__(self, x: np.ndarray, ys: dict[str, np.ndarray]) -> None:

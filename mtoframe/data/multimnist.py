@@ -74,14 +74,15 @@ def split_sources(n: int, fractions: tuple[float, float, float], *, seed: int) -
         raise OptionError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     order = np.random.default_rng([seed, 0]).permutation(n)
     ends = np.round(np.cumsum(fractions) * n).astype(int)
-    return {s: np.sort(order[lo:hi]) for s, lo, hi in zip(SPLITS, (0, *ends[:2]), ends)}
+    return {s: np.sort(order[lo:hi]) for s, lo, hi in zip(SPLITS, (0, *ends[:2]), ends, strict=True)}
 
 
 def pair_digits(labels: np.ndarray, pool: np.ndarray, n_pairs: int, *, seed: int, stream: int) -> np.ndarray:
     """``[n_pairs, 2]`` source indices (left, right), both from ``pool``, of different classes."""
     classes = np.unique(labels[pool])
     if len(classes) < 2:
-        raise MtoError(f"a pool of {len(pool)} digits with classes {classes.tolist()} cannot make pairs of different classes")
+        raise MtoError(f"a pool of {len(pool)} digits with classes {classes.tolist()} "
+                       "cannot make pairs of different classes")
     rng = np.random.default_rng([seed, 1, stream])
     left = rng.choice(pool, n_pairs)
     right = rng.choice(pool, n_pairs)
@@ -126,7 +127,7 @@ def make_multimnist(images: np.ndarray, labels: np.ndarray, sizes: dict[str, int
     return out
 
 
-class MultiMnistDataset(Dataset):
+class MultiMnistDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
     """``(image [1,28,28], {"left": class, "right": class})`` items of one split, held in memory."""
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
@@ -156,7 +157,8 @@ def multimnist_datasets(*, n_train: int = 10000, n_val: int = 2000, n_test: int 
     def fill(tmp: Path) -> None:
         images, labels = load_mnist_digits()
         for split, arrays in make_multimnist(images, labels, sizes, seed=seed).items():
-            np.savez(tmp / f"{split}.npz", **arrays)
+            np.savez(tmp / f"{split}.npz", image=arrays["image"], left=arrays["left"], right=arrays["right"],
+                     source=arrays["source"])
 
     build_once(root, fill, f"multimnist v{MULTIMNIST_VERSION} sizes={sizes} seed={seed}", what="MultiMNIST")
     loaded = []

@@ -49,7 +49,7 @@ def write_npy_layout(root: str | os.PathLike[str], split: str, arrays: Mapping[s
     return base
 
 
-class NpyMultiTaskDataset(Dataset):
+class NpyMultiTaskDataset(Dataset[tuple[Tensor, dict[str, Tensor]]]):
     """One split of the ``.npy`` layout: items ``(image [3,H,W] float32, {task: target})`` with
     ``segmentation`` a LongTensor [H,W] (−1 ignore), ``depth`` [1,H,W] (0 invalid) and
     ``normal`` [3,H,W] (0 invalid).

@@ -59,11 +59,11 @@ def _decode(path: Path, size: int) -> Tensor:
         raise OptionError(f"decoding {path.name} needs Pillow: pip install 'mtoframe[images]' "
                           "(or convert the images to .npy arrays)") from exc
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+        rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset(Dataset[tuple[Tensor, Tensor]]):
     """Items ``(image [3, size, size], label)`` of one domain's image list; paths are relative
     to ``root``."""
 
@@ -73,8 +73,8 @@ class ImageListDataset(Dataset):
         self.items = read_image_list(list_file)
         if not self.items:
             raise OptionError(f"image list {list_file} is empty")
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) if normalize else None
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) if normalize else None
+        self.norm = ((torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1))
+                     if normalize else None)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -82,8 +82,9 @@ class ImageListDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         rel, label = self.items[i]
         img = _decode(self.root / rel, self.size)
-        if self.mean is not None:
-            img = (img - self.mean) / self.std
+        if self.norm is not None:
+            mean, std = self.norm
+            img = (img - mean) / std
         return img, torch.tensor(label, dtype=torch.long)
 
 
@@ -110,7 +111,7 @@ class MultiInputLoader:
     batches (the trainer treats it as an absent label).
     """
 
-    def __init__(self, datasets: Mapping[str, Dataset], *, batch_size: int, shuffle: bool = True,
+    def __init__(self, datasets: Mapping[str, Dataset[Any]], *, batch_size: int, shuffle: bool = True,
                  num_workers: int = 0, drop_last: bool = False, cycle: bool = True) -> None:
         self.cycle = cycle
         if not datasets:

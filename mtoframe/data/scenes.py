@@ -25,6 +25,7 @@ smaller set.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 CLASSES = ("floor", "wall", "ceiling", "ball", "box", "cabinet", "pillar", "stool")
 NUM_CLASSES = len(CLASSES)
@@ -61,7 +62,7 @@ def generate_scenes(n: int, *, size: int = 64, seed: int = 0, offset: int = 0) -
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer >= 8, got {size!r}")
-    out = {
+    out: dict[str, np.ndarray] = {
         "image": np.empty((n, 3, size, size), np.float32),
         "label": np.empty((n, size, size), np.int64),
         "depth": np.empty((n, 1, size, size), np.float32),
@@ -80,12 +81,12 @@ def generate_scenes(n: int, *, size: int = 64, seed: int = 0, offset: int = 0) -
 # -- scene parameters (one dict per image, then stacked along a batch axis) -------------------
 
 
-def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
+def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray | np.generic]:
     h = r.uniform(1.2, 1.7)  # camera height above the floor
     back = r.uniform(4.0, 8.0)
     left, right = r.uniform(1.8, 3.5), r.uniform(1.8, 3.5)
     room_h = r.uniform(2.5, 3.2)  # floor-to-ceiling (or wall top)
-    p: dict[str, np.ndarray] = {
+    p: dict[str, np.ndarray | np.generic] = {
         "pitch": np.float32(np.deg2rad(r.uniform(0.0, 15.0))),
         "h": np.float32(h),
         "walls": np.array([back, left, right, room_h - h], np.float32),  # z, −x, +x, top y
@@ -121,7 +122,10 @@ def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
     cyl = np.zeros((_MAX_CYLINDERS, 6), np.float32)  # cx, cz, radius, top y, class, active
     for i in range(k):
         cls = PILLAR if r.random() < 0.5 else STOOL
-        rad, height = (r.uniform(0.1, 0.3), r.uniform(1.2, 2.4)) if cls == PILLAR else (r.uniform(0.2, 0.45), r.uniform(0.35, 0.7))
+        if cls == PILLAR:
+            rad, height = r.uniform(0.1, 0.3), r.uniform(1.2, 2.4)
+        else:
+            rad, height = r.uniform(0.2, 0.45), r.uniform(0.35, 0.7)
         x, z = place(rad)
         cyl[i] = (x, z, rad, -h + height, cls, 1.0)
     p["spheres"], p["boxes"], p["cylinders"] = sph, box, cyl
@@ -131,7 +135,7 @@ def _sample_scene(r: np.random.Generator) -> dict[str, np.ndarray]:
     return p
 
 
-def _stack(scenes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _stack(scenes: list[dict[str, np.ndarray | np.generic]]) -> dict[str, np.ndarray]:
     return {k: np.stack([s[k] for s in scenes]) for k in scenes[0]}
 
 
@@ -158,11 +162,11 @@ class _Hits:
         self.normal = [np.zeros(shape, np.float32) for _ in range(3)]
         self.slot = np.full(shape, -1, np.int64)
 
-    def offer(self, t: np.ndarray, cls: np.ndarray | int, normal: tuple, slot: int) -> None:
+    def offer(self, t: np.ndarray, cls: np.ndarray | int, normal: tuple[npt.ArrayLike, ...], slot: int) -> None:
         near = t < self.t
         self.t[near] = t[near]
         self.cls[near] = (np.broadcast_to(cls, t.shape))[near]
-        for mine, theirs in zip(self.normal, normal):
+        for mine, theirs in zip(self.normal, normal, strict=True):
             mine[near] = np.broadcast_to(theirs, t.shape)[near]
         self.slot[near] = slot
 
@@ -171,7 +175,8 @@ def _positive(t: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return np.where(ok & (t > 1e-4), t, np.inf).astype(np.float32)
 
 
-def _render(p: dict[str, np.ndarray], size: int, rngs: list[np.random.Generator]):
+def _render(p: dict[str, np.ndarray], size: int,
+            rngs: list[np.random.Generator]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     B = len(p["pitch"])
     d = _rays(p["pitch"], size)
     hits = _Hits(d[0].shape)
@@ -187,7 +192,7 @@ def _render(p: dict[str, np.ndarray], size: int, rngs: list[np.random.Generator]
     albedo = _albedo(p, pts, hits, valid)
     to_light = [p["light"][:, i : i + 1] - pts[i] for i in range(3)]
     dist2 = sum(c * c for c in to_light)
-    lam = np.clip(sum(n * c for n, c in zip(hits.normal, to_light)) / np.sqrt(dist2 + 1e-12), 0.0, None)
+    lam = np.clip(sum(n * c for n, c in zip(hits.normal, to_light, strict=True)) / np.sqrt(dist2 + 1e-12), 0.0, None)
     light = p["ambient"][:, None] + p["light_gain"][:, None] * lam / (1.0 + 0.15 * dist2)
     rgb = albedo * (light[..., None] * p["tint"][:, None, :])
     rgb = np.where(valid[..., None], rgb, 0.02)  # the void above open rooms is dark
@@ -246,10 +251,9 @@ def _boxes(p: dict[str, np.ndarray], d: list[np.ndarray], hits: _Hits) -> None:
         cs, sn = np.cos(yaw), np.sin(yaw)
         # ray in the box frame (rotation about y by −yaw; the origin is the camera)
         o = (-cs * cx + sn * cz, -cy, -sn * cx - cs * cz)
-        dl = (cs * dx - sn * dz, dy, sn * dx + cs * dz)
-        dl = [np.where(np.abs(c) < 1e-9, np.float32(1e-9), c) for c in dl]
+        dl = [np.where(np.abs(c) < 1e-9, np.float32(1e-9), c) for c in (cs * dx - sn * dz, dy, sn * dx + cs * dz)]
         near, far = [], []
-        for oi, di, hi in zip(o, dl, (hx, hy, hz)):
+        for oi, di, hi in zip(o, dl, (hx, hy, hz), strict=True):
             t1, t2 = (-hi - oi) / di, (hi - oi) / di
             near.append(np.minimum(t1, t2))
             far.append(np.maximum(t1, t2))
@@ -282,7 +286,8 @@ def _cylinders(p: dict[str, np.ndarray], d: list[np.ndarray], hits: _Hits) -> No
         t = np.where(cap, tc, ts)
         tf = np.where(np.isfinite(ts), ts, 0)
         inv = 1.0 / np.maximum(rad, 1e-6)
-        normal = (np.where(cap, 0, (tf * dx - cx) * inv), cap.astype(np.float32), np.where(cap, 0, (tf * dz - cz) * inv))
+        normal = (np.where(cap, 0, (tf * dx - cx) * inv), cap.astype(np.float32),
+                  np.where(cap, 0, (tf * dz - cz) * inv))
         hits.offer(t, cls, normal, _MAX_SPHERES + _MAX_BOXES + k)
 
 
@@ -311,4 +316,5 @@ def _albedo(p: dict[str, np.ndarray], pts: list[np.ndarray], hits: _Hits, valid:
     stripe_coord = np.where((cls == BALL) | (cls == PILLAR) | (cls == STOOL), y, x + z)
     obj_tex = 1.0 + oamp * np.sign(np.sin(ofreq * stripe_coord))
     tex = np.select([cls == FLOOR, cls == WALL, cls == CEILING], [floor_tex, wall_tex, np.ones_like(x)], obj_tex)
-    return np.clip(colour * np.where(valid, tex, 1.0)[..., None], 0.0, 1.0).astype(np.float32)
+    shaded: np.ndarray = np.clip(colour * np.where(valid, tex, 1.0)[..., None], 0.0, 1.0).astype(np.float32)
+    return shaded

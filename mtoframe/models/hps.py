@@ -7,7 +7,7 @@ resolution). At ``width=32`` on 64×64 inputs the encoder is about 87% of the mu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +113,8 @@ def count_macs(model: MultiTaskModel, x: Tensor) -> dict[str, int]:
     (one sample), from forward hooks; for documenting where the FLOPs are."""
     totals: dict[str, int] = {}
 
-    def hook(key: str):
-        def f(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+    def hook(key: str) -> Callable[[nn.Conv2d | nn.Linear, tuple[Tensor, ...], Tensor], None]:
+        def f(mod: nn.Conv2d | nn.Linear, inp: tuple[Tensor, ...], out: Tensor) -> None:
             if isinstance(mod, nn.Conv2d):
                 macs = out[0].numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
             else:

@@ -33,7 +33,8 @@ def _bn(c: int) -> nn.BatchNorm2d:
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, dilation, dilation, bias=False)
         self.bn1 = _bn(planes)
@@ -50,7 +51,8 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = _bn(planes)
@@ -105,7 +107,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        out: Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return out
 
 
 def resnet18() -> ResNet:
@@ -129,7 +132,8 @@ class _ImagePool(nn.Module):
         self.conv = _ConvBNReLU(cin, cout, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.interpolate(self.conv(F.adaptive_avg_pool2d(x, 1)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pooled = self.conv(F.adaptive_avg_pool2d(x, 1))
+        return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class ASPP(nn.Module):
@@ -143,7 +147,8 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(_ConvBNReLU(cout * (len(rates) + 2), cout, 1), nn.Dropout(0.5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.project(torch.cat([b(x) for b in self.branches], 1))
+        out: Tensor = self.project(torch.cat([b(x) for b in self.branches], 1))
+        return out
 
 
 class ASPPHead(nn.Module):
@@ -169,10 +174,12 @@ class _Trunk(nn.Module):
                                      nn.Dropout(0.5)) if hidden else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.backbone(x)
+        z: Tensor = self.backbone(x)
         if self.pool:
             z = F.adaptive_avg_pool2d(z, 1).flatten(1)
-        return self.hidden(z) if self.hidden is not None else z
+        if self.hidden is not None:
+            z = self.hidden(z)
+        return z
 
 
 def build_resnet50_aspp(*, num_classes: int, tasks: Sequence[str] = ("segmentation", "depth", "normal"),

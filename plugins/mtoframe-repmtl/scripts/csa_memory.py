@@ -14,7 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
-import time
+from typing import Any
 
 CHILD = r"""
 import json, resource, sys, time
@@ -43,13 +43,16 @@ if mode == "gram":
 elif mode == "dense":
     dense(s).backward()
 elapsed = time.perf_counter() - t0
-print(json.dumps({"mode": mode, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": elapsed}))
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"mode": mode, "peak_mib": peak_mib, "seconds": elapsed}))
 """
 
 
-def run(mode: str, dims: list[int]) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, *map(str, dims)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run(mode: str, dims: list[int]) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, *map(str, dims)],
+                         check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:
@@ -68,7 +71,8 @@ def main() -> None:
     print(f"baseline peak RSS (S + grad): {base['peak_mib']:9.1f} MiB")
     for mode in ("gram", "dense") if a.dense else ("gram",):
         r = run(mode, dims)
-        print(f"{mode:>5}: peak RSS {r['peak_mib']:9.1f} MiB, above baseline {r['peak_mib'] - base['peak_mib']:9.1f} MiB, "
+        above = r["peak_mib"] - base["peak_mib"]
+        print(f"{mode:>5}: peak RSS {r['peak_mib']:9.1f} MiB, above baseline {above:9.1f} MiB, "
               f"forward+backward {r['seconds']:.1f} s")
 
 
