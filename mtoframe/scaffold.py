@@ -42,7 +42,7 @@ name = "mtoframe-@NAME@"
 version = "0.1.0"
 description = "@CLASS@: an mtoframe multi-task optimisation method."
 readme = "README.md"
-requires-python = ">=3.10"
+requires-python = ">=3.11"
 license = "MIT"
 license-files = ["LICENSE"]
 authors = [@AUTHORS@]
