@@ -246,7 +246,7 @@ class Stack(Sequence[Method]):
             # task t's loss then reaches Z only through its own alias: one autograd call gives every
             # ∂L_t/∂Z (grad of a stacked loss's element would run every head, the others with zeros)
             inputs = {t: z.view_as(z) for t in ctx.tasks}
-            ctx.head_inputs = tuple(inputs.values())
+            ctx.grad_cache.head_inputs = tuple(inputs.values())
             return inputs
         return {t: z for t in ctx.tasks}
 
@@ -295,7 +295,7 @@ class Stack(Sequence[Method]):
         self._stage = "backward"
         if self.needs_engine:
             ctx.engine = self._engine_for(shared)
-        ctx.task_losses = task_losses
+        ctx.grad_cache.task_losses = task_losses
         ctx.losses = ctx.raw_losses = self._union_losses(ctx, torch.stack(task_losses))
         self.hooks.call("on_task_losses", ctx, ctx=ctx)
         if not self._gradients(ctx, shared):
