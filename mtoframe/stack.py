@@ -180,7 +180,7 @@ class Stack(Sequence[Method]):
     @property
     def needs_engine(self) -> bool:
         """Whether a step needs per-task gradients (else: one backward of the weighted sum)."""
-        return self.grad_space is not None or any(m.saliency != "none" for m in self.methods)
+        return self.grad_space is not None or any(m.rep_grads != "none" for m in self.methods)
 
     # -- method parameters -----------------------------------------------------------------------
 
@@ -224,9 +224,9 @@ class Stack(Sequence[Method]):
                            "optimizer.step() before starting the next step")
         present = self.task_names if tasks is None else self._present(tasks)
         self._t_step = time.perf_counter()
+        logging = self.writer is not None and self.step % self.log_every == 0
         self._open = StepContext(tasks=present, all_tasks=self.task_names, step=self.step, epoch=self.epoch,
-                                 space=self.grad_space, logging=self.writer is not None and self.step % self.log_every == 0,
-                                 device=device)
+                                 grad_space=self.grad_space, logging=logging, device=device)
         self._stage, self._features = "begun", None
         return self._open
 
@@ -255,7 +255,7 @@ class Stack(Sequence[Method]):
         self,
         losses: Mapping[str, Tensor | None],
         *,
-        features: Tensor,
+        features: Any,
         shared_params: Iterable[nn.Parameter],
         task_params: Mapping[str, Iterable[nn.Parameter]] | None = None,
     ) -> StepContext:
@@ -263,7 +263,8 @@ class Stack(Sequence[Method]):
 
         :param losses: a scalar loss per task present in the batch (a missing or None task is
             left out of this step).
-        :param features: the shared representation the task losses were computed from.
+        :param features: the shared representation the task losses were computed from (a tensor
+            for methods that read representation gradients).
         :param shared_params: the parameters that produced ``features``.
         :param task_params: ``{task: parameters}`` of each head; inferred when omitted.
         :returns: the step's :class:`StepContext`; pass it to :meth:`after_step`.
@@ -282,10 +283,8 @@ class Stack(Sequence[Method]):
         else:
             ctx.z = features
         shared = [p for p in shared_params if p.requires_grad]
-        if not self._started:
-            self._shared = shared
+        self._shared = shared  # what a method starting now reads as the model's parameters
         self.start()
-        self._shared = shared
         task_losses = tuple(_scalar(t, losses[t]) for t in ctx.tasks)
         others = self._task_parameters(ctx, task_losses, shared, task_params)
         self._others = others + [p for p in self.parameters() if not any(p is o for o in others)]
@@ -358,7 +357,7 @@ class Stack(Sequence[Method]):
         if len(state["method_params"]) != len(params):
             raise MtoError(f"state has {len(state['method_params'])} method parameters, this stack {len(params)}")
         with torch.no_grad():
-            for p, saved in zip(params, state["method_params"]):
+            for p, saved in zip(params, state["method_params"], strict=True):
                 p.copy_(saved)
         for m in self.methods:
             m.load_state_dict(state["methods"][m.name])
@@ -380,7 +379,8 @@ class Stack(Sequence[Method]):
 
     def _engine_for(self, shared: list[nn.Parameter]) -> GradientEngine:
         engine = self._engine
-        if engine is None or len(engine.shared) != len(shared) or any(a is not b for a, b in zip(engine.shared, shared)):
+        if engine is None or len(engine.shared) != len(shared) or any(
+                a is not b for a, b in zip(engine.shared, shared, strict=True)):
             engine = self._engine = GradientEngine(shared, batched=self.batched_grads)
             engine.amp, engine.comm = self.amp, self.comm
         return engine
@@ -389,7 +389,7 @@ class Stack(Sequence[Method]):
                          given: Mapping[str, Iterable[nn.Parameter]] | None) -> list[nn.Parameter]:
         shared_ids = {id(p) for p in shared}
         if given is None:
-            found = {t: _graph_parameters(loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses)}
+            found = {t: _graph_parameters(loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses, strict=True)}
         else:
             unknown = sorted(set(given) - set(self.task_names))
             if unknown:
@@ -432,7 +432,7 @@ class Stack(Sequence[Method]):
         t0 = time.perf_counter()
         if self.grad_space is None:
             objective = (ctx.weights * ctx.losses).sum() + sum(ctx.extra_losses.values())
-            self.amp.scale(objective).backward()
+            torch.autograd.backward(self.amp.scale(objective))
             if self.comm is not None:
                 self.comm.reduce_grads([*shared, *self._others])
             if self.amp.scaler is None and self.guard.check(ctx, *losses, what="loss", grads=self._grads(shared)):
@@ -452,8 +452,8 @@ class Stack(Sequence[Method]):
             if self.comm is not None:
                 # parameter-space shared gradients are the identical aggregated update on every
                 # rank unless a regulariser added to them
-                local = self._others if ctx.space == "params" and not ctx.extra_losses else [*shared, *self._others]
-                self.comm.reduce_grads(local)
+                same = ctx.grad_space == "params" and not ctx.extra_losses
+                self.comm.reduce_grads(self._others if same else [*shared, *self._others])
             if self.guard.check(ctx, update, what="update", grads=self._grads(shared)):
                 return False
         sync(ctx)
@@ -481,8 +481,9 @@ class Stack(Sequence[Method]):
         for i, p in enumerate((*self._shared, *self._others)):
             name = self.parameter_names.get(id(p))
             if name is None:
+                n = len(self._shared)
                 kind = (f"method parameter {method[id(p)]}" if id(p) in method
-                        else f"shared parameter {i}" if i < len(self._shared) else f"task parameter {i - len(self._shared)}")
+                        else f"shared parameter {i}" if i < n else f"task parameter {i - n}")
                 name = f"{kind} {tuple(p.shape)}"
             yield name, p
 

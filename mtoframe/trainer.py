@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
 
 from . import checks
 from .amp import MixedPrecision
@@ -107,7 +106,8 @@ class Trainer:
             self.stack.writer = self.logger.writer
 
     @property
-    def space(self) -> str | None:
+    def grad_space(self) -> str | None:
+        """The stack's gradient space (None: one backward of the weighted losses)."""
         return self.stack.grad_space
 
     @property
@@ -148,7 +148,7 @@ class Trainer:
         inputs, targets, present, slices = split_batch(batch, self.task_names)
         checks.check_inputs(inputs, self.model)
         ctx = self.stack.begin(present, device=next(self.model.parameters()).device)
-        ctx.inputs, ctx.targets, ctx.slices = inputs, targets, slices
+        ctx.inputs, ctx.targets, ctx.slices = inputs, dict(targets), slices
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -211,7 +211,8 @@ class Trainer:
             counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
             batches = 0
-            for batches, batch in enumerate(tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable), 1):
+            for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
+                batches += 1
                 ctx = self.step(batch)
                 if ctx.raw_losses is not None:
                     sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())
