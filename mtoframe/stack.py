@@ -230,6 +230,12 @@ class Stack(Sequence[Method]):
         self._stage, self._features = "begun", None
         return self._open
 
+    def abandon(self) -> None:
+        """Forget the open step (after an error in the loop between :meth:`begin` and
+        :meth:`after_step`): its gradients are not applied and :attr:`step` does not advance.
+        The stack's own methods abandon a step they fail in."""
+        self._open, self._stage, self._features = None, "", None
+
     def represent(self, features: Any, *, tasks: Sequence[str] | None = None) -> dict[str, Any]:
         """Run ``on_representation`` on ``features`` and return each present task's head input.
 
@@ -239,6 +245,13 @@ class Stack(Sequence[Method]):
         ctx = self._open if self._open is not None else self.begin(tasks, device=_device(features))
         if self._stage != "begun":
             raise MtoError(f"stack.represent was called twice in step {ctx.step}")
+        try:
+            return self._represent(ctx, features)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _represent(self, ctx: StepContext, features: Any) -> dict[str, Any]:
         ctx.z = self._features = features
         self.hooks.call("on_representation", ctx, ctx=ctx)
         self._stage = "represented"
@@ -277,10 +290,20 @@ class Stack(Sequence[Method]):
             raise MtoError(f"stack.backward was called twice in step {ctx.step}; call stack.after_step(ctx) first")
         if present != ctx.tasks:
             raise BatchError(f"losses are given for tasks {list(present)} but the step was begun for {list(ctx.tasks)}")
-        if self._stage == "represented":
-            if features is not self._features and features is not ctx.z:
-                raise MtoError("features must be the tensor given to stack.represent (or what its hooks made of it)")
-        else:
+        if self._stage == "represented" and features is not self._features and features is not ctx.z:
+            self.abandon()
+            raise MtoError("features must be the tensor given to stack.represent (or what its hooks made of it)")
+        try:
+            self._backward(ctx, losses, features, shared_params, task_params)
+        except BaseException:
+            self.abandon()
+            raise
+        return ctx
+
+    def _backward(self, ctx: StepContext, losses: Mapping[str, Tensor | None], features: Any,
+                  shared_params: Iterable[nn.Parameter], task_params: Mapping[str, Iterable[nn.Parameter]] | None
+                  ) -> None:
+        if self._stage != "represented":
             ctx.z = features
         shared = [p for p in shared_params if p.requires_grad]
         self._shared = shared  # what a method starting now reads as the model's parameters
@@ -300,7 +323,6 @@ class Stack(Sequence[Method]):
         self.hooks.call("on_task_losses", ctx, ctx=ctx)
         if not self._gradients(ctx, shared):
             self._skip(ctx, shared)
-        return ctx
 
     def after_step(self, ctx: StepContext, recompute_losses: Recompute | None = None) -> None:
         """After ``optimizer.step()``: run ``on_after_step`` (FAMO's logits, counters), write the
@@ -320,6 +342,9 @@ class Stack(Sequence[Method]):
             ctx.loss_recomputer = lambda train_mode: self._recompute(ctx, fn, train_mode)
         try:
             self.hooks.call("on_after_step", ctx, ctx=ctx)
+        except BaseException:
+            self.abandon()
+            raise
         finally:
             ctx.loss_recomputer = None  # the closure holds ctx: no reference cycle outlives the step
         sync(ctx)
@@ -327,7 +352,7 @@ class Stack(Sequence[Method]):
         if ctx.logging and self.writer is not None:
             write_scalars(self.writer, step_scalars(ctx, step_ms), ctx.step)
         self.step += 1
-        self._open, self._stage, self._features = None, "", None
+        self.abandon()  # the step is closed
 
     def end_epoch(self, stats: Mapping[str, Any]) -> None:
         """Run ``on_epoch_end`` with the epoch's ``stats`` (``{"train_loss": {task: mean loss},

@@ -206,3 +206,29 @@ def test_writer_gets_the_step_scalars() -> None:
     steps = {s for _, s in writer.tags}
     assert steps == {0, 2}
     assert {("loss/seg", 0), ("weight/depth", 0), ("time/step_ms", 2), ("time/backward_ms", 0)} <= set(writer.tags)
+
+
+def test_a_failed_step_is_abandoned_and_the_next_one_runs() -> None:
+    net = Net().double()
+    stack = Stack([], tasks=["seg", "depth"])
+    x, y = batches()[0]
+    z, losses = forward(net, x, y)
+    losses["depth"] = losses["depth"] * float("nan")
+    with pytest.raises(mtoframe.NonFiniteLossError, match=r"task\(s\) \['depth'\]"):
+        stack.backward(losses, features=z, shared_params=net.backbone.parameters())
+    stack.after_step(_own_step(stack, net, x, y))
+    assert stack.step == 1
+
+
+def test_a_skipped_step_clears_the_gradients_and_is_counted() -> None:
+    net = Net().double()
+    stack = Stack([], tasks=["seg", "depth"], nonfinite="skip")
+    x, y = batches()[0]
+    z, losses = forward(net, x, y)
+    losses["seg"] = losses["seg"] * float("inf")
+    with pytest.warns(RuntimeWarning, match="skipped step 0") as record:
+        ctx = stack.backward(losses, features=z, shared_params=net.backbone.parameters())
+    assert [w.filename for w in record] == [__file__]  # points at the caller of backward
+    assert ctx.skipped and stack.counters["skipped_steps"] == 1
+    assert all(p.grad is None for p in net.parameters())
+    stack.after_step(ctx)
