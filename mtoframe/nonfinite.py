@@ -95,7 +95,8 @@ class NonFiniteGuard:
         for the gradient matrix a method refused."""
         where = f"at step {ctx.step}"
         if what == "loss" and bad[0]:
-            culprits = [t for t, ok in zip(ctx.tasks, torch.isfinite(ctx.losses.detach()).tolist(), strict=True) if not ok]
+            finite = torch.isfinite(ctx.losses.detach()).tolist()
+            culprits = [t for t, ok in zip(ctx.tasks, finite, strict=True) if not ok]
             return f"loss {where}: task(s) {culprits}"
         extra = [n for n, v in ctx.extra_losses.items() if not bool(torch.isfinite(v.detach()).all())]
         if what == "loss" and extra:
