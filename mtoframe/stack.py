@@ -414,7 +414,7 @@ class Stack(Sequence[Method]):
                          given: Mapping[str, Iterable[nn.Parameter]] | None) -> list[nn.Parameter]:
         shared_ids = {id(p) for p in shared}
         if given is None:
-            found = {t: _graph_parameters(loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses, strict=True)}
+            found = {t: _graph_parameters(t, loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses, strict=True)}
         else:
             unknown = sorted(set(given) - set(self.task_names))
             if unknown:
@@ -551,21 +551,30 @@ def _scalar(task: str, value: Any) -> Tensor:
     return value
 
 
-def _graph_parameters(loss: Tensor, features: Any) -> list[nn.Parameter]:
+def _graph_parameters(task: str, loss: Tensor, features: Any) -> list[nn.Parameter]:
     """Leaf tensors requiring grad that ``loss`` reaches in its autograd graph before ``features``."""
     stop = features.grad_fn if isinstance(features, Tensor) else None
     out: list[nn.Parameter] = []
     seen: set[object] = set()
+    reached = stop is None
     todo = [loss.grad_fn]
     while todo:
         fn = todo.pop()
-        if fn is None or fn is stop or fn in seen:
+        if fn is stop:
+            reached = True
+            continue
+        if fn is None or fn in seen:
             continue
         seen.add(fn)
         leaf = getattr(fn, "variable", None)
         if isinstance(leaf, Tensor):
-            if leaf is not features:
+            if leaf is features:
+                reached = True
+            else:
                 out.append(leaf)  # type: ignore[arg-type]
             continue
         todo.extend(f for f, _ in fn.next_functions)
+    if not reached:
+        raise MtoError(f"the loss of task {task!r} does not depend on features: pass the tensor its head read "
+                       "(or task_params=, to name each head's parameters yourself)")
     return out

@@ -137,6 +137,15 @@ def test_a_loss_reaching_shared_parameters_around_the_features_is_refused() -> N
         Stack(["mgda"], tasks=["seg", "depth"]).backward(losses, features=z, shared_params=net.backbone.parameters())
 
 
+def test_features_the_losses_do_not_depend_on_are_refused() -> None:
+    net = Net().double()
+    x, y = batches()[0]
+    _, losses = forward(net, x, y)
+    other = net.backbone(x)  # a second forward: not the tensor the heads read
+    with pytest.raises(MtoError, match=r"loss of task 'seg' does not depend on features"):
+        Stack([], tasks=["seg", "depth"]).backward(losses, features=other, shared_params=net.backbone.parameters())
+
+
 def test_after_step_without_recompute_losses_names_the_method() -> None:
     pytest.importorskip("mtoframe_famo")
     net = Net().double()
