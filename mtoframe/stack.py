@@ -143,6 +143,7 @@ class Stack(Sequence[Method]):
         self._shared: list[nn.Parameter] = []
         self._others: list[nn.Parameter] = []
         self._task_seen: dict[int, nn.Parameter] = {}
+        self._method_params: list[nn.Parameter] = []
         self._open: StepContext | None = None
         self._stage = ""
         self._features: Any = None
@@ -203,7 +204,7 @@ class Stack(Sequence[Method]):
         """The methods' learnable parameters, flat (prefer :meth:`param_groups`, which keeps them
         out of weight decay). Starts the stack."""
         self.start()
-        return [p for g in self._groups for p in g["params"]]
+        return list(self._method_params)
 
     def start(self) -> None:
         """Run ``on_train_start`` once (``param_groups``, ``backward`` and ``load_state_dict`` call it)."""
@@ -211,6 +212,7 @@ class Stack(Sequence[Method]):
             return
         self._started = True
         self.hooks.call("on_train_start", None, trainer=self)
+        self._method_params = [p for g in self._groups for p in g["params"]]
         if self.comm is not None:  # as DDP does: every rank starts from rank 0's values
             self.comm.broadcast(self.parameters())
 
@@ -310,10 +312,12 @@ class Stack(Sequence[Method]):
         self.start()
         task_losses = tuple(_scalar(t, losses[t]) for t in ctx.tasks)
         others = self._task_parameters(ctx, task_losses, shared, task_params)
-        self._others = others + [p for p in self.parameters() if not any(p is o for o in others)]
+        ids = {id(p) for p in others}
+        self._others = others + [p for p in self._method_params if id(p) not in ids]
         # a task absent from this batch keeps no gradient from an earlier step either
-        self._task_seen.update((id(p), p) for p in others)
-        for p in (*shared, *self._others, *self._task_seen.values()):
+        for p in others:
+            self._task_seen.setdefault(id(p), p)
+        for p in (*shared, *self._method_params, *self._task_seen.values()):
             p.grad = None
         self._stage = "backward"
         if self.needs_engine:
@@ -419,11 +423,13 @@ class Stack(Sequence[Method]):
             unknown = sorted(set(given) - set(self.task_names))
             if unknown:
                 raise OptionError(f"task_params names unknown task(s) {unknown}; the tasks are {list(self.task_names)}")
-            found = {t: [p for p in ps if p.requires_grad] for t, ps in given.items()}
+            found = given
         out: list[nn.Parameter] = []
         seen: set[int] = set()
         for task, params in found.items():
             for p in params:
+                if not p.requires_grad:
+                    continue
                 if id(p) in shared_ids:
                     how = ("its loss reaches it other than through features" if given is None
                            else "task_params lists it")

@@ -96,6 +96,9 @@ class Trainer:
         self.stack = Stack(methods, tasks=self.task_names, encoder=model.encoder, log_every=log_every,
                            nonfinite=nonfinite, batched_grads=batched_grads, grad_scaler=grad_scaler, plugins=plugins)
         self.stack.parameter_names = {id(p): n for n, p in model.named_parameters()}
+        # every parameter, trainable now or not: the stack skips those that do not require grad
+        self._shared = list(model.encoder.parameters())
+        self._heads = {t: list(model.heads[t].parameters()) for t in self.task_names}
         self.amp = MixedPrecision(amp, grad_scaler, next(model.parameters()).device)
         self.comm = Communicator() if is_distributed() else None
         self.history: list[dict[str, Any]] = []
@@ -171,8 +174,7 @@ class Trainer:
             losses = task_losses(self.tasks, ctx.predictions, ctx.targets)
 
         # 3. the stack's gradients (one backward, or per-task gradients -> methods -> update)
-        heads = {t: self.model.head_parameters(t) for t in self.task_names}
-        self.stack.backward(losses, features=ctx.z, shared_params=self.model.shared_parameters(), task_params=heads)
+        self.stack.backward(losses, features=ctx.z, shared_params=self._shared, task_params=self._heads)
 
         # 4. optimiser (not on a skipped non-finite step), then post-step state updates
         if not ctx.skipped:
