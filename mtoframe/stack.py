@@ -417,6 +417,7 @@ class Stack(Sequence[Method]):
     def _task_parameters(self, ctx: StepContext, task_losses: Sequence[Tensor], shared: Sequence[nn.Parameter],
                          given: Mapping[str, Iterable[nn.Parameter]] | None) -> list[nn.Parameter]:
         shared_ids = {id(p) for p in shared}
+        found: Mapping[str, Iterable[nn.Parameter]]
         if given is None:
             found = {t: _graph_parameters(t, loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses, strict=True)}
         else:
