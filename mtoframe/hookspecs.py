@@ -7,10 +7,10 @@ wraps any exception in a :class:`mtoframe.errors.MethodError` naming the method 
 
 One training step runs the hooks in this order (see :meth:`mtoframe.trainer.Trainer.step`)::
 
-    Z = encoder(x)          -> on_representation(ctx)
-    L = heads(Z), losses     -> on_task_losses(ctx)
-    per-task gradients       -> on_shared_grads(ctx)     (only if a method needs them)
-    optimizer.step()         -> on_after_step(ctx)
+    Z = encoder(x)          -> stack.represent(Z)     -> on_representation(ctx)  (optional in own loops)
+    L = heads(Z), losses     -> stack.backward(L, ...) -> on_task_losses(ctx)
+    per-task gradients                                 -> on_shared_grads(ctx)    (only if a method needs them)
+    optimizer.step()         -> stack.after_step(ctx)  -> on_after_step(ctx)
 
 Lifecycle hooks: :func:`mtoframe_register` (discovery), :func:`on_train_start` (once, before
 the first step) and :func:`on_epoch_end` (after each epoch). Both receive a :class:`MethodHost`:
