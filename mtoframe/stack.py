@@ -25,6 +25,8 @@ from .tblog import step_scalars, write_scalars
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+    from .hookspecs import MethodHost
+
 #: what ``after_step``'s ``recompute_losses`` is: ``train_mode -> {task: loss}``, run under no_grad
 Recompute = Callable[[bool], Mapping[str, Tensor]]
 
@@ -211,7 +213,8 @@ class Stack(Sequence[Method]):
         if self._started:
             return
         self._started = True
-        self.hooks.call("on_train_start", None, trainer=self)
+        host: MethodHost = self  # what the hookspec promises methods (checked by mypy)
+        self.hooks.call("on_train_start", None, trainer=host)
         self._method_params = [p for g in self._groups for p in g["params"]]
         if self.comm is not None:  # as DDP does: every rank starts from rank 0's values
             self.comm.broadcast(self.parameters())
@@ -361,7 +364,8 @@ class Stack(Sequence[Method]):
     def end_epoch(self, stats: Mapping[str, Any]) -> None:
         """Run ``on_epoch_end`` with the epoch's ``stats`` (``{"train_loss": {task: mean loss},
         "val": ...}``) and advance :attr:`epoch`."""
-        self.hooks.call("on_epoch_end", None, trainer=self, epoch=self.epoch, stats=dict(stats))
+        host: MethodHost = self
+        self.hooks.call("on_epoch_end", None, trainer=host, epoch=self.epoch, stats=dict(stats))
         self.epoch += 1
 
     # -- state -----------------------------------------------------------------------------------
