@@ -4,7 +4,7 @@ Trainer's ``.grad`` on every parameter, step after step (so method state matters
 from __future__ import annotations
 
 import copy
-import importlib
+import importlib.util
 from collections.abc import Iterable, Mapping
 from functools import partial
 
