@@ -1,0 +1,239 @@
+"""Train a PyTorch Lightning module with an mtoframe stack: :class:`StackModule`.
+
+``pip install 'mtoframe[lightning]'`` (the ``lightning`` package; ``import mtoframe`` never imports
+it, only ``import mtoframe.lightning`` does). Subclass :class:`StackModule` instead of
+``lightning.pytorch.LightningModule``, give it a :class:`~mtoframe.Stack`, and call
+:meth:`StackModule.stack_step` in ``training_step`` where a Lightning module would call
+``self.manual_backward(loss)`` and ``optimizer.step()``::
+
+    class Net(StackModule):
+        def __init__(self):
+            backbone = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+            super().__init__(mtoframe.Stack(["repmtl", "nashmtl"], tasks=["a", "b"], encoder=backbone))
+            self.backbone, self.a, self.b = backbone, nn.Linear(32, 1), nn.Linear(32, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            z = self.backbone(x)
+            losses = {"a": mse(self.a(z), y["a"]), "b": mse(self.b(z), y["b"])}
+            self.stack_step(losses, features=z, shared_params=self.backbone.parameters())
+
+        def configure_optimizers(self):
+            return torch.optim.Adam([{"params": self.parameters()}, *self.stack.param_groups()], lr=1e-3)
+
+Why a base class. The step needs the module (its optimiser, its precision, its checkpoint hooks) and
+the stack's state must travel with the module's checkpoint, so the stack belongs to the module, as a
+``torchmetrics.Metric`` does; a callback would keep the state somewhere a module loaded with
+``load_from_checkpoint`` never sees, and a user who forgot it would resume with fresh method state.
+TorchJD's Lightning recipe is the same shape written by hand (manual optimisation, ``mtl_backward``
+in ``training_step``).
+
+What it does for you:
+
+* ``automatic_optimization = False``: the stack computes the gradients, so Lightning's automatic
+  backward must not run. :meth:`~StackModule.stack_step` is ``zero_grad``, ``stack.backward``
+  (in place of ``self.manual_backward``), ``optimizer.step()`` through Lightning (so
+  ``global_step``, ``max_steps``, ``on_before_optimizer_step`` and the precision plugin's step
+  work as usual), then ``stack.after_step``. A step the stack skipped (non-finite values under
+  ``nonfinite="skip"``) makes no optimiser step, as in mtoframe's Trainer.
+* Method state (FAMO's logits, Nash-MTL's weights, PCGrad's generator, the learnable loss weights
+  of UW...) is written into every Lightning checkpoint under ``"mtoframe_stack"`` and restored by
+  ``Trainer.fit(ckpt_path=...)`` and ``load_from_checkpoint``, together with this epoch's running
+  loss sums that epoch-level methods (DWA, STCH, GradNorm) read at the epoch's end. A checkpoint
+  without that entry is refused: resuming with fresh method state would be a different run.
+* The stack starts in ``setup`` (Lightning builds the optimiser and restores checkpoints before
+  the first step, so learnable method parameters must exist by then), and they follow the module's
+  ``.to(device)`` and ``.double()``: they are not the module's parameters (so that
+  ``self.parameters()`` and ``stack.param_groups()`` do not overlap), so :meth:`_apply` moves them.
+* At the end of each training epoch ``stack.end_epoch`` gets the epoch's mean raw loss per task.
+
+Supported (checked in ``on_fit_start``, anything else refused with the reason): one device
+(``SingleDeviceStrategy``: CPU, one GPU); precision ``"32-true"``, ``"64-true"`` and ``"bf16-mixed"``.
+Under ``bf16-mixed`` the forward runs under autocast as Lightning sets it and the stack's own
+arithmetic (solvers, Gram matrices, saliency statistics) runs outside it, in float32, as in
+mtoframe's Trainer. Refused: ``"16-mixed"`` (Lightning's ``GradScaler`` would unscale gradients the
+stack never scaled; use ``bf16-mixed``, or mtoframe's Trainer with ``grad_scaler=``),
+``"16-true"``/``"bf16-true"``/others (half-precision parameters: the solvers need float32), and
+multi-device strategies (DDP's reducer fires from ``.backward()``, which per-task gradients never
+call; for several processes use ``torchrun -m mtoframe train`` or a Stack in your own loop under
+``torch.distributed``, which reduces the gradient matrix itself: see ``docs/distributed.md``).
+``on_before_backward``/``on_after_backward`` callbacks do not fire (there is no single backward);
+``on_before_optimizer_step`` does. Works with the ``lightning`` package (``import lightning``), not
+with the separate ``pytorch_lightning`` distribution, whose classes are different ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import Tensor, nn
+
+from .context import StepContext
+from .errors import CheckpointError, OptionError
+from .stack import Recompute, Stack
+
+#: the checkpoint entry holding the stack's state
+CHECKPOINT_KEY = "mtoframe_stack"
+#: Lightning precision settings a stack trains under
+SUPPORTED_PRECISION = ("32-true", "64-true", "bf16-mixed")
+
+__all__ = ["CHECKPOINT_KEY", "SUPPORTED_PRECISION", "StackModule"]
+
+
+class StackModule(pl.LightningModule):
+    """A ``LightningModule`` trained by an mtoframe :class:`~mtoframe.Stack` (see the module doc).
+
+    :param stack: the configured stack; pass ``encoder=`` to it when a method reads the model when
+        it starts (UW, GradNorm, GradVac, FAMO), since the stack starts in ``setup``.
+    """
+
+    def __init__(self, stack: Stack, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(stack, Stack):
+            raise OptionError(f"StackModule needs an mtoframe.Stack, got {type(stack).__name__}; "
+                              "build one with mtoframe.Stack(methods, tasks=[...])")
+        self.stack = stack
+        self.automatic_optimization = False
+        self._stack_started = False
+        self._epoch_sums: Tensor | None = None
+        self._epoch_counts: Tensor | None = None
+
+    # -- the step --------------------------------------------------------------------------------
+
+    def stack_step(
+        self,
+        losses: Mapping[str, Tensor | None],
+        *,
+        features: Tensor,
+        shared_params: Iterable[nn.Parameter],
+        task_params: Mapping[str, Iterable[nn.Parameter]] | None = None,
+        recompute_losses: Recompute | None = None,
+        optimizer: LightningOptimizer | None = None,
+    ) -> StepContext:
+        """One optimisation step: ``zero_grad``, ``stack.backward``, ``optimizer.step()``,
+        ``stack.after_step``. Arguments as :meth:`mtoframe.Stack.backward` and
+        :meth:`mtoframe.Stack.after_step`; ``optimizer`` is needed only when
+        ``configure_optimizers`` returns several. Returns the step's context (``ctx.raw_losses``,
+        ``ctx.weights``, ``ctx.skipped``)."""
+        opt = optimizer if optimizer is not None else self._only_optimizer()
+        opt.zero_grad()
+        # the stack's arithmetic stays out of Lightning's autocast, as in mtoframe's Trainer
+        with torch.autocast(features.device.type, enabled=False):
+            ctx = self.stack.backward(losses, features=features, shared_params=shared_params, task_params=task_params)
+        if not ctx.skipped:
+            opt.step()
+        recompute = self._in_forward_context(recompute_losses) if recompute_losses is not None else None
+        with torch.autocast(features.device.type, enabled=False):
+            self.stack.after_step(ctx, recompute_losses=recompute)
+        self._accumulate(ctx)
+        return ctx
+
+    def _only_optimizer(self) -> LightningOptimizer:
+        opts = self.optimizers()
+        if isinstance(opts, list):
+            if len(opts) != 1:
+                raise OptionError(f"configure_optimizers returned {len(opts)} optimisers: pass "
+                                  "stack_step(..., optimizer=self.optimizers()[i])")
+            return opts[0]
+        if not isinstance(opts, LightningOptimizer):
+            raise OptionError("stack_step needs the optimiser from configure_optimizers (torch.optim.Optimizer), "
+                              f"got {type(opts).__name__}")
+        return opts
+
+    def _in_forward_context(self, fn: Recompute) -> Recompute:
+        """``fn`` under the precision plugin's forward context (autocast for ``bf16-mixed``): the
+        recomputed losses are evaluated as the step's were."""
+        plugin = self.trainer.precision_plugin
+
+        def recompute(train_mode: bool) -> Mapping[str, Tensor]:
+            with plugin.forward_context():
+                return fn(train_mode)
+
+        return recompute
+
+    def _accumulate(self, ctx: StepContext) -> None:
+        # the epoch's per-task loss sums stay on the device: read once, at the epoch's end
+        if ctx.raw_losses is None:
+            return
+        raw = ctx.raw_losses.detach().double()
+        if self._epoch_sums is None or self._epoch_counts is None:
+            self._epoch_sums = torch.zeros(len(self.stack.tasks), dtype=torch.float64, device=raw.device)
+            self._epoch_counts = torch.zeros_like(self._epoch_sums)
+        self._epoch_sums.index_add_(0, ctx.task_ids, raw)
+        self._epoch_counts.index_add_(0, ctx.task_ids, torch.ones_like(raw))
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Start the stack: learnable method parameters must exist before ``configure_optimizers``
+        and before a checkpoint is restored. Call ``super().setup(stage)`` when overriding."""
+        if stage == "fit":
+            self.stack.start()
+            self._stack_started = True
+
+    def on_fit_start(self) -> None:
+        """Refuse strategies and precisions the stack cannot train under (see the module doc)."""
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, SingleDeviceStrategy):
+            raise OptionError(
+                f"mtoframe.lightning trains on one device; strategy {type(strategy).__name__} is not supported "
+                "(DDP's reducer fires from .backward(), which per-task gradients never call). For several "
+                "processes use `torchrun -m mtoframe train` or a Stack in your own loop under torch.distributed")
+        precision = str(self.trainer.precision)
+        if precision not in SUPPORTED_PRECISION:
+            why = ("Lightning's GradScaler would unscale gradients the stack never scaled; use 'bf16-mixed', or "
+                   "mtoframe.Trainer(grad_scaler=...)" if precision == "16-mixed"
+                   else "the stack needs float32 or float64 parameters and gradients")
+            raise OptionError(f"mtoframe.lightning supports precision {list(SUPPORTED_PRECISION)}, got "
+                              f"{precision!r}: {why}")
+
+    def on_train_epoch_end(self) -> None:
+        """Epoch-level methods (DWA, STCH, GradNorm) get the epoch's mean raw loss per task."""
+        train_loss: dict[str, float] = {}
+        if self._epoch_sums is not None and self._epoch_counts is not None:
+            means = (self._epoch_sums / self._epoch_counts.clamp_min(1)).tolist()
+            seen = (self._epoch_counts > 0).tolist()
+            train_loss = {t: means[i] for i, t in enumerate(self.stack.tasks) if seen[i]}
+        self.stack.end_epoch({"epoch": self.stack.epoch, "train_loss": train_loss})
+        self._epoch_sums = self._epoch_counts = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Write the stack's state (and this epoch's running loss sums) into the checkpoint. Call
+        ``super().on_save_checkpoint(checkpoint)`` when overriding."""
+        checkpoint[CHECKPOINT_KEY] = {
+            "stack": self.stack.state_dict(),
+            "epoch_sums": None if self._epoch_sums is None else self._epoch_sums.clone(),
+            "epoch_counts": None if self._epoch_counts is None else self._epoch_counts.clone(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the stack's state; a checkpoint without it is refused. Call
+        ``super().on_load_checkpoint(checkpoint)`` when overriding."""
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            raise CheckpointError(f"this checkpoint has no {CHECKPOINT_KEY!r} entry (it was not written by an "
+                                  "mtoframe StackModule): resuming would restart every method's state")
+        self.stack.load_state_dict(saved["stack"])
+        self._stack_started = True
+        self._epoch_sums, self._epoch_counts = saved["epoch_sums"], saved["epoch_counts"]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> StackModule:
+        # .to(device) / .double() reach the stack's learnable parameters in place, so the
+        # optimiser (built from stack.param_groups()) keeps pointing at the same tensors
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        if self._stack_started:
+            with torch.no_grad():
+                for p in self.stack.parameters():
+                    p.data = fn(p.data)
+                    if p.grad is not None:
+                        p.grad.data = fn(p.grad.data)
+        for name in ("_epoch_sums", "_epoch_counts"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, fn(value).to(torch.float64))
+        return self
