@@ -93,8 +93,10 @@ class StepContext:
         self.scalars: dict[str, Tensor | float] = {}
         self.timings: dict[str, float] = {}
         self.skipped = False
-        self._engine = engine
-        self._recompute: Callable[[bool], Tensor] | None = None
+        #: the stack's gradient engine (None when no method needs per-task gradients)
+        self.engine = engine
+        #: set by :meth:`mtoframe.Stack.after_step` while ``on_after_step`` runs (see :meth:`recompute_losses`)
+        self.loss_recomputer: Callable[[bool], Tensor] | None = None
 
     # -- losses --------------------------------------------------------------------------------
 
@@ -156,9 +158,9 @@ class StepContext:
     def grads(self) -> Tensor:
         """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``space``."""
         if self._grads is None:
-            if self._engine is None:
+            if self.engine is None:
                 raise MtoError("no gradient matrix: this context has no trainer and none was given")
-            self._grads = self._engine.task_grads(self)
+            self._grads = self.engine.task_grads(self)
         return self._grads
 
     @grads.setter
@@ -195,10 +197,10 @@ class StepContext:
         built from them trains the model (Rep-MTL). Computed once per step and shared: a plain
         request after a differentiable one gets the detached tensor, not a recomputation.
         """
-        if self._engine is None:
+        if self.engine is None:
             raise MtoError("representation gradients need a trainer (no representation in this context)")
         if self._saliency is None or (differentiable and not self._saliency_differentiable):
-            self._saliency = self._engine.rep_grads(self, differentiable=differentiable)
+            self._saliency = self.engine.rep_grads(self, differentiable=differentiable)
             self._saliency_differentiable = differentiable
         return self._saliency if differentiable else self._saliency.detach()
 
@@ -222,9 +224,10 @@ class StepContext:
 
         ``train_mode=False`` runs the forward in eval mode (BatchNorm uses running statistics
         and does not update them)."""
-        if self._recompute is None:
-            raise MtoError("recompute_losses is only available inside a trainer's on_after_step")
-        return self._recompute(train_mode)
+        if self.loss_recomputer is None:
+            raise MtoError("recompute_losses is only available inside on_after_step of a step whose "
+                           "after_step was given recompute_losses")
+        return self.loss_recomputer(train_mode)
 
     # -- observability -------------------------------------------------------------------------
 

@@ -41,24 +41,26 @@ class RunLogger:
         self.writer.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in flat.items()))
 
     def scalars(self, values: Mapping[str, Tensor | float], step: int) -> None:
-        if not values:
-            return
-        # One host transfer for all tensor scalars of the step.
-        keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if keys:
-            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-            resolved = dict(zip(keys, host))
-        else:
-            resolved = {}
-        for k, v in values.items():
-            x = resolved.get(k, v)
-            self.writer.add_scalar(k, float(x), step)
+        write_scalars(self.writer, values, step)
 
     def flush(self) -> None:
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def write_scalars(writer: Any, values: Mapping[str, Tensor | float], step: int) -> None:
+    """``writer.add_scalar`` each value, with one host transfer for all the tensors."""
+    if not values:
+        return
+    keys = [k for k, v in values.items() if isinstance(v, Tensor)]
+    resolved: dict[str, float] = {}
+    if keys:
+        host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()  # type: ignore[union-attr]
+        resolved = dict(zip(keys, host))
+    for k, v in values.items():
+        writer.add_scalar(k, float(resolved.get(k, v)), step)
 
 
 def step_scalars(ctx: StepContext, step_ms: float) -> dict[str, Tensor | float]:
