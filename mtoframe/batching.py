@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -10,7 +10,8 @@ from torch import Tensor
 
 from . import checks
 from .errors import BatchError
-from .model import Task
+from .amp import MixedPrecision
+from .model import MultiTaskModel, Task
 
 #: ``(inputs, {task: target}, present tasks, per-task slices of the inputs or None)``
 SplitBatch = tuple[Any, Mapping[str, Any], tuple[str, ...], "dict[str, slice] | None"]
@@ -86,3 +87,21 @@ def task_losses(tasks: Sequence[Task], preds: Mapping[str, Any], targets: Mappin
             raise BatchError(f"loss of task {name!r} must be a scalar tensor, got {shape}")
         values[name] = value
     return values
+
+
+def recompute(model: MultiTaskModel, tasks: Sequence[Task], amp: MixedPrecision,
+              batch: SplitBatch) -> Callable[[bool], dict[str, Tensor]]:
+    """``train_mode -> {task: loss}`` of ``batch`` under the model's current parameters (FAMO's
+    extra forward after the step), with the model's mode restored afterwards."""
+    inputs, targets, present, slices = batch
+
+    def run(train_mode: bool) -> dict[str, Tensor]:
+        was_training = model.training
+        model.train(train_mode)
+        try:
+            with amp.autocast():
+                z = model.encoder(inputs)
+                return task_losses(tasks, head_outputs(model.heads, dict.fromkeys(present, z), slices), targets)
+        finally:
+            model.train(was_training)
+    return run

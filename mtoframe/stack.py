@@ -41,6 +41,7 @@ class Stack(Sequence[Method]):
                                encoder=model.backbone)
         optimizer = torch.optim.Adam([{"params": model.parameters()}, *stack.param_groups()], lr=1e-3)
         for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
             z = model.backbone(x)
             losses = {"seg": ce(model.seg(z), y["seg"]), "depth": l1(model.depth(z), y["depth"])}
             ctx = stack.backward(losses, features=z, shared_params=model.backbone.parameters())
@@ -49,9 +50,9 @@ class Stack(Sequence[Method]):
 
     ``losses`` may leave out tasks that have no target in this batch (partial labels): they get no
     gradient that step. ``stack.backward`` replaces the ``.grad`` of the shared parameters, of the
-    task-specific parameters (of every task seen so far: an absent task's head keeps no stale
-    gradient) and of the stack's own parameters, so ``optimizer.zero_grad()`` is not needed;
-    other parameters are left alone.
+    task-specific parameters and of the stack's own parameters; other parameters are left alone.
+    An absent task's head is cleared only once the stack has seen it (or ``task_params`` names
+    it), so zero the optimiser's gradients every step as usual.
 
     Methods that recompute the losses after the step (FAMO) need ``recompute_losses``: a callable
     ``train_mode -> {task: loss}`` evaluating the same batch under the updated parameters (it is
@@ -246,7 +247,7 @@ class Stack(Sequence[Method]):
             # task t's loss then reaches Z only through its own alias: one autograd call gives every
             # ∂L_t/∂Z (grad of a stacked loss's element would run every head, the others with zeros)
             inputs = {t: z.view_as(z) for t in ctx.tasks}
-            ctx.head_inputs = tuple(inputs.values())
+            ctx.grad_cache.head_inputs = tuple(inputs.values())
             return inputs
         return {t: z for t in ctx.tasks}
 
@@ -295,7 +296,7 @@ class Stack(Sequence[Method]):
         self._stage = "backward"
         if self.needs_engine:
             ctx.engine = self._engine_for(shared)
-        ctx.task_losses = task_losses
+        ctx.grad_cache.task_losses = task_losses
         ctx.losses = ctx.raw_losses = self._union_losses(ctx, torch.stack(task_losses))
         self.hooks.call("on_task_losses", ctx, ctx=ctx)
         if not self._gradients(ctx, shared):

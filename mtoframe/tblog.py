@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .context import StepContext
+from .method import Method
 
 
 def is_rank_zero() -> bool:
@@ -88,3 +89,27 @@ def step_scalars(ctx: StepContext, step_ms: float) -> dict[str, Tensor | float]:
         out[f"time/{key}_ms"] = ms
     out.update(ctx.scalars)
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def run_hparams(stack: Sequence[Method], optimizer: torch.optim.Optimizer,
+                extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's hyper-parameters: the stack, each method's configuration, the optimiser."""
+    hp: dict[str, Any] = {"stack": "+".join(m.name for m in stack) or "ew"}
+    for m in stack:
+        hp[f"method/{m.name}"] = repr(m)
+    hp["optimizer"] = type(optimizer).__name__
+    hp["lr"] = optimizer.param_groups[0].get("lr")
+    hp.update(extra or {})
+    return hp
+
+
+def epoch_scalars(stats: Mapping[str, Any]) -> dict[str, Tensor | float]:
+    """The scalars of one epoch's stats: training losses, validation metrics, Δp_task, Δm."""
+    values: dict[str, Tensor | float] = {f"epoch/loss/{t}": v for t, v in stats["train_loss"].items()}
+    for task, metrics in stats.get("val", {}).items():
+        for metric, v in metrics.items():
+            values[f"metric/val/{task}/{metric}"] = v
+    for key, tag in (("delta_p_task", "delta/p_task"), ("delta_m", "delta/m")):
+        if key in stats:
+            values[tag] = stats[key]
+    return values

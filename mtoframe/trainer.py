@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from . import checks
 from .amp import MixedPrecision
-from .batching import head_outputs, split_batch, task_losses
+from .batching import head_outputs, recompute, split_batch, task_losses
 from .checkpoint import load as load_checkpoint
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
@@ -19,8 +19,8 @@ from .errors import MtoError, OptionError
 from .model import MultiTaskModel, Task, check_tasks
 from .nonfinite import NonFinitePolicy
 from .resume import checkpoint_errors
-from .stack import Recompute, Stack
-from .tblog import RunLogger, is_rank_zero
+from .stack import Stack
+from .tblog import RunLogger, epoch_scalars, is_rank_zero, run_hparams
 from .trainer_state import load_trainer_state, save_trainer_checkpoint, trainer_state
 
 
@@ -85,7 +85,7 @@ class Trainer:
             raise OptionError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         tasks = list(tasks)
         check_tasks(model, tasks)
-        _check_optimizer(optimizer)
+        checks.check_optimizer(optimizer)
         checks.check_optimizer_params(optimizer, model)
         self.model = model
         self.tasks = tasks
@@ -103,7 +103,7 @@ class Trainer:
         self._started = False
         self.logger = None
         if log_dir is not None and is_rank_zero():
-            self.logger = RunLogger(log_dir, hparams=self._hparams(hparams))
+            self.logger = RunLogger(log_dir, hparams=run_hparams(self.stack, optimizer, hparams))
             self.stack.writer = self.logger.writer
 
     @property
@@ -129,15 +129,6 @@ class Trainer:
     @epoch.setter
     def epoch(self, value: int) -> None:
         self.stack.epoch = value
-
-    def _hparams(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        hp: dict[str, Any] = {"stack": "+".join(m.name for m in self.stack) or "ew"}
-        for m in self.stack:
-            hp[f"method/{m.name}"] = repr(m)
-        hp["optimizer"] = type(self.optimizer).__name__
-        hp["lr"] = self.optimizer.param_groups[0].get("lr")
-        hp.update(extra or {})
-        return hp
 
     def start(self) -> None:
         """Start the stack once (``on_train_start``) and give the methods' parameters their own
@@ -181,7 +172,8 @@ class Trainer:
                 self._amp_skipped(ctx)
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-        self.stack.after_step(ctx, recompute_losses=self._recompute(inputs, targets, present, slices))
+        again = recompute(self.model, self.tasks, self.amp, (inputs, targets, present, slices))
+        self.stack.after_step(ctx, recompute_losses=again)
         return ctx
 
     def _amp_skipped(self, ctx: StepContext) -> None:
@@ -190,21 +182,6 @@ class Trainer:
         ctx.log("amp/skipped_steps", float(self.counters["amp_skipped_steps"]))
         if ctx.logging and self.amp.scaler is not None:
             ctx.log("amp/scale", self.amp.scaler.get_scale())
-
-    def _recompute(self, inputs: Any, targets: Mapping[str, Any], present: tuple[str, ...],
-                   slices: Mapping[str, slice] | None) -> Recompute:
-        """The losses of this batch under the updated parameters (FAMO), in ``train_mode``."""
-        def run(train_mode: bool) -> dict[str, Tensor]:
-            was_training = self.model.training
-            self.model.train(train_mode)
-            try:
-                with self.amp.autocast():
-                    z = self.model.encoder(inputs)
-                    preds = head_outputs(self.model.heads, dict.fromkeys(present, z), slices)
-                    return task_losses(self.tasks, preds, targets)
-            finally:
-                self.model.train(was_training)
-        return run
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -254,7 +231,8 @@ class Trainer:
             self.stack.end_epoch(stats)
             if self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
-            self._log_epoch(stats)
+            if self.logger is not None:
+                self.logger.scalars(epoch_scalars(stats), self.global_step)
             self.history.append(stats)
         if self.logger is not None:
             self.logger.flush()
@@ -279,18 +257,6 @@ class Trainer:
         finally:
             self.model.train(was_training)
         return {t.name: {k: v for m in t.metrics for k, v in m.compute().items()} for t in self.tasks}
-
-    def _log_epoch(self, stats: Mapping[str, Any]) -> None:
-        if self.logger is None:
-            return
-        values: dict[str, float] = {f"epoch/loss/{t}": v for t, v in stats["train_loss"].items()}
-        for task, metrics in stats.get("val", {}).items():
-            for metric, v in metrics.items():
-                values[f"metric/val/{task}/{metric}"] = v
-        for key, tag in (("delta_p_task", "delta/p_task"), ("delta_m", "delta/m")):
-            if key in stats:
-                values[tag] = stats[key]
-        self.logger.scalars(values, self.global_step)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -325,12 +291,3 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _check_optimizer(optimizer: torch.optim.Optimizer) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise OptionError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    for i, g in enumerate(optimizer.param_groups):
-        lr = g.get("lr")
-        if isinstance(lr, (int, float)) and not (lr == lr and abs(lr) != float("inf")):
-            raise OptionError(f"learning rate of optimizer group {i} must be a finite number, got {lr!r}")

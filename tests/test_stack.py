@@ -94,3 +94,105 @@ def test_own_loop_gets_the_trainers_grads(names: list[str]) -> None:
             torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-10)
             torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
     assert stack.step == trainer.global_step == 4
+
+
+def _own_step(stack: Stack, net: Net, x: torch.Tensor, y: dict[str, torch.Tensor | None], **kw: object):
+    z, losses = forward(net, x, y)
+    return stack.backward(losses, features=z, shared_params=net.backbone.parameters(), **kw)
+
+
+def test_inferred_task_params_are_each_heads_own() -> None:
+    torch.manual_seed(0)
+    net = Net().double()
+    x, y = batches()[0]
+    explicit = Stack(["mgda"] if importlib.util.find_spec("mtoframe_gradmethods") else ["ew"], tasks=["seg", "depth"])
+    ctx = _own_step(explicit, net, x, y, task_params={"seg": net.seg.parameters(), "depth": net.depth.parameters()})
+    given = {n: p.grad.clone() for n, p in net.named_parameters()}
+    explicit.after_step(ctx)
+    inferred = Stack(list(explicit), tasks=["seg", "depth"])
+    inferred.after_step(_own_step(inferred, net, x, y))
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, given[n], rtol=0, atol=0)
+
+
+def test_a_loss_reaching_shared_parameters_around_the_features_is_refused() -> None:
+    pytest.importorskip("mtoframe_gradmethods")
+    net = Net().double()
+    x, y = batches()[0]
+    z = net.backbone(x)
+    skip = net.backbone[0](x).sum()  # a path from a shared layer to the loss that bypasses z
+    losses = {"seg": seg_loss(net.seg(z), y["seg"]) + skip, "depth": depth_loss(net.depth(z), y["depth"])}
+    with pytest.raises(MtoError, match=r"task 'seg'.*other than through features"):
+        Stack(["mgda"], tasks=["seg", "depth"]).backward(losses, features=z, shared_params=net.backbone.parameters())
+
+
+def test_after_step_without_recompute_losses_names_the_method() -> None:
+    pytest.importorskip("mtoframe_famo")
+    net = Net().double()
+    stack = Stack(["famo"], tasks=["seg", "depth"], encoder=net.backbone)
+    ctx = _own_step(stack, net, *batches()[0])
+    with pytest.raises(MtoError, match=r"\['famo'\] recompute the losses.*recompute_losses=fn"):
+        stack.after_step(ctx)
+
+
+def test_a_step_must_be_closed_before_the_next() -> None:
+    net = Net().double()
+    stack = Stack([], tasks=["seg", "depth"])
+    ctx = _own_step(stack, net, *batches()[0])
+    with pytest.raises(MtoError, match="call stack.after_step"):
+        _own_step(stack, net, *batches()[1])
+    stack.after_step(ctx)
+    with pytest.raises(MtoError, match="context returned by this stack's backward"):
+        stack.after_step(ctx)
+    with pytest.raises(mtoframe.BatchError, match=r"unknown task\(s\) \['normals'\]"):
+        stack.backward({"normals": torch.zeros(())}, features=torch.zeros(1), shared_params=[])
+
+
+def test_state_dict_round_trip_continues_identically() -> None:
+    pytest.importorskip("mtoframe_lossweighting")
+    torch.manual_seed(0)
+    net = Net().double()
+    data = batches()
+
+    def run(stack: Stack, steps: list[int], opt: torch.optim.Optimizer) -> None:
+        for i in steps:
+            x, y = data[i]
+            opt.zero_grad(set_to_none=True)  # step 2 lacks depth: a resumed stack has not seen its head
+            ctx = _own_step(stack, net, x, y)
+            opt.step()
+            stack.after_step(ctx)
+
+    first = Stack(["uw"], tasks=["seg", "depth"], encoder=net.backbone)
+    opt = torch.optim.SGD([{"params": net.parameters()}, *first.param_groups()], lr=0.1)
+    run(first, [0, 1], opt)
+    saved = copy.deepcopy(first.state_dict())
+    net_saved = copy.deepcopy(net.state_dict())
+    run(first, [2, 3], opt)
+    straight = [p.detach().clone() for p in (*net.parameters(), *first.parameters())]
+
+    net.load_state_dict(net_saved)
+    second = Stack(["uw"], tasks=["seg", "depth"], encoder=net.backbone)
+    second.load_state_dict(saved)
+    assert second.step == 2
+    run(second, [2, 3], torch.optim.SGD([{"params": net.parameters()}, *second.param_groups()], lr=0.1))
+    for a, b in zip(straight, [*net.parameters(), *second.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_writer_gets_the_step_scalars() -> None:
+    class Writer:
+        def __init__(self) -> None:
+            self.tags: list[tuple[str, int]] = []
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            self.tags.append((tag, step))
+
+    net = Net().double()
+    writer = Writer()
+    stack = Stack([], tasks=["seg", "depth"], writer=writer, log_every=2)  # type: ignore[arg-type]
+    for x, y in batches()[:3]:
+        stack.after_step(_own_step(stack, net, x, y))
+    steps = {s for _, s in writer.tags}
+    assert steps == {0, 2}
+    assert {("loss/seg", 0), ("weight/depth", 0), ("time/step_ms", 2), ("time/on_task_losses/ew", 0)} - set(writer.tags) \
+        <= {("time/on_task_losses/ew", 0)}  # the empty stack runs no hook
