@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import mtoframe
 from mtoframe.errors import CheckpointError, OptionError
 from mtoframe.lightning import CHECKPOINT_KEY, StackModule
+from mtoframe.nonfinite import NonFinitePolicy
 
 TASKS = ("a", "b")
 BATCHES = 3
@@ -62,9 +63,10 @@ def _mse(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class Net(StackModule):
     """A module with its own layout: ``.backbone`` and one attribute per head."""
 
-    def __init__(self, methods: list[Any], *, seed: int = 0, lr: float = 1e-2) -> None:
+    def __init__(self, methods: list[Any], *, seed: int = 0, lr: float = 1e-2,
+                 nonfinite: NonFinitePolicy = "raise") -> None:
         encoder, heads = _parts(seed)
-        super().__init__(mtoframe.Stack(methods, tasks=TASKS, encoder=encoder))
+        super().__init__(mtoframe.Stack(methods, tasks=TASKS, encoder=encoder, nonfinite=nonfinite))
         self.backbone, self.a, self.b = encoder, heads["a"], heads["b"]
         self.lr = lr
 
@@ -222,6 +224,43 @@ def test_a_checkpoint_without_stack_state_is_refused(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match=CHECKPOINT_KEY):
         _fit(Net(["famo"]), max_epochs=2, ckpt_path=str(tmp_path / "plain.ckpt"))
+
+
+# -- Lightning's step machinery ---------------------------------------------------------------------
+
+
+def test_clipping_in_on_before_optimizer_step_sees_the_stacks_gradients() -> None:
+    _need("nashmtl")
+    norms: list[tuple[float, float]] = []
+
+    class Clipped(Net):
+        def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+            before = torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None]).norm().item()
+            self.clip_gradients(optimizer, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
+            after = torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None]).norm().item()
+            norms.append((before, after))
+
+    _fit(Clipped(["nashmtl"]), max_steps=BATCHES)
+    assert len(norms) == BATCHES
+    assert all(before > 1e-2 and after <= 1e-3 * (1 + 1e-5) for before, after in norms)
+
+
+def test_a_step_the_stack_skips_makes_no_optimiser_step() -> None:
+    _need("nashmtl")
+
+    class OneNaN(Net):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            z = self.backbone(x)
+            scale = float("nan") if batch_idx == 1 else 1.0
+            losses = {"a": _mse(self.a(z), y["a"]) * scale, "b": _mse(self.b(z), y["b"])}
+            self.stack_step(losses, features=z, shared_params=self.backbone.parameters())
+
+    net = OneNaN(["nashmtl"], nonfinite="skip")
+    trainer = _fit(net, max_epochs=1)
+    assert net.stack.counters["skipped_steps"] == 1
+    assert trainer.global_step == BATCHES - 1 and net.stack.step == BATCHES
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 # -- what is refused -----------------------------------------------------------------------------------
