@@ -47,7 +47,7 @@ What it does for you:
   ``self.parameters()`` and ``stack.param_groups()`` do not overlap), so :meth:`_apply` moves them.
 * At the end of each training epoch ``stack.end_epoch`` gets the epoch's mean raw loss per task.
 
-Supported (checked in ``on_fit_start``, anything else refused with the reason): one device
+Supported (checked in ``setup``, anything else refused with the reason before the model is touched): one device
 (``SingleDeviceStrategy``: CPU, one GPU); precision ``"32-true"``, ``"64-true"`` and ``"bf16-mixed"``.
 Under ``bf16-mixed`` the forward runs under autocast as Lightning sets it and the stack's own
 arithmetic (solvers, Gram matrices, saliency statistics) runs outside it, in float32, as in
@@ -170,14 +170,15 @@ class StackModule(pl.LightningModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Start the stack: learnable method parameters must exist before ``configure_optimizers``
-        and before a checkpoint is restored. Call ``super().setup(stage)`` when overriding."""
+        """Refuse strategies and precisions the stack cannot train under (see the module doc), then
+        start the stack: learnable method parameters must exist before ``configure_optimizers`` and
+        before a checkpoint is restored. Call ``super().setup(stage)`` when overriding."""
         if stage == "fit":
+            self._check_trainer()
             self.stack.start()
             self._stack_started = True
 
-    def on_fit_start(self) -> None:
-        """Refuse strategies and precisions the stack cannot train under (see the module doc)."""
+    def _check_trainer(self) -> None:
         strategy = self.trainer.strategy
         if not isinstance(strategy, SingleDeviceStrategy):
             raise OptionError(

@@ -10,6 +10,7 @@ import copy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -272,9 +273,17 @@ def test_unsupported_precision_is_refused_before_training() -> None:
     with pytest.raises(OptionError, match="bf16-true"):
         _fit(net, max_steps=1, precision="bf16-true")
     assert net.stack.step == 0
-    # Lightning has cast the parameters to bfloat16 by then; no step has changed them
     after = [p.detach() for p in net.parameters()]
-    assert all(torch.equal(a.to(b.dtype), b) for a, b in zip(before, after, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # refused before Lightning casts them
+
+
+def test_a_multi_device_strategy_is_refused() -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    net = Net([])
+    net.trainer = SimpleNamespace(strategy=DDPStrategy(), precision="32-true")  # type: ignore[assignment]
+    with pytest.raises(OptionError, match="DDPStrategy is not supported"):
+        net.setup("fit")
 
 
 def test_a_stack_module_needs_a_stack() -> None:
