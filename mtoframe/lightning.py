@@ -28,38 +28,12 @@ the stack's state must travel with the module's checkpoint, so the stack belongs
 TorchJD's Lightning recipe is the same shape written by hand (manual optimisation, ``mtl_backward``
 in ``training_step``).
 
-What it does for you:
-
-* ``automatic_optimization = False``: the stack computes the gradients, so Lightning's automatic
-  backward must not run. :meth:`~StackModule.stack_step` is ``zero_grad``, ``stack.backward``
-  (in place of ``self.manual_backward``), ``optimizer.step()`` through Lightning (so
-  ``global_step``, ``max_steps``, ``on_before_optimizer_step`` and the precision plugin's step
-  work as usual), then ``stack.after_step``. A step the stack skipped (non-finite values under
-  ``nonfinite="skip"``) makes no optimiser step, as in mtoframe's Trainer.
-* Method state (FAMO's logits, Nash-MTL's weights, PCGrad's generator, the learnable loss weights
-  of UW...) is written into every Lightning checkpoint under ``"mtoframe_stack"`` and restored by
-  ``Trainer.fit(ckpt_path=...)`` and ``load_from_checkpoint``, together with this epoch's running
-  loss sums that epoch-level methods (DWA, STCH, GradNorm) read at the epoch's end. A checkpoint
-  without that entry is refused: resuming with fresh method state would be a different run.
-* The stack starts in ``setup`` (Lightning builds the optimiser and restores checkpoints before
-  the first step, so learnable method parameters must exist by then), and they follow the module's
-  ``.to(device)`` and ``.double()``: they are not the module's parameters (so that
-  ``self.parameters()`` and ``stack.param_groups()`` do not overlap), so :meth:`_apply` moves them.
-* At the end of each training epoch ``stack.end_epoch`` gets the epoch's mean raw loss per task.
-
-Supported (checked in ``setup``, anything else refused with the reason before the model is touched): one device
-(``SingleDeviceStrategy``: CPU, one GPU); precision ``"32-true"``, ``"64-true"`` and ``"bf16-mixed"``.
-Under ``bf16-mixed`` the forward runs under autocast as Lightning sets it and the stack's own
-arithmetic (solvers, Gram matrices, saliency statistics) runs outside it, in float32, as in
-mtoframe's Trainer. Refused: ``"16-mixed"`` (Lightning's ``GradScaler`` would unscale gradients the
-stack never scaled; use ``bf16-mixed``, or mtoframe's Trainer with ``grad_scaler=``),
-``"16-true"``/``"bf16-true"``/others (half-precision parameters: the solvers need float32), and
-multi-device strategies (DDP's reducer fires from ``.backward()``, which per-task gradients never
-call; for several processes use ``torchrun -m mtoframe train`` or a Stack in your own loop under
-``torch.distributed``, which reduces the gradient matrix itself: see ``docs/distributed.md``).
-``on_before_backward``/``on_after_backward`` callbacks do not fire (there is no single backward);
-``on_before_optimizer_step`` does. Works with the ``lightning`` package (``import lightning``), not
-with the separate ``pytorch_lightning`` distribution, whose classes are different ones.
+What the base class does (details, and what is supported and refused, in ``docs/lightning.md``):
+``automatic_optimization = False`` (the stack computes the gradients); the stack starts in ``setup``,
+after refusing strategies other than one device and precisions other than ``32-true``, ``64-true``
+and ``bf16-mixed``; its learnable parameters follow the module's ``.to()``/``.double()``; its state
+goes into every Lightning checkpoint under ``"mtoframe_stack"`` and comes back on resume; at each
+training epoch's end ``stack.end_epoch`` gets the epoch's mean raw loss per task.
 """
 
 from __future__ import annotations
