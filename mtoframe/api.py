@@ -72,7 +72,7 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None,
 def _run_on_grads(m: Method, grads: Tensor, losses: Tensor | None, tasks: tuple[tuple[str, ...], tuple[str, ...]]
                   ) -> Tensor:
     present, everyone = tasks
-    ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, space=m.grad_space, device=grads.device,
+    ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, grad_space=m.grad_space, device=grads.device,
                       dtype=grads.dtype)
     ctx.grads = grads
     _dispatcher(m).call("on_shared_grads", None, ctx=ctx)

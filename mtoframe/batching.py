@@ -6,11 +6,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import checks
-from .errors import BatchError
 from .amp import MixedPrecision
+from .errors import BatchError
 from .model import MultiTaskModel, Task
 
 #: ``(inputs, {task: target}, present tasks, per-task slices of the inputs or None)``
@@ -49,7 +49,8 @@ def _split_multi_input(batch: Mapping[str, Any], task_names: Sequence[str]) -> S
         start += item[0].shape[0]
     shapes = {tuple(p.shape[1:]) for p in parts}
     if len(shapes) > 1:
-        raise BatchError(f"multi-input batches need inputs of one shape per sample to share the encoder; got {sorted(shapes)}")
+        raise BatchError("multi-input batches need inputs of one shape per sample to share the encoder; "
+                         f"got {sorted(shapes)}")
     return torch.cat(parts), targets, present, slices
 
 
@@ -63,7 +64,7 @@ def _present(targets: Mapping[str, Any], task_names: Sequence[str]) -> tuple[str
     return present
 
 
-def head_outputs(heads: Mapping[str, Any], inputs: Mapping[str, Any],
+def head_outputs(heads: nn.ModuleDict | Mapping[str, Any], inputs: Mapping[str, Any],
                  slices: Mapping[str, slice] | None) -> dict[str, Any]:
     """Each present task's prediction from its own input (its slice of it for multi-input batches)."""
     if slices is None:

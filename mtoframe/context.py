@@ -36,7 +36,7 @@ class StepContext:
     ``losses``, ``weights``
         ``Tensor[T]``; see :func:`mtoframe.hookspecs.on_task_losses`.
     ``grads``
-        lazily computed ``T×D`` gradient matrix in ``space``; see ``on_shared_grads``.
+        lazily computed ``T×D`` gradient matrix in ``grad_space``; see ``on_shared_grads``.
     ``logging``
         True on steps whose scalars are written; compute diagnostics only then.
     """
@@ -49,7 +49,7 @@ class StepContext:
         losses: Tensor | None = None,
         step: int = 0,
         epoch: int = 0,
-        space: Space | None = None,
+        grad_space: Space | None = None,
         engine: GradientEngine | None = None,
         logging: bool = False,
         device: torch.device | None = None,
@@ -62,7 +62,8 @@ class StepContext:
         index = {t: i for i, t in enumerate(self.all_tasks)}
         self.device = device if device is not None else (losses.device if losses is not None else torch.device("cpu"))
         self.task_ids = torch.tensor([index[t] for t in tasks], dtype=torch.long, device=self.device)
-        self.space = space
+        #: the space of ``grads``' rows (``Method.grad_space`` of the stack; None: no gradient method)
+        self.grad_space = grad_space
         self.logging = logging
         self.inputs: Any = None
         self.targets: dict[str, Any] = {}
@@ -142,7 +143,7 @@ class StepContext:
 
     @property
     def grads(self) -> Tensor:
-        """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``space``."""
+        """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``grad_space``."""
         cache = self.grad_cache
         if cache.grads is None:
             if self.engine is None:

@@ -23,7 +23,7 @@ class GradientCache:
         #: gradients are taken at these, so a tensor hook on ``z`` itself sees only the single
         #: backward of the update, and hooks on these see the per-task ones.
         self.head_inputs: tuple[Tensor, ...] | None = None
-        #: the current ``T×D`` gradient matrix, its Gram matrix and finiteness flag
+        #: the current ``T x D`` gradient matrix, its Gram matrix and finiteness flag
         self.grads: Tensor | None = None
         self.gram: Tensor | None = None
         self.grads_finite: Tensor | None = None

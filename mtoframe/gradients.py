@@ -90,17 +90,17 @@ class GradientEngine:
         return (jac @ rows.flatten(1)).view_as(rows)
 
     def task_grads(self, ctx: StepContext) -> Tensor:
-        """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
+        """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.grad_space``."""
         w = ctx.weights.detach()
-        if ctx.space == "representation":
+        if ctx.grad_space == "representation":
             s = ctx.rep_grads(differentiable=False)
             g = s.reshape(ctx.num_tasks, -1)
-        elif ctx.space == "params":
+        elif ctx.grad_space == "params":
             g = self._unscaled(self._param_grads(ctx))
         else:
-            raise MtoError(f"unknown gradient space {ctx.space!r}; allowed: 'params', 'representation'")
+            raise MtoError(f"unknown gradient space {ctx.grad_space!r}; allowed: 'params', 'representation'")
         if self.comm is not None:
-            g = self.comm.task_matrix(g, ctx.space)
+            g = self.comm.task_matrix(g, ctx.grad_space)
         if not ctx.unit_weights:
             g = g * w.to(g.dtype).unsqueeze(1)
         ctx.grad_cache.raw_grads = g
@@ -170,7 +170,7 @@ class GradientEngine:
     def apply(self, ctx: StepContext, update: Tensor, others: Sequence[nn.Parameter]) -> None:
         """Write the aggregated update, the heads' (and learnable weights') gradients, then the
         regularisers' gradient, into ``.grad`` (which the caller zeroed)."""
-        if ctx.space == "params":
+        if ctx.grad_space == "params":
             if update.shape != (self.num_params,):
                 raise MtoError(f"update has shape {tuple(update.shape)}, expected ({self.num_params},)")
             for p, chunk in zip(self.shared, torch.split(self._scaled(update.detach()), self.sizes)):

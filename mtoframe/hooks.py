@@ -35,7 +35,7 @@ class HookDispatcher:
 
     def _ordered(self, hook: str) -> list[tuple[str, object, Callable[..., Any]]]:
         impls = {id(i.plugin) for i in getattr(self.manager.hook, hook).get_hookimpls()}
-        out = []
+        out: list[tuple[str, object, Callable[..., Any]]] = []
         for name, obj in self.members:
             if id(obj) in impls:
                 others = [o for _, o in self.members if o is not obj]

@@ -149,7 +149,7 @@ def on_shared_grads(ctx: StepContext) -> None:
 
     :param ctx: ``ctx.grads`` is the ``T×D`` matrix whose rows are the gradients of
         ``weights[t] * losses[t]`` with respect to the shared parameters (``D = P``) or to the
-        representation (``D = numel(Z)``), per ``ctx.space``. Computed once, lazily, cached.
+        representation (``D = numel(Z)``), per ``ctx.grad_space``. Computed once, lazily, cached.
 
     A *transform* replaces ``ctx.grads`` with another ``T×D`` matrix (PCGrad, scaling); it must
     not modify the matrix in place (it may share storage with the cached saliency).

@@ -95,7 +95,8 @@ class NonFiniteGuard:
         for the gradient matrix a method refused."""
         where = f"at step {ctx.step}"
         if what == "loss" and bad[0]:
-            culprits = [t for t, ok in zip(ctx.tasks, torch.isfinite(ctx.losses.detach()).tolist()) if not ok]
+            finite = torch.isfinite(ctx.losses.detach()).tolist()
+            culprits = [t for t, ok in zip(ctx.tasks, finite, strict=True) if not ok]
             return f"loss {where}: task(s) {culprits}"
         extra = [n for n, v in ctx.extra_losses.items() if not bool(torch.isfinite(v.detach()).all())]
         if what == "loss" and extra:
@@ -104,7 +105,7 @@ class NonFiniteGuard:
             return f"update {where}: the update from {self.gradient_methods}"
         if what == "grads":
             rows = torch.isfinite(ctx.grads.detach()).all(dim=1).tolist()
-            culprits = [t for t, ok in zip(ctx.tasks, rows) if not ok]
+            culprits = [t for t, ok in zip(ctx.tasks, rows, strict=True) if not ok]
             return f"gradient {where} (the losses are finite): the gradient matrix's row(s) of task(s) {culprits}"
         return f"gradient {where} (the losses are finite): parameter(s) {self._bad_parameters()}"
 

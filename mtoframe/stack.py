@@ -180,7 +180,7 @@ class Stack(Sequence[Method]):
     @property
     def needs_engine(self) -> bool:
         """Whether a step needs per-task gradients (else: one backward of the weighted sum)."""
-        return self.grad_space is not None or any(m.saliency != "none" for m in self.methods)
+        return self.grad_space is not None or any(m.rep_grads != "none" for m in self.methods)
 
     # -- method parameters -----------------------------------------------------------------------
 
@@ -224,11 +224,17 @@ class Stack(Sequence[Method]):
                            "optimizer.step() before starting the next step")
         present = self.task_names if tasks is None else self._present(tasks)
         self._t_step = time.perf_counter()
+        logging = self.writer is not None and self.step % self.log_every == 0
         self._open = StepContext(tasks=present, all_tasks=self.task_names, step=self.step, epoch=self.epoch,
-                                 space=self.grad_space, logging=self.writer is not None and self.step % self.log_every == 0,
-                                 device=device)
+                                 grad_space=self.grad_space, logging=logging, device=device)
         self._stage, self._features = "begun", None
         return self._open
+
+    def abandon(self) -> None:
+        """Forget the open step (after an error in the loop between :meth:`begin` and
+        :meth:`after_step`): its gradients are not applied and :attr:`step` does not advance.
+        The stack's own methods abandon a step they fail in."""
+        self._open, self._stage, self._features = None, "", None
 
     def represent(self, features: Any, *, tasks: Sequence[str] | None = None) -> dict[str, Any]:
         """Run ``on_representation`` on ``features`` and return each present task's head input.
@@ -239,6 +245,13 @@ class Stack(Sequence[Method]):
         ctx = self._open if self._open is not None else self.begin(tasks, device=_device(features))
         if self._stage != "begun":
             raise MtoError(f"stack.represent was called twice in step {ctx.step}")
+        try:
+            return self._represent(ctx, features)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def _represent(self, ctx: StepContext, features: Any) -> dict[str, Any]:
         ctx.z = self._features = features
         self.hooks.call("on_representation", ctx, ctx=ctx)
         self._stage = "represented"
@@ -255,7 +268,7 @@ class Stack(Sequence[Method]):
         self,
         losses: Mapping[str, Tensor | None],
         *,
-        features: Tensor,
+        features: Any,
         shared_params: Iterable[nn.Parameter],
         task_params: Mapping[str, Iterable[nn.Parameter]] | None = None,
     ) -> StepContext:
@@ -263,7 +276,8 @@ class Stack(Sequence[Method]):
 
         :param losses: a scalar loss per task present in the batch (a missing or None task is
             left out of this step).
-        :param features: the shared representation the task losses were computed from.
+        :param features: the shared representation the task losses were computed from (a tensor
+            for methods that read representation gradients).
         :param shared_params: the parameters that produced ``features``.
         :param task_params: ``{task: parameters}`` of each head; inferred when omitted.
         :returns: the step's :class:`StepContext`; pass it to :meth:`after_step`.
@@ -276,16 +290,24 @@ class Stack(Sequence[Method]):
             raise MtoError(f"stack.backward was called twice in step {ctx.step}; call stack.after_step(ctx) first")
         if present != ctx.tasks:
             raise BatchError(f"losses are given for tasks {list(present)} but the step was begun for {list(ctx.tasks)}")
-        if self._stage == "represented":
-            if features is not self._features and features is not ctx.z:
-                raise MtoError("features must be the tensor given to stack.represent (or what its hooks made of it)")
-        else:
+        if self._stage == "represented" and features is not self._features and features is not ctx.z:
+            self.abandon()
+            raise MtoError("features must be the tensor given to stack.represent (or what its hooks made of it)")
+        try:
+            self._backward(ctx, losses, features, shared_params, task_params)
+        except BaseException:
+            self.abandon()
+            raise
+        return ctx
+
+    def _backward(self, ctx: StepContext, losses: Mapping[str, Tensor | None], features: Any,
+                  shared_params: Iterable[nn.Parameter], task_params: Mapping[str, Iterable[nn.Parameter]] | None
+                  ) -> None:
+        if self._stage != "represented":
             ctx.z = features
         shared = [p for p in shared_params if p.requires_grad]
-        if not self._started:
-            self._shared = shared
+        self._shared = shared  # what a method starting now reads as the model's parameters
         self.start()
-        self._shared = shared
         task_losses = tuple(_scalar(t, losses[t]) for t in ctx.tasks)
         others = self._task_parameters(ctx, task_losses, shared, task_params)
         self._others = others + [p for p in self.parameters() if not any(p is o for o in others)]
@@ -301,7 +323,6 @@ class Stack(Sequence[Method]):
         self.hooks.call("on_task_losses", ctx, ctx=ctx)
         if not self._gradients(ctx, shared):
             self._skip(ctx, shared)
-        return ctx
 
     def after_step(self, ctx: StepContext, recompute_losses: Recompute | None = None) -> None:
         """After ``optimizer.step()``: run ``on_after_step`` (FAMO's logits, counters), write the
@@ -321,6 +342,9 @@ class Stack(Sequence[Method]):
             ctx.loss_recomputer = lambda train_mode: self._recompute(ctx, fn, train_mode)
         try:
             self.hooks.call("on_after_step", ctx, ctx=ctx)
+        except BaseException:
+            self.abandon()
+            raise
         finally:
             ctx.loss_recomputer = None  # the closure holds ctx: no reference cycle outlives the step
         sync(ctx)
@@ -328,7 +352,7 @@ class Stack(Sequence[Method]):
         if ctx.logging and self.writer is not None:
             write_scalars(self.writer, step_scalars(ctx, step_ms), ctx.step)
         self.step += 1
-        self._open, self._stage, self._features = None, "", None
+        self.abandon()  # the step is closed
 
     def end_epoch(self, stats: Mapping[str, Any]) -> None:
         """Run ``on_epoch_end`` with the epoch's ``stats`` (``{"train_loss": {task: mean loss},
@@ -358,7 +382,7 @@ class Stack(Sequence[Method]):
         if len(state["method_params"]) != len(params):
             raise MtoError(f"state has {len(state['method_params'])} method parameters, this stack {len(params)}")
         with torch.no_grad():
-            for p, saved in zip(params, state["method_params"]):
+            for p, saved in zip(params, state["method_params"], strict=True):
                 p.copy_(saved)
         for m in self.methods:
             m.load_state_dict(state["methods"][m.name])
@@ -380,7 +404,8 @@ class Stack(Sequence[Method]):
 
     def _engine_for(self, shared: list[nn.Parameter]) -> GradientEngine:
         engine = self._engine
-        if engine is None or len(engine.shared) != len(shared) or any(a is not b for a, b in zip(engine.shared, shared)):
+        if engine is None or len(engine.shared) != len(shared) or any(
+                a is not b for a, b in zip(engine.shared, shared, strict=True)):
             engine = self._engine = GradientEngine(shared, batched=self.batched_grads)
             engine.amp, engine.comm = self.amp, self.comm
         return engine
@@ -389,7 +414,7 @@ class Stack(Sequence[Method]):
                          given: Mapping[str, Iterable[nn.Parameter]] | None) -> list[nn.Parameter]:
         shared_ids = {id(p) for p in shared}
         if given is None:
-            found = {t: _graph_parameters(loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses)}
+            found = {t: _graph_parameters(t, loss, ctx.z) for t, loss in zip(ctx.tasks, task_losses, strict=True)}
         else:
             unknown = sorted(set(given) - set(self.task_names))
             if unknown:
@@ -432,7 +457,7 @@ class Stack(Sequence[Method]):
         t0 = time.perf_counter()
         if self.grad_space is None:
             objective = (ctx.weights * ctx.losses).sum() + sum(ctx.extra_losses.values())
-            self.amp.scale(objective).backward()
+            torch.autograd.backward(self.amp.scale(objective))
             if self.comm is not None:
                 self.comm.reduce_grads([*shared, *self._others])
             if self.amp.scaler is None and self.guard.check(ctx, *losses, what="loss", grads=self._grads(shared)):
@@ -452,8 +477,8 @@ class Stack(Sequence[Method]):
             if self.comm is not None:
                 # parameter-space shared gradients are the identical aggregated update on every
                 # rank unless a regulariser added to them
-                local = self._others if ctx.space == "params" and not ctx.extra_losses else [*shared, *self._others]
-                self.comm.reduce_grads(local)
+                same = ctx.grad_space == "params" and not ctx.extra_losses
+                self.comm.reduce_grads(self._others if same else [*shared, *self._others])
             if self.guard.check(ctx, update, what="update", grads=self._grads(shared)):
                 return False
         sync(ctx)
@@ -481,8 +506,9 @@ class Stack(Sequence[Method]):
         for i, p in enumerate((*self._shared, *self._others)):
             name = self.parameter_names.get(id(p))
             if name is None:
+                n = len(self._shared)
                 kind = (f"method parameter {method[id(p)]}" if id(p) in method
-                        else f"shared parameter {i}" if i < len(self._shared) else f"task parameter {i - len(self._shared)}")
+                        else f"shared parameter {i}" if i < n else f"task parameter {i - n}")
                 name = f"{kind} {tuple(p.shape)}"
             yield name, p
 
@@ -525,21 +551,30 @@ def _scalar(task: str, value: Any) -> Tensor:
     return value
 
 
-def _graph_parameters(loss: Tensor, features: Any) -> list[nn.Parameter]:
+def _graph_parameters(task: str, loss: Tensor, features: Any) -> list[nn.Parameter]:
     """Leaf tensors requiring grad that ``loss`` reaches in its autograd graph before ``features``."""
     stop = features.grad_fn if isinstance(features, Tensor) else None
     out: list[nn.Parameter] = []
     seen: set[object] = set()
+    reached = stop is None
     todo = [loss.grad_fn]
     while todo:
         fn = todo.pop()
-        if fn is None or fn is stop or fn in seen:
+        if fn is stop:
+            reached = True
+            continue
+        if fn is None or fn in seen:
             continue
         seen.add(fn)
         leaf = getattr(fn, "variable", None)
         if isinstance(leaf, Tensor):
-            if leaf is not features:
+            if leaf is features:
+                reached = True
+            else:
                 out.append(leaf)  # type: ignore[arg-type]
             continue
         todo.extend(f for f, _ in fn.next_functions)
+    if not reached:
+        raise MtoError(f"the loss of task {task!r} does not depend on features: pass the tensor its head read "
+                       "(or task_params=, to name each head's parameters yourself)")
     return out

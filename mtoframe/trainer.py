@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
 
 from . import checks
 from .amp import MixedPrecision
@@ -107,7 +106,8 @@ class Trainer:
             self.stack.writer = self.logger.writer
 
     @property
-    def space(self) -> str | None:
+    def grad_space(self) -> str | None:
+        """The stack's gradient space (None: one backward of the weighted losses)."""
         return self.stack.grad_space
 
     @property
@@ -148,19 +148,27 @@ class Trainer:
         inputs, targets, present, slices = split_batch(batch, self.task_names)
         checks.check_inputs(inputs, self.model)
         ctx = self.stack.begin(present, device=next(self.model.parameters()).device)
-        ctx.inputs, ctx.targets, ctx.slices = inputs, targets, slices
+        ctx.inputs, ctx.targets, ctx.slices = inputs, dict(targets), slices
+        try:
+            self._step(ctx)
+        except BaseException:
+            self.stack.abandon()  # a failed step leaves no open step behind: the next one may run
+            raise
+        return ctx
+
+    def _step(self, ctx: StepContext) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
 
         # 1. shared representation, then the stack's on_representation
         with self.amp.autocast():
-            z = self.model.encoder(inputs)
+            z = self.model.encoder(ctx.inputs)
         head_inputs = self.stack.represent(z)
 
         # 2. heads and task losses
         with self.amp.autocast():
-            ctx.predictions = head_outputs(self.model.heads, head_inputs, slices)
-            losses = task_losses(self.tasks, ctx.predictions, targets)
+            ctx.predictions = head_outputs(self.model.heads, head_inputs, ctx.slices)
+            losses = task_losses(self.tasks, ctx.predictions, ctx.targets)
 
         # 3. the stack's gradients (one backward, or per-task gradients -> methods -> update)
         heads = {t: self.model.head_parameters(t) for t in self.task_names}
@@ -169,19 +177,11 @@ class Trainer:
         # 4. optimiser (not on a skipped non-finite step), then post-step state updates
         if not ctx.skipped:
             if self.amp.step(self.optimizer):
-                self._amp_skipped(ctx)
+                self.amp.count_skip(ctx, self.counters)
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
-        again = recompute(self.model, self.tasks, self.amp, (inputs, targets, present, slices))
+        again = recompute(self.model, self.tasks, self.amp, (ctx.inputs, ctx.targets, ctx.tasks, ctx.slices))
         self.stack.after_step(ctx, recompute_losses=again)
-        return ctx
-
-    def _amp_skipped(self, ctx: StepContext) -> None:
-        ctx.skipped = True
-        self.counters["amp_skipped_steps"] += 1
-        ctx.log("amp/skipped_steps", float(self.counters["amp_skipped_steps"]))
-        if ctx.logging and self.amp.scaler is not None:
-            ctx.log("amp/scale", self.amp.scaler.get_scale())
 
     # -- epochs ----------------------------------------------------------------------------------
 
@@ -211,7 +211,8 @@ class Trainer:
             counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
             batches = 0
-            for batches, batch in enumerate(tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable), 1):
+            for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
+                batches += 1
                 ctx = self.step(batch)
                 if ctx.raw_losses is not None:
                     sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())

@@ -14,7 +14,7 @@ A *factory* is any callable returning a fresh, configured :class:`~mtoframe.Meth
 with option overrides as keywords (a :class:`~mtoframe.Method` subclass is one). The checks:
 
 ``declarations``
-    name, summary, paper, ``Options`` (attrs), roles, ``grad_space``, ``saliency``,
+    name, summary, paper, ``Options`` (attrs), roles, ``grad_space``, ``rep_grads``,
     ``extra_forward`` and ``heads_receive`` are well formed; every ``on_*`` hook method carries
     ``@hookimpl``; gradient methods implement ``on_shared_grads``, loss methods and regularisers
     ``on_task_losses``.
@@ -275,8 +275,8 @@ def _declarations(factory: Factory, atol: float) -> None:
     if (m.grad_space is None) == _is_gradient(m):
         _fail(f"grad_space {m.grad_space!r} disagrees with roles {cls.roles}: gradient methods (transform or "
               "aggregator) declare a space, others none")
-    if m.saliency not in ("none", "plain", "differentiable"):
-        _fail(f"saliency must be 'none', 'plain' or 'differentiable', got {m.saliency!r}")
+    if m.rep_grads not in ("none", "plain", "differentiable"):
+        _fail(f"rep_grads must be 'none', 'plain' or 'differentiable', got {m.rep_grads!r}")
     if not isinstance(m.extra_forward, bool):
         _fail(f"extra_forward must be a bool, got {m.extra_forward!r}")
     for hook in HOOK_NAMES:
@@ -421,8 +421,8 @@ def _trainer(factory: Factory, atol: float) -> None:
         opt = torch.optim.SGD([{"params": model.shared_parameters()},
                                {"params": model.head_parameters(), "lr": 0.0}], lr=0.02)
         t = Trainer(model, make_tasks(list(model.heads)), [m], optimizer=opt)
-        if t.space != m.grad_space:
-            _fail(f"{where}: trainer runs in space {t.space!r} but the method declares {m.grad_space!r}")
+        if t.grad_space != m.grad_space:
+            _fail(f"{where}: trainer runs in space {t.grad_space!r} but the method declares {m.grad_space!r}")
         batch = make_batch(model, seed=3)
         before = _total_loss(t, batch)
         for i in range(steps):
