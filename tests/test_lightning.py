@@ -189,6 +189,9 @@ def test_resuming_from_a_lightning_checkpoint_is_bit_identical(stack: str, tmp_p
     saved = torch.load(ckpt, weights_only=True)
     assert saved[CHECKPOINT_KEY]["stack"]["step"] == BATCHES
 
+    loaded = Net.load_from_checkpoint(ckpt, methods=methods, seed=7, weights_only=True)
+    _assert_same_state(loaded.stack.state_dict(), first.stack.state_dict())
+
     resumed = Net(methods, seed=7)  # other initial weights: everything must come from the checkpoint
     _fit(resumed, max_epochs=2, ckpt_path=str(ckpt))
     for (name, a), b in zip(_lightning_params(resumed).items(), _lightning_params(straight).values(), strict=True):
