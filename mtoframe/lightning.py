@@ -48,6 +48,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 
 from .context import StepContext
+from .epochloss import EpochLosses
 from .errors import CheckpointError, OptionError
 from .stack import Recompute, Stack
 
@@ -74,8 +75,7 @@ class StackModule(pl.LightningModule):
         self.stack = stack
         self.automatic_optimization = False
         self._stack_started = False
-        self._epoch_sums: Tensor | None = None
-        self._epoch_counts: Tensor | None = None
+        self._epoch_losses = EpochLosses(stack.tasks)
 
     # -- the step --------------------------------------------------------------------------------
 
@@ -104,7 +104,7 @@ class StackModule(pl.LightningModule):
         recompute = self._in_forward_context(recompute_losses) if recompute_losses is not None else None
         with torch.autocast(features.device.type, enabled=False):
             self.stack.after_step(ctx, recompute_losses=recompute)
-        self._accumulate(ctx)
+        self._epoch_losses.add(ctx)
         return ctx
 
     def _only_optimizer(self) -> LightningOptimizer:
@@ -129,17 +129,6 @@ class StackModule(pl.LightningModule):
                 return fn(train_mode)
 
         return recompute
-
-    def _accumulate(self, ctx: StepContext) -> None:
-        # the epoch's per-task loss sums stay on the device: read once, at the epoch's end
-        if ctx.raw_losses is None:
-            return
-        raw = ctx.raw_losses.detach().double()
-        if self._epoch_sums is None or self._epoch_counts is None:
-            self._epoch_sums = torch.zeros(len(self.stack.tasks), dtype=torch.float64, device=raw.device)
-            self._epoch_counts = torch.zeros_like(self._epoch_sums)
-        self._epoch_sums.index_add_(0, ctx.task_ids, raw)
-        self._epoch_counts.index_add_(0, ctx.task_ids, torch.ones_like(raw))
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -169,22 +158,13 @@ class StackModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Epoch-level methods (DWA, STCH, GradNorm) get the epoch's mean raw loss per task."""
-        train_loss: dict[str, float] = {}
-        if self._epoch_sums is not None and self._epoch_counts is not None:
-            means = (self._epoch_sums / self._epoch_counts.clamp_min(1)).tolist()
-            seen = (self._epoch_counts > 0).tolist()
-            train_loss = {t: means[i] for i, t in enumerate(self.stack.tasks) if seen[i]}
-        self.stack.end_epoch({"epoch": self.stack.epoch, "train_loss": train_loss})
-        self._epoch_sums = self._epoch_counts = None
+        self.stack.end_epoch({"epoch": self.stack.epoch, "train_loss": self._epoch_losses.means()})
+        self._epoch_losses.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Write the stack's state (and this epoch's running loss sums) into the checkpoint. Call
         ``super().on_save_checkpoint(checkpoint)`` when overriding."""
-        checkpoint[CHECKPOINT_KEY] = {
-            "stack": self.stack.state_dict(),
-            "epoch_sums": None if self._epoch_sums is None else self._epoch_sums.clone(),
-            "epoch_counts": None if self._epoch_counts is None else self._epoch_counts.clone(),
-        }
+        checkpoint[CHECKPOINT_KEY] = {"stack": self.stack.state_dict(), "epoch_losses": self._epoch_losses.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the stack's state; a checkpoint without it is refused. Call
@@ -195,7 +175,7 @@ class StackModule(pl.LightningModule):
                                   "mtoframe StackModule): resuming would restart every method's state")
         self.stack.load_state_dict(saved["stack"])
         self._stack_started = True
-        self._epoch_sums, self._epoch_counts = saved["epoch_sums"], saved["epoch_counts"]
+        self._epoch_losses.load_state_dict(saved["epoch_losses"])
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> StackModule:
         # .to(device) / .double() reach the stack's learnable parameters in place, so the
@@ -207,8 +187,5 @@ class StackModule(pl.LightningModule):
                     p.data = fn(p.data)
                     if p.grad is not None:
                         p.grad.data = fn(p.grad.data)
-        for name in ("_epoch_sums", "_epoch_counts"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, fn(value).to(torch.float64))
+        self._epoch_losses.apply(fn)
         return self
