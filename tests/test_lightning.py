@@ -154,6 +154,23 @@ def test_three_steps_of_repmtl_nashmtl_match_the_trainer(precision: str) -> None
     assert moved > 1e-3  # the three steps did move the parameters
 
 
+def test_epoch_level_methods_get_the_epochs_mean_losses_as_in_trainer_fit() -> None:
+    _need("dwa")  # DWA's weights from the third epoch on are ratios of the two previous epochs' mean losses
+    net = Net(["dwa"])
+    _fit(net, max_epochs=3, precision="64-true")
+    encoder, heads = _parts(0)
+    model = mtoframe.MultiTaskModel(encoder=encoder, heads=dict(heads)).double()
+    trainer = mtoframe.Trainer(model, [mtoframe.Task(t, loss=_mse) for t in TASKS], methods=["dwa"],
+                               optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), progress=False)
+    batches = [(x.double(), {t: v.double() for t, v in y.items()}) for x, y in _loader()]
+    trainer.fit(batches, epochs=3)
+    assert net.stack.epoch == trainer.stack.epoch == 3
+    _assert_same_state(net.stack.state_dict()["methods"], trainer.stack.state_dict()["methods"])
+    ours = model.state_dict()
+    for name, value in _lightning_params(net).items():
+        torch.testing.assert_close(value, ours[name], rtol=0, atol=1e-10, msg=name)
+
+
 def test_bf16_mixed_trains_with_the_stack_outside_autocast() -> None:
     _need("repmtl", "nashmtl")
     methods: list[Any] = ["repmtl", "nashmtl"]
