@@ -20,7 +20,7 @@ DOCS = ROOT / "docs"
 
 #: page -> (modules it imports beyond the core, methods its code uses)
 PAGES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "own-loop.md": ((), ("repmtl", "nashmtl", "famo", "uw")),
+    "own-loop.md": ((), ("repmtl", "nashmtl", "famo", "uw", "dwa")),
     "lightning.md": (("lightning",), ("repmtl", "nashmtl")),
     "migration.md": (("torchjd",), ("cagrad", "torchjd.upgrad")),
 }
