@@ -20,6 +20,7 @@ from torch import nn
 pytest.importorskip("lightning")
 
 import lightning.pytorch as pl
+from lightning.pytorch.core.optimizer import LightningOptimizer
 
 import mtoframe
 from mtoframe.errors import CheckpointError, OptionError
@@ -169,6 +170,18 @@ def test_epoch_level_methods_get_the_epochs_mean_losses_as_in_trainer_fit() -> N
     ours = model.state_dict()
     for name, value in _lightning_params(net).items():
         torch.testing.assert_close(value, ours[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_learnable_method_parameters_follow_the_module_and_train() -> None:
+    _need("uw")
+    net = Net(["uw"])
+    _fit(net, max_steps=BATCHES, precision="64-true")  # Lightning casts the module with .double()
+    [log_var] = net.stack.parameters()
+    assert log_var.dtype == torch.float64 and not torch.equal(log_var, torch.full_like(log_var, -0.5))
+    opt = net.optimizers()
+    assert isinstance(opt, LightningOptimizer)
+    [group] = [g for g in opt.optimizer.param_groups if g.get("mtoframe_method") == "uw"]
+    assert group["params"][0] is log_var and group["weight_decay"] == 0.0
 
 
 def test_bf16_mixed_trains_with_the_stack_outside_autocast() -> None:
