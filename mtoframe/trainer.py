@@ -14,6 +14,7 @@ from .batching import head_outputs, recompute, split_batch, task_losses
 from .checkpoint import load as load_checkpoint
 from .context import StepContext
 from .distributed import Communicator, is_distributed, set_epoch, shard_loader
+from .epochloss import EpochLosses
 from .errors import MtoError, OptionError
 from .model import MultiTaskModel, Task, check_tasks
 from .nonfinite import NonFinitePolicy
@@ -207,26 +208,16 @@ class Trainer:
         train = shard_loader(train)
         for _ in range(epochs):
             set_epoch(train, self.epoch)
-            # accumulated on the device: the host reads the epoch means once, not every step
-            device = next(self.model.parameters()).device
-            sums = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
-            counts = torch.zeros(len(self.tasks), dtype=torch.float64, device=device)
+            losses = EpochLosses(self.task_names)
             disable = not self.progress if self.progress is not None else None  # None: only on a TTY
             batches = 0
             for batch in tqdm(train, desc=f"epoch {self.epoch}", leave=False, disable=disable):
                 batches += 1
-                ctx = self.step(batch)
-                if ctx.raw_losses is not None:
-                    sums.index_add_(0, ctx.task_ids, ctx.raw_losses.detach().double())
-                    counts.index_add_(0, ctx.task_ids, torch.ones_like(sums[: len(ctx.tasks)]))
+                losses.add(self.step(batch))
             if not batches:
                 raise OptionError(f"the training data yielded no batches in epoch {self.epoch}; "
                                   "fit needs a non-empty iterable of batches")
-            means, seen = (sums / counts.clamp_min(1)).tolist(), (counts > 0).tolist()
-            stats: dict[str, Any] = {
-                "epoch": self.epoch,
-                "train_loss": {t: means[i] for i, t in enumerate(self.task_names) if seen[i]},
-            }
+            stats: dict[str, Any] = {"epoch": self.epoch, "train_loss": losses.means()}
             if val is not None:
                 stats["val"] = self.evaluate(val)
                 if baselines is not None:
