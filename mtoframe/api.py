@@ -100,7 +100,8 @@ def _present_tasks(t: int, task_ids: Sequence[int] | Tensor | None,
         return names, names
     if isinstance(all_tasks, int) and not isinstance(all_tasks, bool):
         names = tuple(f"task{i}" for i in range(all_tasks))
-    elif isinstance(all_tasks, Sequence) and not isinstance(all_tasks, str) and all(isinstance(n, str) for n in all_tasks):
+    elif (isinstance(all_tasks, Sequence) and not isinstance(all_tasks, str)
+          and all(isinstance(n, str) for n in all_tasks)):
         names = tuple(all_tasks)
     else:
         raise MtoError(f"all_tasks must be a number of tasks or a sequence of task names, got {all_tasks!r}")

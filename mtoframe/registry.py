@@ -26,8 +26,8 @@ import os
 import re
 import threading
 import traceback
-from importlib import metadata
 from collections.abc import Iterable
+from importlib import metadata
 from typing import Any
 
 import attrs
@@ -42,7 +42,8 @@ from .method import Method, Role
 ENTRY_POINT_GROUP = "mtoframe"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)?$")
 ENV_VARS = ("MTOFRAME_PLUGINS", "MTOFRAME_DISABLE_PLUGINS", "MTOFRAME_DISABLE_PLUGIN_AUTOLOAD")
-HOOK_NAMES = ("on_train_start", "on_representation", "on_task_losses", "on_shared_grads", "on_after_step", "on_epoch_end")
+HOOK_NAMES = ("on_train_start", "on_representation", "on_task_losses", "on_shared_grads", "on_after_step",
+              "on_epoch_end")
 
 
 @attrs.frozen
@@ -82,8 +83,8 @@ class MethodInfo:
 
 
 def _plain(v: Any) -> Any:
-    if isinstance(v, attrs.Factory):  # type: ignore[arg-type]
-        return _plain(v.factory())  # type: ignore[call-arg]
+    if isinstance(v, attrs.Factory):  # type: ignore[arg-type]  # attrs types Factory as a function
+        return _plain(v.factory())
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     if isinstance(v, (list, tuple)):
@@ -153,7 +154,13 @@ class Registry:
                 f"method {cls.name!r} clashes with the one from {core.distribution} ({core.plugin}); it is not "
                 "registered (the plugin's other methods are)")))
             return
-        cls.Options.__method_name__ = cls.name  # type: ignore[attr-defined]  # for option error messages
+        # Option error messages name the method. An options class shared by several methods
+        # (torchjd.upgrad and torchjd.dualproj) gets a subclass per method, so each is named right.
+        owner = cls.Options.__dict__.get("__method_name__")
+        if owner is not None and owner != cls.name:
+            cls.Options = type(cls.Options.__name__, (cls.Options,), {"__method_name__": cls.name})
+        else:
+            cls.Options.__method_name__ = cls.name  # type: ignore[attr-defined]
         target[cls.name] = info
 
     def _commit(self, infos: Iterable[MethodInfo]) -> None:

@@ -27,7 +27,8 @@ APPLIED = {"optimizer.lr": "lr", "optimizer.weight_decay": "weight_decay", "opti
 _UNSET = "<unset>"  # a key one of the two configs lacks (flat configs hold only plain values)
 
 
-def config_changes(saved: Mapping[str, Any] | None, now: Mapping[str, Any], path: str | Path) -> dict[str, tuple[Any, Any]]:
+def config_changes(
+        saved: Mapping[str, Any] | None, now: Mapping[str, Any], path: str | Path) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved, now)}`` of every difference; raises :class:`CheckpointError` naming each
     difference that cannot be applied to a resumed run."""
     if saved is None:
@@ -66,7 +67,8 @@ def check_fits(state: Mapping[str, Any], stack: Sequence[str], optimizer: torch.
     """Refuse a checkpoint written by another stack or with another kind of optimiser, before
     any of it is loaded."""
     if state.get("stack") != list(stack):
-        raise CheckpointError(f"checkpoint was written by the stack {state.get('stack')}, this trainer has {list(stack)}")
+        raise CheckpointError(
+            f"checkpoint was written by the stack {state.get('stack')}, this trainer has {list(stack)}")
     saved = state.get("optimizer_class")
     if saved is not None and saved != type(optimizer).__name__:
         raise CheckpointError(f"checkpoint was written with a {saved} optimiser, this trainer has "

@@ -61,6 +61,7 @@ Outputs are compared with ``torch.equal`` (bit-identical on CPU) unless ``atol``
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 import re
@@ -76,9 +77,16 @@ from ..checkpoint import check_plain
 from ..errors import CheckpointError, StackError
 from ..hookspecs import hookimpl
 from ..method import SPACES, Method, Role
+from ..model import MultiTaskModel
 from ..registry import HOOK_NAMES
 from ..stack import Stack
 from ..trainer import Trainer
+from ._common import ConformanceError, Factory, NotApplicable
+from ._common import fail as _fail
+from ._common import is_gradient as _is_gradient
+from ._common import params as _params
+from ._common import require_gradient as _require_gradient
+from ._common import space_variants as _space_variants
 from .factories import (
     gradient_families,
     make_batch,
@@ -87,12 +95,6 @@ from .factories import (
     make_trainer,
     make_vector_model,
 )
-from ._common import ConformanceError, Factory, NotApplicable
-from ._common import fail as _fail
-from ._common import is_gradient as _is_gradient
-from ._common import params as _params
-from ._common import require_gradient as _require_gradient
-from ._common import space_variants as _space_variants
 from .state_checks import nonfinite_state, partial_labels
 
 CHECKS = ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
@@ -393,7 +395,7 @@ def _determinism(factory: Factory, atol: float) -> None:
             torch.manual_seed(5)
             inst = factory()
             outs.append([aggregate(inst, g, loss) for g, loss in _matrices(seed=21, tasks=(3, 2))])
-        for i, (a, b) in enumerate(zip(*outs)):
+        for i, (a, b) in enumerate(zip(*outs, strict=True)):
             if not _same(a, b, atol):
                 _fail(f"two fresh instances under one seed differ at call {i} (max |diff| {(a - b).abs().max():.3g})")
     for over in _space_variants(factory):
@@ -405,21 +407,25 @@ def _determinism(factory: Factory, atol: float) -> None:
             t.fit(_loader(model, 3), epochs=2)
             params.append(_params(t))
         if not _same(params[0], params[1], atol):
-            _fail(f"two seeded training runs differ {over or ''} (max |diff| {(params[0] - params[1]).abs().max():.3g})")
+            diff = (params[0] - params[1]).abs().max()
+            _fail(f"two seeded training runs differ {over or ''} (max |diff| {diff:.3g})")
 
 
 def _trainer(factory: Factory, atol: float) -> None:
     variants = _space_variants(factory)
     # conv steps are costly on CPU: the conv model runs in the default space, for fewer steps
-    runs = [(over, "vector", make_vector_model, 12) for over in variants] + [({}, "conv", make_conv_model, 3)]
+    runs: list[tuple[dict[str, Any], str, Callable[[], MultiTaskModel], int]] = [
+        (over, "vector", make_vector_model, 12) for over in variants]
+    runs.append(({}, "conv", make_conv_model, 3))
     for over, kind, make_model, steps in runs:
         where = f"{kind} model{' ' + str(over) if over else ''}"
         torch.manual_seed(0)
         model = make_model()
         m = factory(**over)
         # heads frozen: the loss must fall through the method's shared update alone
-        opt = torch.optim.SGD([{"params": model.shared_parameters()},
-                               {"params": model.head_parameters(), "lr": 0.0}], lr=0.02)
+        groups: list[dict[str, Any]] = [{"params": model.shared_parameters()},
+                                        {"params": model.head_parameters(), "lr": 0.0}]
+        opt = torch.optim.SGD(groups, lr=0.02)
         t = Trainer(model, make_tasks(list(model.heads)), [m], optimizer=opt)
         if t.grad_space != m.grad_space:
             _fail(f"{where}: trainer runs in space {t.grad_space!r} but the method declares {m.grad_space!r}")
@@ -440,48 +446,53 @@ def _trainer(factory: Factory, atol: float) -> None:
 
 
 def _stack(factory: Factory, atol: float) -> None:
-    tol = max(atol, 1e-9)
     for over in _space_variants(factory):
-        torch.manual_seed(0)
-        model = make_vector_model()
-        twin = copy.deepcopy(model)
-        tasks = make_tasks(list(model.heads))
-        loss_of = {t.name: t.loss for t in tasks}
-        trainer = Trainer(model, tasks, [factory(**over)], optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
-        stack = Stack([factory(**over)], tasks=list(model.heads), encoder=twin.encoder)
-        opt = torch.optim.SGD([{"params": twin.parameters()}, *stack.param_groups()], lr=0.05)
+        _stack_variant(factory, over, max(atol, 1e-9))
 
-        def forward(x: Tensor, y: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-            z = twin.encoder(x)
-            return z, {t: loss_of[t](twin.heads[t](z), target) for t, target in y.items()}
 
-        def recompute(train_mode: bool, x: Tensor, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
-            was = twin.training
-            twin.train(train_mode)
-            try:
-                return forward(x, y)[1]
-            finally:
-                twin.train(was)
+def _stack_variant(factory: Factory, over: dict[str, Any], tol: float) -> None:
+    torch.manual_seed(0)
+    model = make_vector_model()
+    twin = copy.deepcopy(model)
+    tasks = make_tasks(list(model.heads))
+    loss_of = {t.name: t.loss for t in tasks}
+    trainer = Trainer(model, tasks, [factory(**over)], optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
+    stack = Stack([factory(**over)], tasks=list(model.heads), encoder=twin.encoder)
+    opt = torch.optim.SGD([{"params": twin.parameters()}, *stack.param_groups()], lr=0.05)
 
-        for i in range(3):
-            x, y = make_batch(model, seed=40 + i)
-            if i == 1:  # partial labels
-                del y["b"]
-            torch.manual_seed(100 + i)  # methods drawing from the global generator draw alike
-            trainer.step((x, y))
-            torch.manual_seed(100 + i)
-            z, losses = forward(x, y)
-            ctx = stack.backward(losses, features=z, shared_params=twin.encoder.parameters())
-            if not ctx.skipped:
-                opt.step()
-            stack.after_step(ctx, recompute_losses=lambda mode, x=x, y=y: recompute(mode, x, y))
-            named = [*model.named_parameters(), *((f"method parameter {j}", p)
-                                                   for j, p in enumerate(trainer.stack.parameters()))]
-            for (name, p), q in zip(named, [*twin.parameters(), *stack.parameters()], strict=True):
-                if (p.grad is None) != (q.grad is None) or (
-                        p.grad is not None and q.grad is not None and not torch.allclose(p.grad, q.grad, rtol=0, atol=tol)):
-                    diff = "one is None" if p.grad is None or q.grad is None else f"max |diff| {(p.grad - q.grad).abs().max():.3g}"
-                    _fail(f"{over or ''} step {i}: the Stack's .grad of {name} differs from the Trainer's ({diff})")
+    def forward(x: Tensor, y: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        z = twin.encoder(x)
+        return z, {t: loss_of[t](twin.heads[t](z), target) for t, target in y.items()}
+
+    def recompute(train_mode: bool, x: Tensor, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        was = twin.training
+        twin.train(train_mode)
+        try:
+            return forward(x, y)[1]
+        finally:
+            twin.train(was)
+
+    for i in range(3):
+        x, y = make_batch(model, seed=40 + i)
+        if i == 1:  # partial labels
+            del y["b"]
+        torch.manual_seed(100 + i)  # methods drawing from the global generator draw alike
+        trainer.step((x, y))
+        torch.manual_seed(100 + i)
+        z, losses = forward(x, y)
+        ctx = stack.backward(losses, features=z, shared_params=twin.encoder.parameters())
+        if not ctx.skipped:
+            opt.step()
+        stack.after_step(ctx, recompute_losses=functools.partial(recompute, x=x, y=y))
+        named = [*model.named_parameters(), *((f"method parameter {j}", p)
+                                               for j, p in enumerate(trainer.stack.parameters()))]
+        for (name, p), q in zip(named, [*twin.parameters(), *stack.parameters()], strict=True):
+            where = f"{over or ''} step {i}: the Stack's .grad of {name} differs from the Trainer's"
+            if p.grad is None or q.grad is None:
+                if (p.grad is None) != (q.grad is None):
+                    _fail(f"{where} (one is None)")
+            elif not torch.allclose(p.grad, q.grad, rtol=0, atol=tol):
+                _fail(f"{where} (max |diff| {(p.grad - q.grad).abs().max():.3g})")
 
 
 class _Probe(Method):

@@ -115,7 +115,7 @@ def assert_heads_get_unweighted_gradients(method: Any) -> None:
     expected = head_grads(model, batch)
     step_keeping_grads(trainer, batch)
     for t in model.heads:
-        for p, e in zip(model.heads[t].parameters(), expected[t]):
+        for p, e in zip(model.heads[t].parameters(), expected[t], strict=True):
             torch.testing.assert_close(p.grad, e)
 
 

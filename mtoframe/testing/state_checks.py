@@ -5,11 +5,11 @@
     in where ``t0`` sits in their task list (first, then last, so every present task's
     ``ctx.task_ids`` entry differs) end with the same state up to reordering every task
     dimension accordingly: per-task state follows ``ctx.task_ids``, not the row's position in
-    the batch; and no state has the batch's number of tasks where it should have five. Gradient methods are also checked the same way through
-    :func:`mtoframe.aggregate` with ``task_ids`` / ``all_tasks``. The state keeps its shapes
-    when every task comes back (sized over ``ctx.all_tasks`` from the first batch), and a step
-    without ``t0`` and ``t2`` leaves their entries unchanged (unless the method says why they move:
-    ``absent_state_moves``).
+    the batch; and no state has the batch's number of tasks where it should have five. Gradient
+    methods are also checked the same way through :func:`mtoframe.aggregate` with ``task_ids`` /
+    ``all_tasks``. The state keeps its shapes when every task comes back (sized over
+    ``ctx.all_tasks`` from the first batch), and a step without ``t0`` and ``t2`` leaves their
+    entries unchanged (unless the method says why they move: ``absent_state_moves``).
 ``nonfinite``
     (gradient methods) in a trainer with ``nonfinite="skip"``, a step whose gradients are NaN
     (then +inf) is skipped, never raised (a method may refuse such a matrix with an error: the
@@ -180,7 +180,7 @@ def _rotation_in_aggregate(factory: Factory, atol: float) -> None:
             aggregate(m, grads, losses, task_ids=ids, all_tasks=order)
         states.append(m.state_dict())
     _check_sized_by_all_tasks(states[0], "aggregate")
-    _compare_rotated(*states, "aggregate, 3 calls without t0 and t3", atol)
+    _compare_rotated(states[0], states[1], "aggregate, 3 calls without t0 and t3", atol)
 
 
 def partial_labels(factory: Factory, atol: float, *, absent_state_moves: str = "") -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torchjd import aggregation
@@ -46,6 +48,13 @@ def test_options_reach_the_aggregator():
     assert torch.equal(mtoframe.aggregate(UPGrad(norm_eps=0.0, reg_eps=1e-9), g), aggregation.UPGrad(projector=p)(g))
     with pytest.raises(mtoframe.OptionError, match="reg_eps"):
         UPGrad(reg_eps=-1.0)
+
+
+def test_option_errors_name_the_method_even_when_methods_share_an_options_class():
+    # torchjd.upgrad and torchjd.dualproj share ProjectorOptions; each error must name its own method
+    for name in ("torchjd.upgrad", "torchjd.dualproj"):
+        with pytest.raises(mtoframe.OptionError, match=rf"option 'reg_eps' of {re.escape(name)} must"):
+            mtoframe.create(name, reg_eps=-1.0)
 
 
 def _hand_step(model, batch, lr):

@@ -19,7 +19,7 @@ MTOFRAME_HOOK_API = ">=1,<2"
 
 METHODS = (MGDA, PCGrad, IMTLG, GradVac, AlignedMTL, UPGrad, GradDrop)
 
-__all__ = ["METHODS", "MTOFRAME_HOOK_API", "MGDA", "AlignedMTL", "GradDrop", "GradVac", "IMTLG", "PCGrad", "UPGrad"]
+__all__ = ["IMTLG", "METHODS", "MGDA", "MTOFRAME_HOOK_API", "AlignedMTL", "GradDrop", "GradVac", "PCGrad", "UPGrad"]
 
 
 @hookimpl

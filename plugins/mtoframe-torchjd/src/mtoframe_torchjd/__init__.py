@@ -10,11 +10,12 @@ from __future__ import annotations
 import mtoframe
 
 from .adapter import TorchJDMethod
-from .aggregators import METHODS, MGDA, AlignedMTL, ConFIG, DualProj, IMTLG, Mean, PCGrad, Sum, UPGrad
+from .aggregators import IMTLG, METHODS, MGDA, AlignedMTL, ConFIG, DualProj, Mean, PCGrad, Sum, UPGrad
 
 MTOFRAME_HOOK_API = ">=1,<2"
 
-__all__ = ["METHODS", "MGDA", "AlignedMTL", "ConFIG", "DualProj", "IMTLG", "Mean", "PCGrad", "Sum", "TorchJDMethod", "UPGrad"]
+__all__ = ["IMTLG", "METHODS", "MGDA", "AlignedMTL", "ConFIG", "DualProj", "Mean", "PCGrad", "Sum", "TorchJDMethod",
+           "UPGrad"]
 
 
 @mtoframe.hookimpl

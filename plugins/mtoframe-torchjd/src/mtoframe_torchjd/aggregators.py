@@ -2,7 +2,8 @@
 
 Every option default is TorchJD's own default, so each method reproduces
 ``torchjd.aggregation.<Class>()`` exactly (``torchjd.pcgrad``: with torch's global RNG seeded by
-``seed``, see :attr:`~mtoframe_torchjd.adapter.TorchJDMethod.uses_rng`); ``space`` (mtoframe's) picks the gradient matrix:
+``seed``, see :attr:`~mtoframe_torchjd.adapter.TorchJDMethod.uses_rng`); ``space`` (mtoframe's) picks the
+gradient matrix:
 shared-parameter gradients (``"params"``, default) or gradients w.r.t. the representation.
 TorchJD's ``pref_vector`` is not exposed: its default (uniform preference) is used.
 
@@ -22,12 +23,15 @@ from mtoframe.options import in_range, integer, one_of
 
 from .adapter import TorchJDMethod
 
-_SPACE = {"default": "params", "validator": one_of(("params", "representation"))}
+
+def _space_field() -> Any:
+    """mtoframe's ``space`` option, shared by every aggregator here."""
+    return attrs.field(default="params", validator=one_of(("params", "representation")))
 
 
 @attrs.frozen(kw_only=True)
 class SpaceOptions:
-    space: str = attrs.field(**_SPACE)
+    space: str = _space_field()
 
 
 @attrs.frozen(kw_only=True)
@@ -36,7 +40,7 @@ class ProjectorOptions:
     norm_eps: float = attrs.field(default=1e-4, validator=in_range(0.0))
     #: ... and reg_eps is added to its diagonal so the QP is strictly convex
     reg_eps: float = attrs.field(default=1e-4, validator=in_range(0.0))
-    space: str = attrs.field(**_SPACE)
+    space: str = _space_field()
 
 
 class _Projecting(TorchJDMethod):
@@ -70,7 +74,7 @@ class DualProj(_Projecting):
 class MGDAOptions:
     epsilon: float = attrs.field(default=1e-3, validator=in_range(0.0))
     max_iters: int = attrs.field(default=100, validator=integer(1))
-    space: str = attrs.field(**_SPACE)
+    space: str = _space_field()
 
 
 class MGDA(TorchJDMethod):
@@ -91,7 +95,7 @@ class MGDA(TorchJDMethod):
 @attrs.frozen(kw_only=True)
 class AlignedMTLOptions:
     scale_mode: str = attrs.field(default="min", validator=one_of(("min", "median", "rmse")))
-    space: str = attrs.field(**_SPACE)
+    space: str = _space_field()
 
 
 class AlignedMTL(TorchJDMethod):
@@ -121,7 +125,7 @@ class IMTLG(TorchJDMethod):
 class SeededOptions:
     #: seed of the method's private random stream (TorchJD itself draws from the global RNG)
     seed: int = attrs.field(default=0, validator=integer(0))
-    space: str = attrs.field(**_SPACE)
+    space: str = _space_field()
 
 
 class PCGrad(TorchJDMethod):
@@ -138,7 +142,8 @@ class PCGrad(TorchJDMethod):
 class ConFIG(TorchJDMethod):
     name = "torchjd.config"
     summary = "TorchJD ConFIG: conflict-free direction from the pseudo-inverse of unit gradients."
-    paper = "Liu et al., ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks, ICLR 2025 (via TorchJD)"
+    paper = ("Liu et al., ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks, ICLR 2025 "
+             "(via TorchJD)")
     aggregator_name = "ConFIG"
     Options = SpaceOptions
 
