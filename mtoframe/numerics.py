@@ -27,6 +27,7 @@ __all__ = [
     "MinNormResult",
     "NNQPResult",
     "clip_norm",
+    "combine",
     "cosine_matrix",
     "gram",
     "min_norm_point",
@@ -43,6 +44,13 @@ def gram(grads: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """``G Gᵀ`` of a ``T×D`` matrix, optionally accumulated in ``dtype`` (e.g. float64)."""
     g = grads if dtype is None else grads.to(dtype)
     return g @ g.T
+
+
+def combine(weights: Tensor, grads: Tensor) -> Tensor:
+    """``weights @ grads`` in the gradients' dtype and device: ``Σ_t w_t g_t`` for a ``T``-vector
+    of weights, the rows ``C G`` for a ``T×T`` coefficient matrix (weights may come from float64
+    ``T×T`` work, possibly on the host)."""
+    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
 
 
 def normalised_gram(k: Tensor) -> Tensor:

@@ -73,7 +73,7 @@ def test_solver_failure_is_counted_and_warned(monkeypatch):
     m = mtoframe.create("mgda")
     g = CASES[-7].grads
     assert g.shape[0] == 10
-    with pytest.warns(RuntimeWarning, match="solver/failures/mgda"):
+    with pytest.warns(mtoframe.SolverWarning, match="solver/failures/mgda"):
         d = mtoframe.aggregate(m, g)
     mtoframe.aggregate(m, g)  # warned once, counted twice
     assert m.failures.count == 2 and torch.isfinite(d).all()

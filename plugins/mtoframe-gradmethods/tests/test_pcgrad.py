@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe_gradmethods._common import SeededGenerator
+from mtoframe import SeededGenerator
 
 from mtoframe.testing.factories import gradient_families
 

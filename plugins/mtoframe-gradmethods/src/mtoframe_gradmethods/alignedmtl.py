@@ -35,11 +35,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, StepContext
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import one_of
-
-from ._common import combine
 
 
 @attrs.frozen(kw_only=True)
@@ -75,14 +73,13 @@ def aligned_weights(K: torch.Tensor, scale: str = "min", rank_cutoff: str = "flo
     return torch.where(finite, B.sum(0), torch.full_like(lam, torch.nan))
 
 
-class AlignedMTL(Method):
+class AlignedMTL(GramWeighting):
     __doc__ = __doc__
     name = "alignedmtl"
     summary = "Aligned-MTL: sum of the task gradients aligned to an orthogonal equal-norm system."
     paper = "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023"
     defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum, float32-eps rank cut-off)"
     Options = AlignedMTLOptions
-    roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
 
     @property
@@ -90,10 +87,6 @@ class AlignedMTL(Method):
         # B = σ V Λ^(-1/2) Vᵀ does not change with the scale of G, so d = 1ᵀB G scales with it
         return 1.0
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        alpha = aligned_weights(ctx.gram().to(torch.float64), self.options.scale, self.options.rank_cutoff)
-        if self.options.reduction == "mean":
-            alpha = alpha / g.shape[0]
-        ctx.set_update(combine(alpha, g))
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        alpha = aligned_weights(gram, self.options.scale, self.options.rank_cutoff)
+        return alpha / gram.shape[0] if self.options.reduction == "mean" else alpha

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
-
-from ._common import combine
+from mtoframe import GramWeighting, StepContext
+from mtoframe.gram_weighting import TaskState
 
 
 def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
@@ -52,13 +50,12 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     return (torch.linalg.pinv(A) @ b)[:T]
 
 
-class IMTLG(Method):
+class IMTLG(GramWeighting):
     __doc__ = __doc__
     name = "imtlg"
     summary = "IMTL-G: update with equal projections onto each task's unit gradient."
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     defaults_reproduce = "the paper's closed form (as LibMTL)"
-    roles = Role.AGGREGATOR
     ignores_loss_weights = ("IMTL-G's update direction is invariant to rescaling each task's gradient (only its "
                             "length changes)")
     hybrid_with = ("imtll",)
@@ -69,15 +66,7 @@ class IMTLG(Method):
         # α depends on directions and sums to one, so d = αᵀG scales with G
         return 1.0
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        K = ctx.gram().to(torch.float64)
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         # α is invariant to a common rescale of G; normalising keeps pinv's cut-off relative
-        scale = K.diagonal().max()
-        K = K / torch.where(scale > 0, scale, torch.ones_like(scale))
-        alpha = imtlg_weights(K)
-        ctx.set_update(combine(alpha, g))
-        if ctx.logging:
-            for t, name in enumerate(ctx.tasks):
-                ctx.log(f"imtlg/alpha/{name}", alpha[t])
+        scale = gram.diagonal().max()
+        return imtlg_weights(gram / torch.where(scale > 0, scale, torch.ones_like(scale)))

@@ -25,11 +25,9 @@ from typing import Any
 import attrs
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, Role, SeededGenerator, StepContext
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import integer, one_of
-
-from ._common import SeededGenerator, expect_keys
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +51,7 @@ def pcgrad_coefficients(K: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     return C
 
 
-class PCGrad(Method):
+class PCGrad(GramWeighting):
     __doc__ = __doc__
     name = "pcgrad"
     summary = "PCGrad: project each task gradient off the conflicting ones, in random order."
@@ -68,26 +66,17 @@ class PCGrad(Method):
         # projections are linear in G
         return 1.0
 
-    def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
+    def reset(self) -> None:
+        super().reset()
         self.rng = SeededGenerator(self.options.seed)
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        T = g.shape[0]
-        orders = self.rng.orders(T).to(g.device)
-        C = pcgrad_coefficients(ctx.gram().to(torch.float64), orders)
-        if self.options.reduction == "mean":
-            C = C / T
-        ctx.grads = C.to(g.dtype) @ g
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        T = gram.shape[0]
+        C = pcgrad_coefficients(gram, self.rng.orders(T).to(gram.device))
+        return C / T if self.options.reduction == "mean" else C
 
-    def state_dict(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         return {"generator": self.rng.state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expect_keys(self.name, state, {"generator"})
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.rng.load(state["generator"])
-
-    def reset(self) -> None:
-        self.rng.reset()
