@@ -40,6 +40,7 @@ from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
 from .numerics import clip_norm, combine
+from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
 
@@ -94,6 +95,7 @@ class GramWeighting(Method):
     :class:`~mtoframe.Method` class attributes and implement :meth:`weigh`."""
 
     roles = Role.AGGREGATOR
+    checks_own_scale = True
     #: per-task state entries by name (stored over ``ctx.all_tasks``, checkpointed under that name)
     state_spec: ClassVar[Mapping[str, StateSpec]] = {}
     #: whether :meth:`weigh` works on the host: the Gram matrix and the state are then on the CPU
@@ -102,9 +104,20 @@ class GramWeighting(Method):
     #: what the method does when its solver fails, for the warning (``"keeping the previous α"``)
     fallback: ClassVar[str] = "using the solver's last iterate"
 
+    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        #: a transform run alone by ``mtoframe.aggregate`` (which sums the rows a transform leaves)
+        #: sets that sum as the update directly: ``(1ᵀC) G`` reads ``G`` once, ``C G`` and then its
+        #: sum twice. In a stack (``check_stack`` was called) a transform edits the rows, as the
+        #: trainer's contract says.
+        self.sums_rows = True
+
     def reset(self) -> None:
         self.failures = FailureCounter(self.name, self.fallback)
         self.task_state: dict[str, Tensor] | None = None
+
+    def check_stack(self, stack: Sequence[Method]) -> None:
+        self.sums_rows = False
 
     # -- what subclasses implement ----------------------------------------------------------------
 
@@ -144,6 +157,9 @@ class GramWeighting(Method):
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:
         grads = ctx.grads
+        # under mtoframe.aggregate, the Gram matrix (needed anyway) decides whether the matrix must
+        # be rescaled, instead of a separate pass over it; nothing has changed state yet
+        check_deferred(grads, ctx.gram)
         transform = bool(self.roles & Role.TRANSFORM)
         widths = self.column_blocks(ctx)
         blocks = [grads] if widths is None else list(torch.split(grads, list(widths), dim=1))
@@ -158,10 +174,12 @@ class GramWeighting(Method):
             expected = (len(ctx.tasks), len(ctx.tasks)) if transform else (len(ctx.tasks),)
             if tuple(w.shape) != expected:
                 raise RuntimeError(f"{self.name}: weigh() returned shape {tuple(w.shape)}, expected {expected}")
-            parts.append(combine(w, rows))
             logged = w.sum(0) if transform else w
-        if transform:
+            parts.append(combine(logged if transform and self.sums_rows else w, rows))
+        if transform and not self.sums_rows:
             ctx.grads = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        elif transform:
+            ctx.set_update(parts[0] if len(parts) == 1 else torch.cat(parts))
         else:
             update = parts[0] if len(parts) == 1 else torch.cat(parts)
             weights = ctx.weights

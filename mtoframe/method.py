@@ -75,6 +75,10 @@ class Method:
     #: their own task weights): why, so that a loss weighting placed before them is rejected as
     #: meaningless (:func:`mtoframe.loss_weighting.check_loss_weighting_stack`).
     ignores_loss_weights: ClassVar[str] = ""
+    #: whether the method calls :func:`mtoframe.scaling.check_deferred` on its Gram matrix before
+    #: changing state, so that ``mtoframe.aggregate`` skips its own pass over the matrix
+    #: (:class:`~mtoframe.GramWeighting` does)
+    checks_own_scale: ClassVar[bool] = False
     #: loss-level methods that form a published hybrid with this aggregator (IMTL-L before IMTL-G
     #: is LibMTL's IMTL): accepted before it despite ``ignores_loss_weights``.
     hybrid_with: ClassVar[tuple[str, ...]] = ()
