@@ -157,3 +157,37 @@ def test_gram_cosine_and_clip():
     p.grad = v.clone()
     torch.nn.utils.clip_grad_norm_([p], 1.0)
     assert torch.allclose(clip_norm(v, 1.0), p.grad, rtol=0, atol=1e-15)
+
+
+def test_nnqp_columns_at_once_equal_one_at_a_time():
+    # UPGrad's T right-hand sides solved together match each solved alone (rank-deficient K,
+    # conflicting rows: many active constraints)
+    from mtoframe.numerics import nnqp
+
+    g = torch.Generator().manual_seed(4)
+    G = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    G[6:] = -0.8 * G[:6] + 0.1 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+    K = G @ G.T
+    together = nnqp(K, K)
+    assert together.converged
+    for c in range(12):
+        alone = nnqp(K, K[:, c])
+        torch.testing.assert_close(together.x[:, c], alone.x, rtol=0, atol=1e-9)
+    x = together.x
+    grad = K @ x + K
+    assert (x >= 0).all() and (grad >= -1e-8 * K.diagonal().max()).all()
+    assert float((x * grad).abs().max()) <= 1e-8 * float(K.diagonal().max())
+
+
+def test_min_norm_point_interior_solution_is_wolfes(monkeypatch):
+    import mtoframe.numerics as numerics
+
+    g = torch.Generator().manual_seed(2)
+    G = 0.5 * torch.randn(1, 2000, generator=g, dtype=torch.float64) + torch.randn(8, 2000, generator=g, dtype=torch.float64)
+    K = G @ G.T
+    fast = numerics.min_norm_point(K)
+    assert fast.iterations == 0 and fast.converged and (fast.weights > 0).all()
+    monkeypatch.setattr(numerics, "_interior_minimiser", lambda K, tol: None)
+    wolfe = numerics.min_norm_point(K)
+    assert wolfe.iterations > 0
+    torch.testing.assert_close(fast.weights, wolfe.weights, rtol=0, atol=1e-10)
