@@ -19,6 +19,7 @@ only work proportional to the number of parameters.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import mtoframe
 from mtoframe.bench.peers import REQUIRED_DEFAULTS, TORCHJD_AGGREGATORS, require_torchjd
 from mtoframe.bench.stats import paired_ratio_ci
 from mtoframe.bench.timing import Contender, run_interleaved
+from mtoframe.numerics import combine
 
 #: issue 16's goal: mtoframe / TorchJD at most this
 GOALS = {"mgda": 1.0, "upgrad": 1.0, "imtlg": 1.0, "pcgrad": 1.0, "alignedmtl": 1.0, "nashmtl": 0.5, "cagrad": 0.5}
@@ -51,6 +53,10 @@ def rotating(fn: Callable[[torch.Tensor], object], gs: list[torch.Tensor]) -> Ca
         state["i"] += 1
 
     return step
+
+
+def gram(g: torch.Tensor) -> torch.Tensor:
+    return g @ g.T
 
 
 def torchjd_aggregator(name: str, T: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -100,24 +106,25 @@ def main() -> None:
     for T, P in parse_shapes(args.shapes):
         gs = matrices(T, P, args.variants)
         w = torch.full((T,), 1.0 / T)
-        contenders = [Contender("G Gᵀ", rotating(lambda g: g @ g.T, gs), kind="floor"),
-                      Contender("wᵀG", rotating(lambda g: w @ g, gs), kind="floor")]
+        contenders = [Contender("G Gᵀ", rotating(gram, gs), kind="floor"),
+                      Contender("wᵀG", rotating(functools.partial(combine, w), gs), kind="floor")]
         for name in names:
             method = mtoframe.create(name)
-            contenders.append(Contender(name, rotating(lambda g, m=method: mtoframe.aggregate(m, g), gs)))
+            contenders.append(Contender(name, rotating(functools.partial(mtoframe.aggregate, method), gs)))
             contenders.append(Contender(f"torchjd:{name}", rotating(torchjd_aggregator(name, T), gs), kind="torchjd"))
         with warnings.catch_warnings():
             # a solver fallback is the method's documented behaviour; the timing is what is measured here
             warnings.simplefilter("ignore")
             times = run_interleaved(contenders, rounds=args.rounds, warmup=args.warmup)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.wall.items()}
-        print(f"\n{T}×{P:,}   floors: G Gᵀ {med['G Gᵀ']:.3f} ms, wᵀG {med['wᵀG']:.3f} ms")
+        print(f"\n{T}x{P:,}   floors: G Gᵀ {med['G Gᵀ']:.3f} ms, wᵀG {med['wᵀG']:.3f} ms")
         print(f"  {'method':11s} {'mtoframe':>9s} {'TorchJD':>9s}  {'ratio (wall)':>19s}  {'ratio (CPU)':>19s}  goal")
         for name in names:
             ours, theirs = f"{name}", f"torchjd:{name}"
             wall = fmt_ratio(times.wall[ours], times.wall[theirs])
             cpu = fmt_ratio(times.cpu[ours], times.cpu[theirs])
-            print(f"  {name:11s} {med[ours]:9.3f} {med[theirs]:9.3f}  {wall:>19s}  {cpu:>19s}  ≤ {GOALS.get(name, 1.0)}")
+            goal = GOALS.get(name, 1.0)
+            print(f"  {name:11s} {med[ours]:9.3f} {med[theirs]:9.3f}  {wall:>19s}  {cpu:>19s}  ≤ {goal}")
     load = os.getloadavg()
     print(f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

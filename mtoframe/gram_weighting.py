@@ -1,10 +1,10 @@
 """The base of every method whose update is ``Σ_t w_t g_t`` with ``w`` a function of ``G Gᵀ``.
 
 Nash-MTL, CAGrad, FairGrad, MGDA, IMTL-G, UPGrad and Aligned-MTL aggregate ``d = wᵀG``; PCGrad
-and GradVac transform the rows into ``C G`` with a ``T×T`` coefficient matrix ``C`` that follows
+and GradVac transform the rows into ``C G`` with a ``TxT`` coefficient matrix ``C`` that follows
 from inner products alone. Either way the only work proportional to the number of parameters ``P``
 is the Gram matrix ``G Gᵀ`` (computed once per step, :meth:`StepContext.gram`) and the combine
-``wᵀG`` (or ``C G``); everything a subclass writes is ``T×T``.
+``wᵀG`` (or ``C G``); everything a subclass writes is ``TxT``.
 
 A subclass implements :meth:`GramWeighting.weigh` only::
 
@@ -51,7 +51,7 @@ class StateSpec:
 
     #: value of every entry before the first update
     init: float = 0.0
-    #: one value per ordered pair of tasks (``T_all×T_all``) instead of one per task
+    #: one value per ordered pair of tasks (``T_allxT_all``) instead of one per task
     pairwise: bool = False
     #: a trailing axis over the column blocks of :meth:`GramWeighting.column_blocks`
     per_block: bool = False
@@ -60,7 +60,7 @@ class StateSpec:
 class Weights(NamedTuple):
     """What :meth:`GramWeighting.weigh` returns when the heads are weighted too."""
 
-    #: ``T`` weights of the update (aggregators) or ``T×T`` coefficients of the new rows (transforms)
+    #: ``T`` weights of the update (aggregators) or ``TxT`` coefficients of the new rows (transforms)
     rows: Tensor
     #: ``T`` weights of the heads' loss gradients (None: unweighted)
     heads: Tensor | None = None
@@ -69,7 +69,7 @@ class Weights(NamedTuple):
 class TaskState:
     """The present tasks' view of a :class:`GramWeighting`'s state: ``state["alpha"]`` reads the
     entries of ``ctx.task_ids`` (a copy), ``state["alpha"] = value`` writes them back; absent
-    tasks keep theirs. Pairwise entries read and write the ``T×T`` block of the present pairs."""
+    tasks keep theirs. Pairwise entries read and write the ``TxT`` block of the present pairs."""
 
     def __init__(self, store: dict[str, Tensor], specs: Mapping[str, StateSpec], ids: Tensor, block: int) -> None:
         self._store = store
@@ -99,9 +99,9 @@ class GramWeighting(Method):
     #: per-task state entries by name (stored over ``ctx.all_tasks``, checkpointed under that name)
     state_spec: ClassVar[Mapping[str, StateSpec]] = {}
     #: whether :meth:`weigh` works on the host: the Gram matrix and the state are then on the CPU
-    #: (one ``T×T`` transfer per step, what a CPU solver needs anyway)
+    #: (one ``TxT`` transfer per step, what a CPU solver needs anyway)
     host: ClassVar[bool] = False
-    #: what the method does when its solver fails, for the warning (``"keeping the previous α"``)
+    #: what the method does when its solver fails, for the warning (``"keeping the previous weights"``)
     fallback: ClassVar[str] = "using the solver's last iterate"
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
@@ -125,7 +125,7 @@ class GramWeighting(Method):
         """The update's weights from the float64 Gram matrix of the present tasks' rows.
 
         Aggregators return ``T`` weights (``d = Σ_t w_t g_t``), transforms (``Role.TRANSFORM``) a
-        ``T×T`` matrix ``C`` (new rows ``C G``); either as a :class:`Weights` to weight the heads
+        ``TxT`` matrix ``C`` (new rows ``C G``); either as a :class:`Weights` to weight the heads
         too. ``gram`` and ``state`` are on the CPU when :attr:`host` is set, else on the rows'
         device; the result may be on either."""
         raise NotImplementedError(f"{type(self).__name__} must implement weigh(gram, state, ctx)")

@@ -37,7 +37,7 @@ class SeededGenerator:
         self.gen.set_state(state)
 
     def orders(self, T: int) -> Tensor:
-        """``T×(T−1)`` LongTensor: row i is a random order of the tasks other than i."""
+        """``Tx(T-1)`` LongTensor: row i is a random order of the tasks other than i."""
         if T == 0:
             return torch.zeros(0, 0, dtype=torch.long)
         # one draw per row, in row order: the same stream as T calls of randperm(T - 1)

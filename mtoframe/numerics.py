@@ -50,7 +50,8 @@ def combine(weights: Tensor, grads: Tensor) -> Tensor:
     """``weights @ grads`` in the gradients' dtype and device: ``Σ_t w_t g_t`` for a ``T``-vector
     of weights, the rows ``C G`` for a ``T×T`` coefficient matrix (weights may come from float64
     ``T×T`` work, possibly on the host)."""
-    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
+    out: Tensor = weights.to(device=grads.device, dtype=grads.dtype) @ grads
+    return out
 
 
 def normalised_gram(k: Tensor) -> Tensor:
@@ -91,7 +92,8 @@ def clip_norm(vector: Tensor, max_norm: float, eps: float = 1e-6) -> Tensor:
     if max_norm <= 0:
         return vector
     coef = (max_norm / (torch.linalg.vector_norm(vector) + eps)).clamp(max=1.0)
-    return vector * coef
+    clipped: Tensor = vector * coef
+    return clipped
 
 
 # -- min-norm point of a convex hull -------------------------------------------------------------
@@ -158,7 +160,7 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
             new = ws + theta * (alpha - ws)
             keep = new > 1e-15
             w[:] = 0.0
-            support = [s for s, kp in zip(support, keep) if kp]
+            support = [s for s, kp in zip(support, keep, strict=True) if kp]
             w[support] = new[keep]
             w /= w.sum()
     kw = K @ w
@@ -320,7 +322,8 @@ def _passive_solutions(K: np.ndarray, Q: np.ndarray, passive: np.ndarray) -> np.
     r = np.where(passive.T, -Q.T, 0.0)
     try:
         z = np.linalg.solve(M, r[..., None])[..., 0]
-        bad = ~np.isfinite(z).all(1) | (np.abs(np.einsum("nij,nj->ni", M, z) - r).max(1) > 1e-9 * (1 + np.abs(r).max(1)))
+        residual = np.abs(np.einsum("nij,nj->ni", M, z) - r).max(1)
+        bad = ~np.isfinite(z).all(1) | (residual > 1e-9 * (1 + np.abs(r).max(1)))
     except np.linalg.LinAlgError:
         z, bad = np.zeros((n, T)), np.ones(n, dtype=bool)
     for c in np.flatnonzero(bad):

@@ -60,10 +60,11 @@ class OutOfBand(Exception):
 
 def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
     """For a method with :attr:`~mtoframe.Method.checks_own_scale`, before it changes any state:
-    when :func:`rescaled` deferred its band check for this very matrix, raise :class:`OutOfBand` unless the Gram diagonal proves the largest
-    entry of ``grads`` inside ``[2^-(BAND+1), 2^BAND)`` (the band of :func:`scale_exponent`), with
-    a factor 2 of margin for rounding. ``gram()`` gives ``grads gradsᵀ`` (the method's own,
-    cached). Otherwise (a trainer step, another matrix) do nothing."""
+    when :func:`rescaled` deferred its band check for this very matrix, raise :class:`OutOfBand`
+    unless the Gram diagonal proves the largest entry of ``grads`` inside
+    ``[2^-(BAND+1), 2^BAND)`` (the band of :func:`scale_exponent`), with a factor 2 of margin for
+    rounding. ``gram()`` gives ``grads gradsᵀ`` (the method's own, cached). Otherwise (a trainer
+    step, another matrix) do nothing."""
     if _DEFERRED.get() is not grads:
         return
     top2 = float(gram().diagonal().max())  # max_t ‖g_t‖²: ‖g‖/√P ≤ max|g_i| ≤ ‖g‖
@@ -81,7 +82,8 @@ def checked_inputs(grads: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor
         raise MtoError(f"grads must be a T×P matrix, got shape {tuple(grads.shape)}")
     t, p = grads.shape
     if t == 0:
-        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): aggregation needs at least one task's gradient")
+        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): aggregation needs at least one task's "
+                       "gradient")
     if p == 0:
         raise MtoError(f"grads has no columns (shape {tuple(grads.shape)}): there is no parameter to update")
     if grads.is_complex():
@@ -141,4 +143,5 @@ def rescaled(method: Method, grads: Tensor, run: Callable[[Tensor], Tensor]) -> 
     d = run(times_power_of_two(grads, -e))
     if float(degree).is_integer():
         return times_power_of_two(d, int(degree) * e)
-    return (d.to(torch.float64) * 2.0 ** (degree * e)).to(d.dtype)
+    back: Tensor = (d.to(torch.float64) * 2.0 ** (degree * e)).to(d.dtype)
+    return back

@@ -4,14 +4,17 @@ and the shared helpers that moved into core."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
 import mtoframe
+import mtoframe.numerics
 from mtoframe import GramWeighting, StateSpec, StepContext, TaskState, Weights
 from mtoframe.scaling import OutOfBand, check_deferred, scale_exponent
 
@@ -22,7 +25,8 @@ class Counted(GramWeighting):
     name = "counted"
     summary = "test fixture"
     fallback = "using unit weights"
-    state_spec = {"seen": StateSpec(init=0.0), "pair": StateSpec(init=-1.0, pairwise=True)}
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"seen": StateSpec(init=0.0),
+                                                     "pair": StateSpec(init=-1.0, pairwise=True)}
 
     @property
     def scale_degree(self) -> float | None:
@@ -37,11 +41,17 @@ class Counted(GramWeighting):
         return Weights(w, 2 * w)
 
 
+def entry(m: GramWeighting, name: str) -> torch.Tensor:
+    value = m.state_entry(name)
+    assert value is not None
+    return value
+
+
 def rows(T: int, P: int = 7, seed: int = 0) -> torch.Tensor:
     return torch.randn(T, P, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_update_is_the_weighted_sum_and_heads_get_their_weights():
+def test_update_is_the_weighted_sum_and_heads_get_their_weights() -> None:
     g = rows(3)
     ctx = StepContext(tasks=("a", "b", "c"), losses=torch.ones(3, dtype=torch.float64))
     ctx.grads = g
@@ -52,29 +62,29 @@ def test_update_is_the_weighted_sum_and_heads_get_their_weights():
     torch.testing.assert_close(ctx.head_weights, 2 * w)
 
 
-def test_state_is_sized_over_all_tasks_and_indexed_by_task_ids():
+def test_state_is_sized_over_all_tasks_and_indexed_by_task_ids() -> None:
     m = Counted()
     names = ["a", "b", "c", "d"]
     mtoframe.aggregate(m, rows(4), all_tasks=names)
     g = rows(2, seed=1)
     mtoframe.aggregate(m, g, task_ids=[3, 1], all_tasks=names)
-    assert m.state_entry("seen").tolist() == [1.0, 2.0, 1.0, 2.0]
-    pair = m.state_entry("pair")
+    assert entry(m, "seen").tolist() == [1.0, 2.0, 1.0, 2.0]
+    pair = entry(m, "pair")
     k = g @ g.T
-    # row i of the batch is task task_ids[i]: the 2×2 block lands at (3, 1) × (3, 1)
+    # row i of the batch is task task_ids[i]: the 2x2 block lands at (3, 1) x (3, 1)
     torch.testing.assert_close(pair[[3, 1]][:, [3, 1]], k / k.diagonal().max())
     assert pair[0, 2] != -1.0 and pair[0, 1] != -1.0  # written by the full first step
     assert pair.shape == (4, 4)
 
 
-def test_another_task_list_starts_afresh():
+def test_another_task_list_starts_afresh() -> None:
     m = Counted()
     mtoframe.aggregate(m, rows(3))
     mtoframe.aggregate(m, rows(5))
-    assert m.state_entry("seen").tolist() == [1.0] * 5
+    assert entry(m, "seen").tolist() == [1.0] * 5
 
 
-def test_state_dict_round_trip_fresh_state_and_reset():
+def test_state_dict_round_trip_fresh_state_and_reset() -> None:
     m = Counted()
     assert m.state_dict()["seen"].numel() == 0
     fresh = Counted()
@@ -86,14 +96,14 @@ def test_state_dict_round_trip_fresh_state_and_reset():
     assert set(state) == {"seen", "pair", "failures"}
     other = Counted()
     other.load_state_dict(state)
-    assert torch.equal(other.state_entry("seen"), m.state_entry("seen"))
+    assert torch.equal(entry(other, "seen"), entry(m, "seen"))
     with pytest.raises(ValueError, match="must have keys"):
         other.load_state_dict({"seen": state["seen"]})
     m.reset()
     assert m.task_state is None and m.failures.count == 0
 
 
-def test_weights_are_logged_per_task_and_failures_counted_once_warned():
+def test_weights_are_logged_per_task_and_failures_counted_once_warned() -> None:
     m = Counted()
     g = rows(2)
     g[0, 0] = math.inf
@@ -108,7 +118,7 @@ def test_weights_are_logged_per_task_and_failures_counted_once_warned():
     assert m.failures.count == 2 and m.state_dict()["failures"] == 2
 
 
-def test_wrong_weight_shape_is_reported():
+def test_wrong_weight_shape_is_reported() -> None:
     class Bad(Counted):
         name = "bad"
 
@@ -119,7 +129,7 @@ def test_wrong_weight_shape_is_reported():
         mtoframe.aggregate(Bad(), rows(3))
 
 
-def test_a_transform_alone_sums_its_rows_and_edits_them_in_a_stack():
+def test_a_transform_alone_sums_its_rows_and_edits_them_in_a_stack() -> None:
     class Swap(GramWeighting):
         name = "swap"
         summary = "test fixture"
@@ -142,9 +152,13 @@ def test_a_transform_alone_sums_its_rows_and_edits_them_in_a_stack():
 # -- the deferred band check of mtoframe.aggregate -------------------------------------------------
 
 
+def gram_of(g: torch.Tensor) -> torch.Tensor:
+    return g @ g.T
+
+
 @pytest.mark.parametrize("P", [1, 3, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gram_certificate_never_accepts_a_matrix_the_exact_check_would_rescale(P, dtype):
+def test_gram_certificate_never_accepts_a_matrix_the_exact_check_would_rescale(P: int, dtype: torch.dtype) -> None:
     from mtoframe import scaling
 
     gen = torch.Generator().manual_seed(P)
@@ -156,7 +170,7 @@ def test_gram_certificate_never_accepts_a_matrix_the_exact_check_would_rescale(P
                 g[1, -1] = 1.3 * 2.0**exponent
             token = scaling._DEFERRED.set(g)
             try:
-                check_deferred(g, lambda g=g: g @ g.T)
+                check_deferred(g, functools.partial(gram_of, g))
                 certified = True
             except OutOfBand:
                 certified = False
@@ -168,12 +182,13 @@ def test_gram_certificate_never_accepts_a_matrix_the_exact_check_would_rescale(P
     g = torch.randn(3, P, generator=gen, dtype=dtype)
     token = scaling._DEFERRED.set(g)
     try:
-        check_deferred(g, lambda: g @ g.T)
+        check_deferred(g, functools.partial(gram_of, g))
     finally:
         scaling._DEFERRED.reset(token)
 
 
-def test_aggregate_reads_an_ordinary_matrix_once_and_still_rescales_extreme_ones(monkeypatch):
+def test_aggregate_reads_an_ordinary_matrix_once_and_still_rescales_extreme_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from mtoframe import scaling
 
     calls: list[float] = []
@@ -193,17 +208,17 @@ def test_aggregate_reads_an_ordinary_matrix_once_and_still_rescales_extreme_ones
     torch.testing.assert_close(d, mtoframe.aggregate(Counted(), g))  # degree 0: same update
 
 
-def test_deferred_check_does_not_fire_outside_aggregate():
+def test_deferred_check_does_not_fire_outside_aggregate() -> None:
     ctx = StepContext(tasks=("a", "b"), losses=torch.ones(2))
     ctx.grads = rows(2).float() * 2.0**60
     Counted().on_shared_grads(ctx=ctx)  # a trainer step: no rescaling, no OutOfBand
-    assert torch.isfinite(ctx.update).all()
+    assert ctx.update is not None and torch.isfinite(ctx.update).all()
 
 
 # -- helpers that moved into core ------------------------------------------------------------------
 
 
-def test_method_init_calls_reset():
+def test_method_init_calls_reset() -> None:
     class Stateful(mtoframe.Method):
         name = "stateful"
 
@@ -213,7 +228,7 @@ def test_method_init_calls_reset():
     assert Stateful().count == 0
 
 
-def test_seeded_generator_orders_are_the_per_row_randperm_stream():
+def test_seeded_generator_orders_are_the_per_row_randperm_stream() -> None:
     a, b = mtoframe.SeededGenerator(5), torch.Generator().manual_seed(5)
     for T in (1, 2, 6):
         orders = a.orders(T)
@@ -225,13 +240,13 @@ def test_seeded_generator_orders_are_the_per_row_randperm_stream():
     assert torch.equal(a.state(), torch.Generator().manual_seed(5).get_state())
 
 
-def test_expect_keys_names_both_sets():
+def test_expect_keys_names_both_sets() -> None:
     mtoframe.expect_keys("m", {"a": 1}, {"a"})
     with pytest.raises(ValueError, match=r"'m' must have keys \['a', 'b'\], got \['a'\]"):
         mtoframe.expect_keys("m", {"a": 1}, {"a", "b"})
 
 
-def test_loss_weighting_base_applies_the_stacking_rule():
+def test_loss_weighting_base_applies_the_stacking_rule() -> None:
     class W1(mtoframe.LossWeighting):
         name = "w1"
 
@@ -251,27 +266,27 @@ def _force_failure(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A method instance of ``name`` whose solver is made to fail (None: plugin not installed)."""
     if name not in mtoframe.available():
         return None
-    m = mtoframe.create(name)
+    m: Any = mtoframe.create(name)
     if name in ("nashmtl", "cagrad"):
         def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("forced failure")
         monkeypatch.setattr(m.problem(10), "_run", broken)
     elif name == "fairgrad":
-        import mtoframe_fairgrad.fairgrad as mod
-        monkeypatch.setattr(mod, "solve_fair_weights", lambda kh, alpha: (None, "forced failure"))
+        import mtoframe_fairgrad.fairgrad as fair
+        monkeypatch.setattr(fair, "solve_fair_weights", lambda kh, alpha: (None, "forced failure"))
     elif name == "mgda":
-        import mtoframe_gradmethods.mgda as mod
-        real = mod.min_norm_point
-        monkeypatch.setattr(mod, "min_norm_point", lambda k, **kw: real(k, tol=kw["tol"], max_iter=1))
+        import mtoframe_gradmethods.mgda as mgda
+        real = mtoframe.numerics.min_norm_point
+        monkeypatch.setattr(mgda, "min_norm_point", lambda k, **kw: real(k, tol=kw["tol"], max_iter=1))
     elif name == "upgrad":
-        import mtoframe_gradmethods.upgrad as mod
-        real_nnqp = mod.nnqp
-        monkeypatch.setattr(mod, "nnqp", lambda k, q: real_nnqp(k, q, max_iter=1))
+        import mtoframe_gradmethods.upgrad as upgrad
+        real_nnqp = mtoframe.numerics.nnqp
+        monkeypatch.setattr(upgrad, "nnqp", lambda k, q: real_nnqp(k, q, max_iter=1))
     return m
 
 
 @pytest.mark.parametrize("name", ["nashmtl", "cagrad", "fairgrad", "mgda", "upgrad"])
-def test_filtering_solver_warning_catches_every_method(name, monkeypatch):
+def test_filtering_solver_warning_catches_every_method(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     m = _force_failure(name, monkeypatch)
     if m is None:
         pytest.skip(f"{name} is not installed")

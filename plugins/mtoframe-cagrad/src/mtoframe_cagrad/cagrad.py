@@ -49,7 +49,8 @@ Gram matrix goes to the CPU (the one sync a CPU solver needs) and ``T`` coeffici
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -89,7 +90,8 @@ def _build(size: int) -> Any:
 def gram_factor(k: np.ndarray) -> np.ndarray:
     """``R`` with ``RᵀR = K`` for a symmetric PSD ``K``, robust to rank deficiency."""
     lam, vec = np.linalg.eigh(0.5 * (k + k.T))
-    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    factor: np.ndarray = np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    return factor
 
 
 class CAGrad(GramWeighting):
@@ -97,14 +99,15 @@ class CAGrad(GramWeighting):
     name = "cagrad"
     summary = "CAGrad: maximise the worst task improvement in a ball around the mean gradient (cvxpy/Clarabel SOCP)."
     paper = "Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021, arXiv:2110.14048"
-    defaults_reproduce = "c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); scale_by_tasks off (LibMTL; the official code multiplies by T)"
+    defaults_reproduce = ("c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); "
+                          "scale_by_tasks off (LibMTL; the official code multiplies by T)")
     Options = CAGradOptions
     heads_receive = "their unweighted task gradients (both references)"
     host = True
     fallback = "using the previous weights w* (uniform before the first solve)"
     #: the last w* of every task of the full task list (ones before its first solve: the fallback
     #: renormalises the present tasks' entries, so it is uniform before any solve)
-    state_spec = {"weights": StateSpec(init=1.0)}
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"weights": StateSpec(init=1.0)}
 
     @property
     def scale_degree(self) -> float | None:
@@ -113,7 +116,7 @@ class CAGrad(GramWeighting):
 
     @property
     def max_norm(self) -> float:
-        return self.options.max_norm
+        return float(self.options.max_norm)
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -149,12 +152,13 @@ class CAGrad(GramWeighting):
                 if gw2 > ZERO_DIRECTION:
                     u = u + (c * g0 / np.sqrt(gw2)) * w
         u = u / {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[self.options.rescale]
-        return u * T if self.options.scale_by_tasks else u
+        scaled: np.ndarray = u * T if self.options.scale_by_tasks else u
+        return scaled
 
     def _solve(self, kh: np.ndarray, g0: float, prev: np.ndarray) -> np.ndarray:
         result = self.problem(len(prev)).solve(b=kh.mean(axis=1), r=(self.options.c * g0) * gram_factor(kh))
-        if result.ok:
-            w = np.clip(result.value, 0.0, None)
+        if result.ok and result.value is not None:
+            w: np.ndarray = np.clip(result.value, 0.0, None)
             total = w.sum()
             if total > 0:
                 w = w / total

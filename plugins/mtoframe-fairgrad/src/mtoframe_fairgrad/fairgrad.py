@@ -47,12 +47,13 @@ solver needs); ``d`` is formed on the device.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import ClassVar
 
 import attrs
 import numpy as np
 import torch
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
 from mtoframe import GramWeighting, StateSpec, StepContext, Weights
 from mtoframe.gram_weighting import TaskState
@@ -77,7 +78,8 @@ def solve_fair_weights(kh: np.ndarray, alpha: float) -> tuple[np.ndarray | None,
     p = 1.0 / alpha
 
     def residual(x: np.ndarray) -> np.ndarray:
-        return kh @ x - x ** (-p)
+        out: np.ndarray = kh @ x - x ** (-p)
+        return out
 
     def jacobian(x: np.ndarray) -> np.ndarray:
         return kh + np.diag(p * x ** (-p - 1.0))
@@ -112,7 +114,7 @@ class FairGrad(GramWeighting):
     fallback = "using the previous weights"
     #: the last solution of every task of the full task list (true units) and whether it ever
     #: came from a successful solve (1.0) or not (0.0)
-    state_spec = {"weights": StateSpec(init=0.0), "solved": StateSpec(init=0.0)}
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"weights": StateSpec(init=0.0), "solved": StateSpec(init=0.0)}
 
     @property
     def scale_degree(self) -> float | None:
@@ -121,7 +123,7 @@ class FairGrad(GramWeighting):
         a = self.options.alpha
         if self.options.variant == "official" and a != 1.0:
             return None
-        return (1.0 - a) / (1.0 + a)
+        return float((1.0 - a) / (1.0 + a))
 
     @property
     def max_norm(self) -> float:

@@ -26,7 +26,7 @@ unweighted loss gradient (LibMTL).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -76,7 +76,7 @@ class GradVac(GramWeighting):
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
     #: cosine targets φ̂ per ordered task pair and parameter group
-    state_spec = {"rho": StateSpec(init=0.0, pairwise=True, per_block=True)}
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"rho": StateSpec(init=0.0, pairwise=True, per_block=True)}
 
     @property
     def scale_degree(self) -> float | None:

@@ -14,8 +14,8 @@ gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN t
 invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
 minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0`` (e.g. three
 gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
-there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads receive their unweighted loss gradient
-(LibMTL with IMTL-G alone).
+there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads
+receive their unweighted loss gradient (LibMTL with IMTL-G alone). Logged: ``imtlg/weight/<task>``.
 
 Scale: the *direction* of ``d`` does not depend on each task's gradient scale (only the unit
 vectors enter the conditions), its *length* does (``Σ α_t = 1`` is over the given rows), so a
@@ -47,7 +47,8 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     A[T, :T] = 1.0
     b = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
     b[T] = 1.0
-    return (torch.linalg.pinv(A) @ b)[:T]
+    alpha: torch.Tensor = (torch.linalg.pinv(A) @ b)[:T]
+    return alpha
 
 
 class IMTLG(GramWeighting):

@@ -61,7 +61,7 @@ the only sync) and α comes back; ``d = αᵀG`` is formed on the device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -111,7 +111,7 @@ class NashMTL(GramWeighting):
     fallback = "keeping the previous weights α"
     #: α in true units (ones before the first success, as the reference's initial prvs_alpha) and
     #: the normalised warm start β
-    state_spec = {"alpha": StateSpec(init=1.0), "beta": StateSpec(init=1.0)}
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"alpha": StateSpec(init=1.0), "beta": StateSpec(init=1.0)}
 
     @property
     def scale_degree(self) -> float | None:
@@ -120,7 +120,7 @@ class NashMTL(GramWeighting):
 
     @property
     def max_norm(self) -> float:
-        return self.options.max_norm
+        return float(self.options.max_norm)
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -166,7 +166,7 @@ class NashMTL(GramWeighting):
                 inv = np.divide(1.0, kb, out=np.zeros_like(kb), where=kb > 0)
                 result = problem.solve(gram=kh, v=1.0 / b + kh.T @ inv)
                 self.solves += 1
-                if not result.ok:
+                if not result.ok or result.value is None:
                     self.failures.record(result.reason)
                     return
                 new = np.maximum(result.value, np.finfo(np.float64).tiny)
