@@ -14,6 +14,7 @@ only work proportional to the number of parameters.
 
     python benchmarks/aggregation_speed.py [--rounds 40] [--threads 1]
         [--methods mgda,upgrad,imtlg,pcgrad,alignedmtl,nashmtl,cagrad] [--shapes 3x1000000,10x100000]
+        [--conflict 0.3]
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ GOALS = {"mgda": 1.0, "upgrad": 1.0, "imtlg": 1.0, "pcgrad": 1.0, "alignedmtl": 
 DEFAULT_SHAPES = "3x1000000,10x100000"
 
 
-def matrices(T: int, P: int, n: int, seed: int = 0) -> list[torch.Tensor]:
-    """Correlated random float32 gradients (a shared component plus task noise), like real ones."""
+def matrices(T: int, P: int, n: int, conflict: float = 0.0, seed: int = 0) -> list[torch.Tensor]:
+    """Correlated random float32 gradients (a shared component plus task noise), like real ones;
+    the first ``conflict·T`` rows get the shared component with the opposite sign, so that
+    constrained solvers (MGDA, UPGrad) have active constraints to find."""
     g = torch.Generator().manual_seed(seed)
-    return [0.5 * torch.randn(1, P, generator=g) + torch.randn(T, P, generator=g) for _ in range(n)]
+    sign = torch.ones(T, 1)
+    sign[: round(conflict * T)] = -1.0
+    return [0.5 * sign * torch.randn(1, P, generator=g) + torch.randn(T, P, generator=g) for _ in range(n)]
 
 
 def rotating(fn: Callable[[torch.Tensor], object], gs: list[torch.Tensor]) -> Callable[[], None]:
@@ -92,6 +97,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: leave as is)")
     ap.add_argument("--methods", default=",".join(GOALS))
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated TxP, e.g. 40x25000,10x100000")
+    ap.add_argument("--conflict", type=float, default=0.0,
+                    help="fraction of rows whose shared component is flipped (conflicting gradients)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,10 +108,11 @@ def main() -> None:
         raise SystemExit(f"no TorchJD peer for {unknown}; methods with one: {sorted(TORCHJD_AGGREGATORS)}")
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32; {args.rounds} interleaved rounds, "
-          f"{args.variants} matrices in rotation; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"{args.variants} matrices in rotation, conflict {args.conflict}; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("ratio = median over rounds of mtoframe/TorchJD in the same round [95% bootstrap interval]")
     for T, P in parse_shapes(args.shapes):
-        gs = matrices(T, P, args.variants)
+        gs = matrices(T, P, args.variants, args.conflict)
         w = torch.full((T,), 1.0 / T)
         contenders = [Contender("G Gᵀ", rotating(gram, gs), kind="floor"),
                       Contender("wᵀG", rotating(functools.partial(combine, w), gs), kind="floor")]

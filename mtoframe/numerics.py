@@ -276,13 +276,24 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tu
     """Lawson–Hanson on every column of ``Q`` at once: each column keeps its own passive set and
     iteration count, and every inner step solves the sub-systems ``K[P, P] z = −q[P]`` of all
     columns still iterating in one batched call (``K`` bordered by the identity outside ``P``).
-    Returns ``X``, the iterations per column and whether each converged."""
+    Returns ``X``, the iterations per column and whether each converged.
+
+    First, one batched solve tries the passive set ``{j : q_j < 0}`` (the constraints pushed on at
+    ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with task ``i``) and keeps the
+    columns where it satisfies the KKT conditions that end Lawson–Hanson (``z > 0`` on it,
+    ``Kz + q ≥ −tol`` off it): where gradients conflict pairwise, as they usually do, that is the
+    answer in one step instead of one major cycle per active constraint."""
     T, m = Q.shape
     X = np.zeros((T, m))
-    passive = np.zeros((T, m), dtype=bool)
     its = np.zeros(m, dtype=np.int64)
-    ok = np.zeros(m, dtype=bool)
-    live = np.arange(m)
+    passive = Q < 0
+    z = _passive_solutions(K, Q, passive)
+    gap = np.where(passive, -np.inf, -(K @ z + Q))
+    ok = ((z > 0) | ~passive).all(0) & (gap <= tol).all(0)
+    X[:, ok] = z[:, ok]
+    its[ok & passive.any(0)] = 1
+    passive[:, ~ok] = False
+    live = np.flatnonzero(~ok)
     while live.size:
         W = -(K @ X[:, live] + Q[:, live])  # negative gradient: the NNLS dual
         W[passive[:, live]] = -np.inf
