@@ -29,6 +29,7 @@ tests).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mtoframe import GramWeighting, StepContext
@@ -36,19 +37,23 @@ from mtoframe.gram_weighting import TaskState
 
 
 def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
-    T = K.shape[0]
-    sq = K.diagonal().clamp_min(0)
+    """``α`` from the Gram matrix (any device; solved in numpy on the host, where the ~20 tiny
+    operations cost a fraction of torch's per-operation overhead). The pseudo-inverse cut-off is
+    torch's default, ``(T+1)·eps·σ_max``. A non-finite ``K`` gives NaN weights (a non-finite
+    update, which the trainer's policy handles), not an exception from the SVD."""
+    k = K.detach().to("cpu", torch.float64).numpy()
+    T = k.shape[0]
+    if not np.isfinite(k).all():
+        return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
+    sq = np.clip(k.diagonal(), 0.0, None)
     active = sq > sq.max() * 1e-30
-    norms = torch.where(active, sq.sqrt(), torch.ones_like(sq))
-    A = torch.zeros(T + 1, T + 1, dtype=K.dtype, device=K.device)
-    eye = torch.eye(T, dtype=K.dtype, device=K.device)
-    A[:T, :T] = torch.where(active.unsqueeze(1), K / norms.unsqueeze(1), eye)
-    A[:T, T] = torch.where(active, -1.0, 0.0).to(K.dtype)
+    norms = np.where(active, np.sqrt(sq), 1.0)
+    A = np.zeros((T + 1, T + 1))
+    A[:T, :T] = np.where(active[:, None], k / norms[:, None], np.eye(T))
+    A[:T, T] = np.where(active, -1.0, 0.0)
     A[T, :T] = 1.0
-    b = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
-    b[T] = 1.0
-    alpha: torch.Tensor = (torch.linalg.pinv(A) @ b)[:T]
-    return alpha
+    pinv = np.linalg.pinv(A, rcond=(T + 1) * np.finfo(np.float64).eps)
+    return torch.from_numpy(pinv[:T, T].copy()).to(K.device, K.dtype)
 
 
 class IMTLG(GramWeighting):
@@ -66,6 +71,8 @@ class IMTLG(GramWeighting):
     def scale_degree(self) -> float | None:
         # α depends on directions and sums to one, so d = αᵀG scales with G
         return 1.0
+
+    host = True
 
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         # α is invariant to a common rescale of G; normalising keeps pinv's cut-off relative

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 
 from mtoframe import GramWeighting, Role, SeededGenerator, StepContext
@@ -36,18 +37,18 @@ class PCGradOptions:
     seed: int = attrs.field(default=0, validator=integer(0))
 
 
-def pcgrad_coefficients(K: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+def pcgrad_coefficients(K: np.ndarray, orders: np.ndarray) -> np.ndarray:
     """``C`` with ``C G`` the PCGrad rows, from the Gram matrix ``K`` and per-task orders."""
     T = K.shape[0]
-    C = torch.eye(T, dtype=K.dtype, device=K.device)
+    C = np.eye(T)
     sq = K.diagonal()
-    safe = torch.where(sq > 0, sq, torch.ones_like(sq))
-    rows = torch.arange(T, device=K.device)
-    for k in range(orders.shape[1]):
-        j = orders[:, k]
-        dots = (C @ K)[rows, j]  # g_i^PC · g_j for every i at once
-        coef = torch.where((dots < 0) & (sq[j] > 0), dots / safe[j], torch.zeros_like(dots))
-        C[rows, j] -= coef
+    safe = np.where(sq > 0, sq, 1.0)
+    rows = np.arange(T)
+    with np.errstate(invalid="ignore"):  # a non-finite K gives a non-finite update, never a silent one
+        for k in range(orders.shape[1]):
+            j = orders[:, k]
+            dots = (C * K[:, j].T).sum(1)  # g_i^PC · g_j for every i at once
+            C[rows, j] -= np.where((dots < 0) & (sq[j] > 0), dots / safe[j], 0.0)
     return C
 
 
@@ -60,6 +61,9 @@ class PCGrad(GramWeighting):
     Options = PCGradOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
+    # the T-1 sequential projection rounds are dozens of tiny operations: numpy on the host costs
+    # a fraction of torch's per-operation overhead (TorchJD moves the Gram matrix to the CPU too)
+    host = True
 
     @property
     def scale_degree(self) -> float | None:
@@ -72,7 +76,7 @@ class PCGrad(GramWeighting):
 
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         T = gram.shape[0]
-        C = pcgrad_coefficients(gram, self.rng.orders(T).to(gram.device))
+        C = torch.from_numpy(pcgrad_coefficients(gram.numpy(), self.rng.orders(T).numpy()))
         return C / T if self.options.reduction == "mean" else C
 
     def extra_state(self) -> dict[str, Any]:
