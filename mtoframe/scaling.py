@@ -82,8 +82,8 @@ def checked_inputs(grads: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor
         raise MtoError(f"grads must be a T×P matrix, got shape {tuple(grads.shape)}")
     t, p = grads.shape
     if t == 0:
-        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): aggregation needs at least one task's "
-                       "gradient")
+        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): "
+                       "aggregation needs at least one task's gradient")
     if p == 0:
         raise MtoError(f"grads has no columns (shape {tuple(grads.shape)}): there is no parameter to update")
     if grads.is_complex():
@@ -143,5 +143,4 @@ def rescaled(method: Method, grads: Tensor, run: Callable[[Tensor], Tensor]) -> 
     d = run(times_power_of_two(grads, -e))
     if float(degree).is_integer():
         return times_power_of_two(d, int(degree) * e)
-    back: Tensor = (d.to(torch.float64) * 2.0 ** (degree * e)).to(d.dtype)
-    return back
+    return (d.to(torch.float64) * math.pow(2.0, degree * e)).to(d.dtype)
