@@ -53,7 +53,7 @@ from typing import ClassVar
 import attrs
 import numpy as np
 import torch
-from scipy.optimize import least_squares  # type: ignore[import-untyped]
+from scipy.optimize import least_squares
 
 from mtoframe import GramWeighting, StateSpec, StepContext, Weights
 from mtoframe.gram_weighting import TaskState
