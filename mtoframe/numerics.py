@@ -289,7 +289,7 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tu
     passive = Q < 0
     z = _passive_solutions(K, Q, passive)
     gap = np.where(passive, -np.inf, -(K @ z + Q))
-    ok = ((z > 0) | ~passive).all(0) & (gap <= tol).all(0)
+    ok: np.ndarray = np.asarray(((z > 0) | ~passive).all(0) & (gap <= tol).all(0))
     X[:, ok] = z[:, ok]
     its[ok & passive.any(0)] = 1
     passive[:, ~ok] = False
