@@ -111,6 +111,8 @@ class GramWeighting(Method):
         #: sum twice. In a stack (``check_stack`` was called) a transform edits the rows, as the
         #: trainer's contract says.
         self.sums_rows = True
+        # Flag arithmetic builds a new enum member each time: decided once, not every step
+        self._transform = bool(self.roles & Role.TRANSFORM)
 
     def reset(self) -> None:
         self.failures = FailureCounter(self.name, self.fallback)
@@ -160,7 +162,7 @@ class GramWeighting(Method):
         # under mtoframe.aggregate, the Gram matrix (needed anyway) decides whether the matrix must
         # be rescaled, instead of a separate pass over it; nothing has changed state yet
         check_deferred(grads, ctx.gram)
-        transform = bool(self.roles & Role.TRANSFORM)
+        transform = self._transform
         widths = self.column_blocks(ctx)
         blocks = [grads] if widths is None else list(torch.split(grads, list(widths), dim=1))
         parts: list[Tensor] = []
