@@ -44,6 +44,8 @@ from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
 
+_CPU = torch.device("cpu")
+
 
 @attrs.frozen(kw_only=True)
 class StateSpec:
@@ -159,21 +161,24 @@ class GramWeighting(Method):
     @hookimpl
     def on_shared_grads(self, ctx: StepContext) -> None:
         grads = ctx.grads
-        # under mtoframe.aggregate, the Gram matrix (needed anyway) decides whether the matrix must
-        # be rescaled, instead of a separate pass over it; nothing has changed state yet
-        check_deferred(grads, ctx.gram)
         transform = self._transform
         widths = self.column_blocks(ctx)
         blocks = [grads] if widths is None else list(torch.split(grads, list(widths), dim=1))
+        device = _CPU if self.host else grads.device
+        # the state views are built before the Gram matrix: between G Gᵀ and the combine wᵀG,
+        # which both read G, other work evicts G from the cache and costs about twice its own time
+        views = [self._view(ctx, device, k, len(blocks)) for k in range(len(blocks))]
+        # under mtoframe.aggregate, the Gram matrix (needed anyway) decides whether the matrix must
+        # be rescaled, instead of a separate pass over it; nothing has changed state yet
+        check_deferred(grads, ctx.gram)
+        expected = (len(ctx.tasks), len(ctx.tasks)) if transform else (len(ctx.tasks),)
         parts: list[Tensor] = []
         heads: Tensor | None = None
         logged: Tensor | None = None
-        for k, rows in enumerate(blocks):
-            gram = self.gram(ctx, rows)
-            gram = gram.detach().to("cpu", torch.float64) if self.host else gram.detach().to(torch.float64)
-            out = self.weigh(gram, self._view(ctx, gram.device, k, len(blocks)), ctx)
+        for rows, view in zip(blocks, views, strict=True):
+            gram = self.gram(ctx, rows).detach().to(device, torch.float64)
+            out = self.weigh(gram, view, ctx)
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
-            expected = (len(ctx.tasks), len(ctx.tasks)) if transform else (len(ctx.tasks),)
             if tuple(w.shape) != expected:
                 raise RuntimeError(f"{self.name}: weigh() returned shape {tuple(w.shape)}, expected {expected}")
             logged = w.sum(0) if transform else w
