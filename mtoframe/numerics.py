@@ -126,9 +126,12 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
         raise SolverError(f"min_norm_point needs a non-empty square Gram matrix, got shape {tuple(k.shape)}")
     if T == 1:
         return MinNormResult(torch.ones(1, dtype=k.dtype, device=k.device), 0.0, 0, True)
-    K = _host(normalised_gram(k.detach().to(torch.float64)))
+    K = _host(k.detach().to(torch.float64))
     if not np.isfinite(K).all():
         raise SolverError("min_norm_point: the Gram matrix has non-finite entries")
+    top = K.diagonal().max()
+    if top > 0:  # normalised_gram's K / max_t K_tt, on the host copy (numpy: µs, not torch's tens)
+        K = K / top
     max_iter = 50 * T + 50 if max_iter is None else max_iter
     interior = _interior_minimiser(K, tol)
     if interior is not None:
