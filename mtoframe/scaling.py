@@ -53,9 +53,10 @@ _RESCALABLE = (torch.float32, torch.float64, torch.bfloat16)
 _DEFERRED: ContextVar[Tensor | None] = ContextVar("mtoframe_deferred_scale_check", default=None)
 
 
-class OutOfBand(Exception):
+class OutOfBand(MtoError):
     """Raised by :func:`check_deferred`: the Gram matrix does not prove the largest entry inside
-    the band (internal to :func:`rescaled`, which then runs the exact check)."""
+    the band (internal to :func:`rescaled`, which then runs the exact check). An
+    :class:`~mtoframe.errors.MtoError`, so hook dispatch passes it through unwrapped."""
 
 
 def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
