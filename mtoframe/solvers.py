@@ -46,12 +46,14 @@ def require_cvxpy() -> Any:
     try:
         import cvxpy as cp
     except ImportError as exc:
-        raise SolverError(f"this method needs the cvxpy back-end, which is not installed ({exc}); {INSTALL_HINT}") from exc
+        raise SolverError(
+            f"this method needs the cvxpy back-end, which is not installed ({exc}); {INSTALL_HINT}") from exc
     try:
         import clarabel  # noqa: F401
     except ImportError as exc:
-        raise SolverError(f"this method needs the Clarabel solver, which is not installed ({exc}); {INSTALL_HINT}") from exc
-    if "CLARABEL" not in cp.installed_solvers():
+        raise SolverError(
+            f"this method needs the Clarabel solver, which is not installed ({exc}); {INSTALL_HINT}") from exc
+    if "CLARABEL" not in cp.installed_solvers():  # type: ignore[no-untyped-call]  # unannotated in cvxpy
         raise SolverError(f"cvxpy does not see the Clarabel solver; {INSTALL_HINT}")
     return cp
 
@@ -83,7 +85,8 @@ class ConvexProblem:
     and statuses are exactly cvxpy's. ``fast=False`` uses ``Problem.solve`` instead.
     """
 
-    def __init__(self, build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str, fast: bool = True) -> None:
+    def __init__(
+            self, build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str, fast: bool = True) -> None:
         self._cp = require_cvxpy()
         self.name = name
         self.problem, self.variable, params = build(self._cp)
@@ -107,7 +110,8 @@ class ConvexProblem:
 
         def data_at(theta: np.ndarray) -> tuple[dict[str, Any], Any, Any]:
             self._set_theta(theta)
-            return self.problem.get_problem_data(cp.CLARABEL)
+            data: tuple[dict[str, Any], Any, Any] = self.problem.get_problem_data(cp.CLARABEL)
+            return data
 
         base, chain, inverse = data_at(np.zeros(n))
         # what Problem.solve records before unpacking (no options: cvxpy's Clarabel defaults)
@@ -151,7 +155,8 @@ class ConvexProblem:
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
         for key, value in arrays.items():
             if value.shape != self.parameters[key].shape:
-                raise SolverError(f"{self.name}: parameter {key!r} needs shape {self.parameters[key].shape}, got {value.shape}")
+                raise SolverError(
+                    f"{self.name}: parameter {key!r} needs shape {self.parameters[key].shape}, got {value.shape}")
         try:
             if self._affine is None:
                 for key, value in arrays.items():
@@ -197,7 +202,8 @@ _COMPILED: dict[tuple[Any, ...], ConvexProblem] = {}
 _COMPILED_LOCK = threading.Lock()
 
 
-def compiled(key: tuple[Any, ...], build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *, name: str) -> ConvexProblem:
+def compiled(key: tuple[Any, ...], build: Callable[[Any], tuple[Any, Any, Mapping[str, Any]]], *,
+             name: str) -> ConvexProblem:
     """The :class:`ConvexProblem` for ``key`` (e.g. ``("nashmtl", T)``), built on first use and
     shared by the whole process. Sharing is safe: a solve depends only on the parameter values
     given to it (no warm start), and solves of one problem are serialised by a lock."""
@@ -215,7 +221,8 @@ class CompiledProblems(Mapping[int, ConvexProblem]):
     :param build: ``build(T)`` -> the ``build(cp)`` function of :class:`ConvexProblem` for ``T`` tasks.
     """
 
-    def __init__(self, method: str, build: Callable[[int], Callable[[Any], tuple[Any, Any, Mapping[str, Any]]]]) -> None:
+    def __init__(
+            self, method: str, build: Callable[[int], Callable[[Any], tuple[Any, Any, Mapping[str, Any]]]]) -> None:
         self.method = method
         self._build = build
         self._by_size: dict[int, ConvexProblem] = {}

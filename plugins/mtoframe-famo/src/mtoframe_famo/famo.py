@@ -62,6 +62,7 @@ from mtoframe import LossWeighting, hookimpl
 from mtoframe.errors import MtoError, OptionError
 from mtoframe.options import in_range, one_of
 
+
 def softmax_vjp(logits: Tensor, delta: Tensor) -> Tensor:
     """``(diag z − z zᵀ) δ`` with ``z = softmax(logits)``: the gradient FAMO applies to ``ξ``."""
     z = torch.softmax(logits, dim=-1)
@@ -73,7 +74,8 @@ _INF = float("inf")  # NaN fails the chained comparison too
 
 def _min_losses(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not -_INF < v < _INF for v in values):
+    if not values or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not -_INF < v < _INF for v in values):
         raise OptionError(
             f"option 'min_losses' of famo must be a finite number or a tuple of finite numbers (one per task), "
             f"got {value!r}"
@@ -102,7 +104,8 @@ class FAMO(LossWeighting):
     name = "famo"
     summary = "FAMO: balances the rate at which log-losses fall; EW's cost plus one no-grad forward."
     paper = "Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023, arXiv 2306.03792"
-    defaults_reproduce = "official code, NYUv2 setting (w_lr 0.025, γ 1e-3); extra forward in train mode as the reference"
+    defaults_reproduce = ("official code, NYUv2 setting (w_lr 0.025, γ 1e-3); extra forward in train mode as the "
+                          "reference")
     Options = FAMOOptions
     heads_receive = "their task's gradient of z_t·c·log D_t (FAMO-weighted, as the reference)"
 
@@ -184,7 +187,7 @@ class FAMO(LossWeighting):
         self._before = ctx.losses.detach()
         self._ids = ids
         if ctx.logging:
-            for t, w in zip(ctx.tasks, z):
+            for t, w in zip(ctx.tasks, z, strict=True):
                 ctx.log(f"famo/z/{t}", w)
 
     @hookimpl

@@ -99,7 +99,8 @@ class ExcessMTL(Method):
         known = ~torch.isnan(initial)
         # e(0) must be positive to normalise by: a task whose gradient is still zero waits
         new_initial = torch.where(~known & (excess > 0), excess, initial)
-        ratio = torch.where(known, excess / torch.where(known, initial, torch.ones_like(initial)), torch.zeros_like(excess))
+        safe_initial = torch.where(known, initial, torch.ones_like(initial))
+        ratio = torch.where(known, excess / safe_initial, torch.zeros_like(excess))
         stepped = old_weights[ids] * torch.exp(self.options.step_size * ratio)
         weights = old_weights.clone()
         weights[ids] = torch.where(known, stepped, weights[ids])
@@ -113,7 +114,7 @@ class ExcessMTL(Method):
         lam = weights[ids]
         ctx.set_update(lam @ grads, head_weights=lam)
         if ctx.logging:
-            for t, v in zip(ctx.tasks, lam):
+            for t, v in zip(ctx.tasks, lam, strict=True):
                 ctx.log(f"excessmtl/weight/{t}", v)
 
     def state_dict(self) -> dict[str, Any]:

@@ -51,7 +51,8 @@ from ._history import epoch_losses
 
 def _layer(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise OptionError(f"option 'layer' of gradnorm must be 'last', 'all' or an encoder parameter name, got {value!r}")
+        raise OptionError(
+            f"option 'layer' of gradnorm must be 'last', 'all' or an encoder parameter name, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -90,7 +91,8 @@ class GradNorm(Learnable):
     name = "gradnorm"
     summary = "GradNorm: learn task weights so weighted gradient norms at a shared layer track r_t^α."
     paper = "Chen et al., GradNorm, ICML 2018, arXiv 1711.02257"
-    defaults_reproduce = "α = 1.5 and last shared layer (paper); initial losses from the first epoch, softmax weights (LibMTL)"
+    defaults_reproduce = ("α = 1.5 and last shared layer (paper); initial losses from the first epoch, softmax weights "
+                          "(LibMTL)")
     Options = GradNormOptions
     heads_receive = "their task's gradient weighted by w_t (detached)"
 

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-
 from torch import Tensor
 
 from mtoframe import Method, Role, StepContext, hookimpl
@@ -59,8 +58,10 @@ class TorchJDMethod(Method):
         return getattr(aggregation, self.aggregator_name)()
 
     def aggregate(self, grads: Tensor) -> Tensor:
+        out: Tensor
         if self._rng is None:
-            return self.aggregator(grads)
+            out = self.aggregator(grads)
+            return out
         # TorchJD draws on the CPU generator only (it moves the Gram to the CPU first)
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self._rng)
