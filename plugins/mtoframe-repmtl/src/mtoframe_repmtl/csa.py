@@ -41,6 +41,8 @@ rank must call it in the same order with the same ``B``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -58,21 +60,24 @@ _CHUNK_ELEMENTS = 1 << 24
 
 
 def _gram(u: Tensor) -> Tensor:
-    """The smaller Gram matrix of ``u`` (``[b, C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``."""
+    """The smaller Gram matrix of ``u`` (``[..., C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``."""
     return u @ u.transpose(-1, -2) if u.shape[-2] <= u.shape[-1] else u.transpose(-1, -2) @ u
 
 
-def _chunks(s: Tensor) -> list[slice]:
-    """Slices of samples whose Gram work space fits ``_CHUNK_ELEMENTS``."""
-    c, n = s.shape[-2:]
-    step = max(1, _CHUNK_ELEMENTS // (min(c, n) ** 2 + 2 * c * n))
+def _chunks(s: Tensor, against: int) -> list[slice]:
+    """Slices of samples whose work space (every task at once) fits ``_CHUNK_ELEMENTS``;
+    ``against`` is the number of anchor rows each task slice is multiplied with (``T`` for a
+    sample's own anchors, ``B'·T`` for the cross products)."""
+    T, c, n = s.shape[1:]
+    per_sample = T * (min(c, n) ** 2 + 2 * c * n + against * n)
+    step = max(1, _CHUNK_ELEMENTS // per_sample)
     return [slice(i, min(i + step, s.shape[0])) for i in range(0, s.shape[0], step)]
 
 
 def _slice_buffer(s: Tensor, chunks: list[slice]) -> Tensor:
-    """Work space for one chunk's ``[b, C, N]`` slice, reused across tasks and chunks: CPU
-    allocations this size are page-faulted afresh each time."""
-    return s.new_empty(chunks[0].stop - chunks[0].start, *s.shape[2:])
+    """Work space for one chunk's ``[b, T, C, N]`` slice, reused across chunks: CPU allocations
+    this size are page-faulted afresh each time."""
+    return s.new_empty(chunks[0].stop - chunks[0].start, *s.shape[1:])
 
 
 class _SaliencyGrams(torch.autograd.Function):
@@ -91,18 +96,21 @@ class _SaliencyGrams(torch.autograd.Function):
     torch.distributed they are every rank's anchors, which depend on this call's ``a`` through
     a collective, so they cannot be this call's own output.
 
-    Autograd would allocate one full-size gradient per slice ``S[:, t]`` and one for the mean;
-    this backward writes them all into a single ``S``-sized buffer, a few samples at a time.
+    Every task is processed at once (batched matrix products over ``[b, T]``), a few samples
+    at a time: the per-task loop it replaces cost ``T`` rounds of small kernels, which dominated
+    with many tasks and small representations. Autograd would allocate one full-size gradient
+    for the scaled copy and one for the mean; this backward writes them into a single
+    ``S``-sized buffer.
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
+    def forward(
+        ctx: Any, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         B, T = s.shape[:2]
         a = s.mean(dim=-1) * scale[:, None, None]
         external = anchors is not None
-        against = anchors.detach() if external else a
+        against = anchors.detach() if anchors is not None else a
         Bq = against.shape[0]
         m = s.new_empty(B, T)
         q = s.new_empty(Bq, T, B) if cross else s.new_empty(B, T)
@@ -111,62 +119,83 @@ class _SaliencyGrams(torch.autograd.Function):
         # Small problems keep their Grams for the backward (a third of the work); large ones,
         # whose Grams would rival S in size, recompute them chunk by chunk.
         keep = B * T * side * side <= _CHUNK_ELEMENTS
-        grams = s.new_empty((T, B, side, side) if keep else (0,))
-        chunks = _chunks(s)
+        grams = s.new_empty((B, T, side, side) if keep else (0,))
+        chunks = _chunks(s, Bq * T if cross else T)
         buf = _slice_buffer(s, chunks)
-        for t in range(T):
-            for k in chunks:
-                u = torch.mul(s[k, t], scale[k, None, None], out=buf[: k.stop - k.start])
-                g = _gram(u)
-                if keep:
-                    grams[t, k] = g
-                m[k, t] = g.square().sum(dim=(-1, -2))
-                if cross:
-                    q[:, t, k] = torch.matmul(flat, u).unflatten(1, (Bq, T)).square().sum(dim=(-1, -2)).T
-                else:
-                    q[k, t] = torch.bmm(a[k], u).square().sum(dim=(-1, -2))
+        for k in chunks:
+            u = torch.mul(s[k], scale[k, None, None, None], out=buf[: k.stop - k.start])  # [b, T, C, N]
+            g = _gram(u)
+            if keep:
+                grams[k] = g
+            m[k] = g.square().sum(dim=(-1, -2))
+            # einsum contracts C in one batched product; matmul's broadcasting would copy the
+            # anchors once per task
+            if cross:  # [b, T, Bq·T, N] -> [b, T, Bq]
+                r = torch.einsum("rc,btcn->btrn", flat, u).reshape(*u.shape[:2], Bq, T, -1)
+                q[:, :, k] = r.square().sum(dim=(-1, -2)).permute(2, 1, 0)
+            else:  # A_bᵀ u_{b,t} for every t
+                q[k] = torch.einsum("bsc,btcn->btsn", a[k], u).square().sum(dim=(-1, -2))
         ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
         ctx.cross, ctx.keep, ctx.external = cross, keep, external
         return m, a, q
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor
+    def backward(
+        ctx: Any, g_m: Tensor, g_a: Tensor, g_q: Tensor
     ) -> tuple[Tensor, None, None, Tensor | None]:
         s, scale, a, grams, anchors = ctx.saved_tensors
-        B, T, _, N = s.shape
+        T, N = s.shape[1], s.shape[3]
         grad = torch.empty_like(s)
         ga = g_a.clone()  # plus what q sends back through the anchors
         against = anchors if ctx.external else a
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
-        chunks = _chunks(s)
+        chunks = _chunks(s, Bq * T if ctx.cross else T)
         u_buf, gu_buf = _slice_buffer(s, chunks), _slice_buffer(s, chunks)
-        for t in range(T):
-            for k in chunks:
-                c = scale[k, None, None]
-                u = torch.mul(s[k, t], c, out=u_buf[: k.stop - k.start])
-                g = grams[t, k] if ctx.keep else _gram(u)
-                # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
-                out = gu_buf[: k.stop - k.start]
-                gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
-                gu.mul_(4 * g_m[k, t, None, None])
-                # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
-                if ctx.cross:
-                    r = torch.matmul(flat, u).unflatten(1, (Bq, T))  # [k, Bq, T, N]
-                    wr = r * (2 * g_q[:, t, k].T)[:, :, None, None]
-                    gu += torch.matmul(flat.T, wr.flatten(1, 2))
-                    g_against += torch.einsum("kcn,kbsn->bsc", u, wr)
-                else:
-                    wr = torch.bmm(a[k], u).mul_(2 * g_q[k, t, None, None])
-                    gu.baddbmm_(a[k].transpose(1, 2), wr)
-                    ga[k] += torch.bmm(wr, u.transpose(1, 2))
-                torch.mul(gu, c, out=grad[k, t])
+        for k in chunks:
+            c = scale[k, None, None, None]
+            u = torch.mul(s[k], c, out=u_buf[: k.stop - k.start])
+            g = grams[k] if ctx.keep else _gram(u)
+            # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
+            out = gu_buf[: k.stop - k.start]
+            gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
+            gu.mul_(4 * g_m[k, :, None, None])
+            # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
+            if ctx.cross:
+                r = torch.einsum("rc,btcn->btrn", flat, u).reshape(*u.shape[:2], Bq, T, -1)  # [b, T, Bq, T, N]
+                wr = r.mul_((2 * g_q[:, :, k].permute(2, 1, 0))[..., None, None]).flatten(2, 3)
+                gu += torch.einsum("rc,btrn->btcn", flat, wr)
+                g_against += torch.einsum("btcn,btrn->rc", u, wr).view_as(g_against)
+            else:
+                wr = torch.einsum("bsc,btcn->btsn", a[k], u).mul_(2 * g_q[k, :, None, None])  # [b, T, T, N]
+                gu += torch.einsum("bsc,btsn->btcn", a[k], wr)
+                ga[k] += torch.einsum("btsn,btcn->bsc", wr, u)
+            torch.mul(gu, c, out=grad[k])
         # a = c · mean_n S: every position gets c/N of the anchor's gradient
         grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None
+
+
+def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
+    """``[B, B']``: ``⟨Â_b, Â_k⟩_F`` of this call's anchors ``a`` (``[B, T, C]``) against ``a_all``
+    (``[B', T, C]``).
+
+    Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds, a
+    ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
+    flattenings (``(B + B')·T·C² + B·B'·C²``, ``(B + B')·C²`` held). The second is far cheaper
+    with many tasks (``T² ≫ C``); it is taken when it needs fewer multiply-adds and its Grams
+    are no larger than the first form's temporary, so memory never exceeds the first form's.
+    """
+    (B, T, C), Bq = a.shape, a_all.shape[0]
+    by_tasks = B * Bq * T * T
+    by_channels = (B + Bq) * C * C
+    if by_channels * (T + Bq) < by_tasks * C and by_channels <= by_tasks:
+        hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
+        hat_all = hat if a_all is a else torch.matmul(a_all.transpose(1, 2), a_all).flatten(1)
+        return hat @ hat_all.T
+    return torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))
 
 
 def csa_terms(
@@ -195,9 +224,9 @@ def csa_terms(
         scale = sample_scale(s)
         offset = rank() * B  # this rank's rows in the gathered (global) batch
         local = slice(offset, offset + B)
-        m, a, q = _SaliencyGrams.apply(s, scale, negatives == "task" and world_size() == 1)
+        m, a, q = _SaliencyGrams.apply(s, scale, negatives == "task" and world_size() == 1)  # type: ignore[no-untyped-call]
         a_all = all_gather_cat(a)  # [N·B, T, C]
-        aa = torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))  # [B, N·B] = ⟨Â_b, Â_k⟩
+        aa = _anchor_products(a, a_all)  # [B, N·B] = ⟨Â_b, Â_k⟩
         a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
         if negatives == "anchor":
             m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
@@ -207,7 +236,7 @@ def csa_terms(
         else:
             if world_size() > 1:
                 # every rank's anchors against this rank's task Grams, then every rank's columns
-                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)
+                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)  # type: ignore[no-untyped-call]
                 q = all_gather_cat(q, dim=2)[local]
             m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
             neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
