@@ -95,7 +95,14 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("make_model", [make_vector_model, make_conv_model], ids=["vector", "conv"])
+def make_many_task_model():
+    from mtoframe.gradients import BATCHED_MIN_TASKS
+
+    return make_vector_model(tasks=[f"t{i}" for i in range(BATCHED_MIN_TASKS + 1)])
+
+
+@pytest.mark.parametrize("make_model", [make_vector_model, make_conv_model, make_many_task_model],
+                         ids=["vector", "conv", "many-tasks"])
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
 @pytest.mark.parametrize("differentiable", [False, True], ids=["plain", "create_graph"])
 def test_saliency_equals_per_task_autograd(make_model, transform, differentiable):
@@ -169,3 +176,44 @@ def test_hooks_on_z_see_the_single_backward_and_head_inputs_the_per_task_gradien
     make_trainer([Hooks(), ScaledSum(space="representation")], model=model).step(make_batch(model))
     # per-task gradients (3 aliases, one call) never reach z; the update's backward reaches it once
     assert calls == {"z": 1, "heads": 3}
+
+
+@pytest.mark.parametrize("transform", [False, True], ids=["raw", "log"])
+def test_many_task_rows_are_one_vmapped_backward_and_equal_per_task_autograd(transform, monkeypatch):
+    """From ``BATCHED_MIN_TASKS`` tasks on, the parameter-space rows are the encoder VJPs of the
+    saliency in one ``is_grads_batched`` call (not one call per task), still equal to each task's
+    ``∂L_t/∂θ_shared`` taken directly."""
+    from mtoframe import gradients
+
+    names = [f"t{i}" for i in range(gradients.BATCHED_MIN_TASKS + 2)]
+    model = make_vector_model(tasks=names)
+    seen: dict[str, torch.Tensor] = {}
+    calls = {"batched": 0, "grad": 0}
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        calls["batched"] += bool(kwargs.get("is_grads_batched"))
+        return grad(*args, **kwargs)
+
+    class Rows(Method):
+        name = "rows"
+        roles = Role.AGGREGATOR
+        grad_space = "params"
+
+        @hookimpl
+        def on_shared_grads(self, ctx):
+            monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+            rows = ctx.grads
+            monkeypatch.setattr(torch.autograd, "grad", grad)
+            shared = list(model.shared_parameters())
+            ref = torch.stack([torch.cat([g.reshape(-1) for g in grad(
+                ctx.losses[t], shared, retain_graph=True)]) for t in range(ctx.num_tasks)])
+            seen["got"], seen["want"] = rows, ref
+            ctx.set_update(rows.sum(0))
+
+    make_trainer([LogLosses()] * transform + [Rows()], model=model).step(make_batch(model))
+    torch.testing.assert_close(seen["got"], seen["want"], rtol=1e-12, atol=1e-14)
+    # the saliency (one call), the log transform's Jacobian (one vmapped call), one vmapped VJP
+    assert calls["batched"] == 1 + transform
+    assert calls["grad"] == 2 + transform
