@@ -76,7 +76,8 @@ def _task_counts(text: str) -> list[int]:
     try:
         counts = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--tasks takes task counts, comma separated (e.g. 10 or 2,3,5,10), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--tasks takes task counts, comma separated (e.g. 10 or 2,3,5,10), got {text!r}") from None
     if not counts:
         raise argparse.ArgumentTypeError("--tasks needs at least one task count")
     return counts
