@@ -57,6 +57,10 @@ NEGATIVES = ("anchor", "task")
 DEFAULT_TAU = 2.0
 #: elements of work space per chunk of the Gram norm (64 MiB in float32).
 _CHUNK_ELEMENTS = 1 << 24
+#: elements of a chunk's saliency slice (1 MiB in float32): its buffers are allocated afresh on
+#: every call, and on CPU each page of a fresh allocation this large costs a fault on first touch,
+#: which made a whole-batch slice slower than its products (measured on scenes' 8×3×128×256)
+_SLICE_ELEMENTS = 1 << 18
 
 
 def _gram(u: Tensor) -> Tensor:
@@ -70,7 +74,7 @@ def _chunks(s: Tensor, against: int) -> list[slice]:
     sample's own anchors, ``B'·T`` for the cross products)."""
     T, c, n = s.shape[1:]
     per_sample = T * (min(c, n) ** 2 + 2 * c * n + against * n)
-    step = max(1, _CHUNK_ELEMENTS // per_sample)
+    step = max(1, min(_CHUNK_ELEMENTS // per_sample, _SLICE_ELEMENTS // (T * c * n)))
     return [slice(i, min(i + step, s.shape[0])) for i in range(0, s.shape[0], step)]
 
 
@@ -128,13 +132,11 @@ class _SaliencyGrams(torch.autograd.Function):
             if keep:
                 grams[k] = g
             m[k] = g.square().sum(dim=(-1, -2))
-            # einsum contracts C in one batched product; matmul's broadcasting would copy the
-            # anchors once per task
             if cross:  # [b, T, Bq·T, N] -> [b, T, Bq]
-                r = torch.einsum("rc,btcn->btrn", flat, u).reshape(*u.shape[:2], Bq, T, -1)
+                r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)
                 q[:, :, k] = r.square().sum(dim=(-1, -2)).permute(2, 1, 0)
-            else:  # A_bᵀ u_{b,t} for every t
-                q[k] = torch.einsum("bsc,btcn->btsn", a[k], u).square().sum(dim=(-1, -2))
+            else:
+                q[k] = _anchors_t(a[k], u).square().sum(dim=(-1, -2))
         ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
         ctx.cross, ctx.keep, ctx.external = cross, keep, external
         return m, a, q
@@ -164,18 +166,55 @@ class _SaliencyGrams(torch.autograd.Function):
             gu.mul_(4 * g_m[k, :, None, None])
             # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
             if ctx.cross:
-                r = torch.einsum("rc,btcn->btrn", flat, u).reshape(*u.shape[:2], Bq, T, -1)  # [b, T, Bq, T, N]
+                r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)  # [b, T, Bq, T, N]
                 wr = r.mul_((2 * g_q[:, :, k].permute(2, 1, 0))[..., None, None]).flatten(2, 3)
-                gu += torch.einsum("rc,btrn->btcn", flat, wr)
+                gu += torch.matmul(flat.T, wr)
                 g_against += torch.einsum("btcn,btrn->rc", u, wr).view_as(g_against)
             else:
-                wr = torch.einsum("bsc,btcn->btsn", a[k], u).mul_(2 * g_q[k, :, None, None])  # [b, T, T, N]
-                gu += torch.einsum("bsc,btsn->btcn", a[k], wr)
-                ga[k] += torch.einsum("btsn,btcn->bsc", wr, u)
+                wr = _anchors_t(a[k], u).mul_(2 * g_q[k, :, None, None])  # [b, T, T, N]
+                _add_anchors_combined(gu, a[k], wr)
+                ga[k] += _anchors_grad(wr, u)
             torch.mul(gu, c, out=grad[k])
         # a = c · mean_n S: every position gets c/N of the anchor's gradient
         grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None
+
+
+# A_b = [a_{b,1} … a_{b,T}] against every task's slice u_{b,t} of a chunk ``u`` ([b, T, C, N]), in
+# one of two layouts: broadcasting the anchors over the tasks (a copy of b·T·T·C elements) or
+# moving the tasks next to the positions (a copy of u, b·T·C·N); the smaller copy wins — the
+# first with wide representations (N ≥ T, e.g. feature maps), the second with many tasks.
+
+
+def _tasks_last(u: Tensor) -> Tensor:
+    """``[b, T, C, N] -> [b, C, T·N]``: one product per sample then covers every task."""
+    return u.transpose(1, 2).reshape(u.shape[0], u.shape[2], -1)
+
+
+def _anchors_t(a: Tensor, u: Tensor) -> Tensor:
+    """``A_bᵀ u_{b,t}`` for every sample and task: ``[b, T, T, N]``."""
+    b, T, _, N = u.shape
+    if T <= N:
+        return torch.matmul(a[:, None], u)
+    return torch.bmm(a, _tasks_last(u)).view(b, T, T, N).transpose(1, 2)
+
+
+def _add_anchors_combined(out: Tensor, a: Tensor, w: Tensor) -> None:
+    """``out[b, t] += A_b w_{b,t}`` for ``w`` ``[b, T, T, N]`` (``out`` contiguous ``[b, T, C, N]``)."""
+    b, T, _, N = w.shape
+    if T <= N:  # accumulate in place: a temporary the size of out costs as much as the product
+        anchors = a.transpose(1, 2)[:, None].expand(b, T, -1, T).reshape(b * T, -1, T)
+        out.view(b * T, -1, N).baddbmm_(anchors, w.reshape(b * T, T, N))
+    else:
+        out += torch.bmm(a.transpose(1, 2), _tasks_last(w)).view(b, -1, T, N).transpose(1, 2)
+
+
+def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
+    """``Σ_t w_{b,t} u_{b,t}ᵀ``: ``[b, T, C]``."""
+    b, T, _, N = u.shape
+    if T <= N:
+        return torch.matmul(w, u.transpose(-1, -2)).sum(dim=1)
+    return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
 
 
 def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
