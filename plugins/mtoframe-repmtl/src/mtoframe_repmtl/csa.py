@@ -211,7 +211,7 @@ def _add_anchors_combined(out: Tensor, a: Tensor, w: Tensor) -> None:
 
 def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
     """``Σ_t w_{b,t} u_{b,t}ᵀ``: ``[b, T, C]``."""
-    b, T, _, N = u.shape
+    T, N = u.shape[1], u.shape[3]
     if T <= N:
         return torch.matmul(w, u.transpose(-1, -2)).sum(dim=1)
     return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
