@@ -69,7 +69,7 @@ def test_bad_task_counts_are_named(tmp_path, capsys, bad) -> None:
     assert "--tasks" in capsys.readouterr().err
 
 
-def test_ratio_to_the_peer_is_the_median_of_paired_round_ratios(tmp_path, one_thread) -> None:
+def test_ratio_to_the_peer_is_the_median_of_paired_round_ratios(tmp_path, one_thread, capsys) -> None:
     pytest.importorskip("torchjd.autojac")
     from mtoframe.bench import stats
     from mtoframe.cli import main
@@ -82,3 +82,4 @@ def test_ratio_to_the_peer_is_the_median_of_paired_round_ratios(tmp_path, one_th
     want = stats.paired_ratio_ci([r["cpu_ms"] for r in ew["rounds"]], [r["cpu_ms"] for r in peer["rounds"]])
     assert ew["ratio_to_peer"] == pytest.approx(want.value, rel=1e-12)
     assert ew["ratio_to_peer_ci"] == pytest.approx(want.interval, rel=1e-12)
+    assert f"ew / torchjd:ew {want.value:.2f}×" in capsys.readouterr().out
