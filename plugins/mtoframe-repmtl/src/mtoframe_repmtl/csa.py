@@ -217,20 +217,28 @@ def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
     return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
 
 
+#: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
+#: backward), counted in multiply-adds per element; measured on one CPU thread (B = 64, C = 64:
+#: the T×T form is faster up to T = 7, the C×C form from T = 8)
+_TEMPORARY_COST = 16
+
+
 def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     """``[B, B']``: ``⟨Â_b, Â_k⟩_F`` of this call's anchors ``a`` (``[B, T, C]``) against ``a_all``
     (``[B', T, C]``).
 
-    Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds, a
-    ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
-    flattenings (``(B + B')·T·C² + B·B'·C²``, ``(B + B')·C²`` held). The second is far cheaper
-    with many tasks (``T² ≫ C``); it is taken when it needs fewer multiply-adds and its Grams
-    are no larger than the first form's temporary, so memory never exceeds the first form's.
+    Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds and
+    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
+    flattenings (``(B + B')·T·C² + B·B'·C²``, with ``(B + B')·C²`` elements held). The second is
+    far cheaper with many tasks (``T² ≫ C``); it is taken when it costs less and its Grams are no
+    larger than the first form's temporary or the chunk work space (``_CHUNK_ELEMENTS``), so a
+    wide representation (large ``C``) never holds ``C×C`` matrices beyond that budget.
     """
     (B, T, C), Bq = a.shape, a_all.shape[0]
-    by_tasks = B * Bq * T * T
-    by_channels = (B + Bq) * C * C
-    if by_channels * (T + Bq) < by_tasks * C and by_channels <= by_tasks:
+    grams_held = (B + (0 if a_all is a else Bq)) * C * C
+    by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
+    by_channels = grams_held * T + B * Bq * C * C
+    if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
         hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
         hat_all = hat if a_all is a else torch.matmul(a_all.transpose(1, 2), a_all).flatten(1)
         return hat @ hat_all.T
