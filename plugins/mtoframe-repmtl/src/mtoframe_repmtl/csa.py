@@ -217,6 +217,31 @@ def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
     return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
 
 
+class _SymmetricProduct(torch.autograd.Function):
+    """``x xᵀ`` whose backward is one product, ``(G + Gᵀ) x``, instead of autograd's one per operand."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        x: Tensor = ctx.saved_tensors[0]
+        return (g + g.T) @ x
+
+
+def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`_SaliencyGrams`' ``(m, a, q)`` (own anchors) for vector saliencies (``N = 1``), by
+    autograd: the anchors are then the scaled saliencies themselves (``a_{b,t} = u_{b,t}``), so
+    with ``K_b = A_bᵀ A_b`` (``T×T``), ``q[b, t] = Σ_s K_b[s, t]²`` and ``m[b, t] = K_b[t, t]²``;
+    one ``B×T×T`` product instead of the chunked ``C``-sized Grams."""
+    a = s[..., 0] * scale[:, None, None]
+    k = torch.bmm(a, a.transpose(1, 2))
+    return k.diagonal(dim1=1, dim2=2).square(), a, k.square().sum(dim=1)
+
+
 #: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
 #: backward), counted in multiply-adds per element; measured on one CPU thread (B = 64, C = 64:
 #: the T×T form is faster up to T = 7, the C×C form from T = 8)
@@ -240,8 +265,9 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     by_channels = grams_held * T + B * Bq * C * C
     if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
         hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
-        hat_all = hat if a_all is a else torch.matmul(a_all.transpose(1, 2), a_all).flatten(1)
-        return hat @ hat_all.T
+        if a_all is a:
+            return _SymmetricProduct.apply(hat)  # type: ignore[no-any-return, no-untyped-call]
+        return hat @ torch.matmul(a_all.transpose(1, 2), a_all).flatten(1).T
     return torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))
 
 
@@ -271,7 +297,11 @@ def csa_terms(
         scale = sample_scale(s)
         offset = rank() * B  # this rank's rows in the gathered (global) batch
         local = slice(offset, offset + B)
-        m, a, q = _SaliencyGrams.apply(s, scale, negatives == "task" and world_size() == 1)  # type: ignore[no-untyped-call]
+        cross = negatives == "task" and world_size() == 1
+        if s.shape[-1] == 1 and not cross:
+            m, a, q = _vector_grams(s, scale)
+        else:
+            m, a, q = _SaliencyGrams.apply(s, scale, cross)  # type: ignore[no-untyped-call]
         a_all = all_gather_cat(a)  # [N·B, T, C]
         aa = _anchor_products(a, a_all)  # [B, N·B] = ⟨Â_b, Â_k⟩
         a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
@@ -279,7 +309,12 @@ def csa_terms(
             m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
             pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
             a_norm_all = all_gather_cat(a_norm)
-            neg = (aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps))[:, None, :].expand(B, T, aa.shape[1])
+            neg_b = aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps)
+            # the negatives do not depend on the task: one log-sum-exp per sample, not per (b, t)
+            lse = torch.logsumexp((neg_b / tau).masked_fill(~negative_mask(neg_b), float("-inf")), dim=-1)[:, None]
+            if positive_in_denominator:
+                lse = torch.logaddexp(lse, pos / tau)
+            return (lse - pos / tau).mean(), pos, neg_b[:, None, :].expand(B, T, aa.shape[1])
         else:
             if world_size() > 1:
                 # every rank's anchors against this rank's task Grams, then every rank's columns
