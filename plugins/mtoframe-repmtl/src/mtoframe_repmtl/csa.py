@@ -217,19 +217,25 @@ def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
     return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
 
 
-class _SymmetricProduct(torch.autograd.Function):
-    """``x xᵀ`` whose backward is one product, ``(G + Gᵀ) x``, instead of autograd's one per operand."""
+class _OwnAnchorProducts(torch.autograd.Function):
+    """``⟨Â_b, Â_k⟩_F`` of one set of anchors ``a`` (``[B, T, C]``) with itself, through the
+    ``C×C`` Grams ``Â_b = A_bᵀA_b`` (flattened: ``H``, ``[B, C²]``): ``H Hᵀ``. The backward is two
+    products, ``dH = (G + Gᵀ) H`` and ``dA_b = 2 A_b dÂ_b`` (``dÂ_b`` is symmetric), where autograd
+    would take one per operand of each product."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x @ x.T
+    def forward(ctx: Any, a: Tensor) -> Tensor:
+        hat = torch.bmm(a.transpose(1, 2), a).flatten(1)
+        ctx.save_for_backward(a, hat)
+        return hat @ hat.T
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor) -> Tensor:
-        x: Tensor = ctx.saved_tensors[0]
-        return (g + g.T) @ x
+        a, hat = ctx.saved_tensors
+        d_hat = ((g + g.T) @ hat).view(a.shape[0], a.shape[2], a.shape[2])
+        out: Tensor = torch.bmm(a, d_hat).mul_(2)
+        return out
 
 
 def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -264,9 +270,9 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
     by_channels = grams_held * T + B * Bq * C * C
     if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
-        hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
         if a_all is a:
-            return _SymmetricProduct.apply(hat)  # type: ignore[no-any-return, no-untyped-call]
+            return _OwnAnchorProducts.apply(a)  # type: ignore[no-any-return, no-untyped-call]
+        hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
         return hat @ torch.matmul(a_all.transpose(1, 2), a_all).flatten(1).T
     return torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))
 
