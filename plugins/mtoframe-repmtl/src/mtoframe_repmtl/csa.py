@@ -41,6 +41,7 @@ rank must call it in the same order with the same ``B``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -317,7 +318,8 @@ def csa_terms(
             a_norm_all = all_gather_cat(a_norm)
             neg_b = aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps)
             # the negatives do not depend on the task: one log-sum-exp per sample, not per (b, t)
-            lse = torch.logsumexp((neg_b / tau).masked_fill(~negative_mask(neg_b), float("-inf")), dim=-1)[:, None]
+            own = _self_mask(B, neg_b.shape[1], rank(), neg_b.device)
+            lse = torch.logsumexp((neg_b / tau).masked_fill(own, float("-inf")), dim=-1)[:, None]
             if positive_in_denominator:
                 lse = torch.logaddexp(lse, pos / tau)
             return (lse - pos / tau).mean(), pos, neg_b[:, None, :].expand(B, T, aa.shape[1])
@@ -329,7 +331,8 @@ def csa_terms(
             m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
             neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
             pos = torch.diagonal(neg[:, :, local], dim1=0, dim2=2).T
-        logits = (neg / tau).masked_fill(~negative_mask(neg)[:, None, :], float("-inf"))
+        own = _self_mask(B, neg.shape[-1], rank(), neg.device)
+        logits = (neg / tau).masked_fill(own[:, None, :], float("-inf"))
         if positive_in_denominator:
             logits = torch.cat([(pos / tau)[..., None], logits], dim=-1)
         loss = (torch.logsumexp(logits, dim=-1) - pos / tau).mean()
@@ -339,10 +342,16 @@ def csa_terms(
 def negative_mask(neg: Tensor) -> Tensor:
     """``[B, N·B]`` boolean: which columns of ``cos_neg`` (from :func:`csa_terms`) are negatives of
     row ``b`` (all but this rank's own sample, at ``rank·B + b``)."""
-    B, total = neg.shape[0], neg.shape[-1]
-    mask = torch.ones(B, total, dtype=torch.bool, device=neg.device)
-    idx = torch.arange(B, device=neg.device)
-    mask[idx, rank() * B + idx] = False
+    return ~_self_mask(neg.shape[0], neg.shape[-1], rank(), neg.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _self_mask(B: int, total: int, rank_: int, device: torch.device) -> Tensor:
+    """``[B, total]`` boolean, True at each row's own sample (``rank·B + b``); built once per shape
+    (four small kernels a step otherwise). Callers must not modify it."""
+    mask = torch.zeros(B, total, dtype=torch.bool, device=device)
+    idx = torch.arange(B, device=device)
+    mask[idx, rank_ * B + idx] = True
     return mask
 
 
