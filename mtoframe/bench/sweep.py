@@ -117,7 +117,9 @@ def ratio_table(runs: Mapping[int, Sequence[Mapping[str, Any]]], key: str) -> tu
 
 
 def plot_sweep(path: Path, runs: Mapping[int, Sequence[Mapping[str, Any]]], *, title: str) -> bool:
-    """Step time against T, one line per stack (peers dashed); False without matplotlib."""
+    """Step time against T on log-log axes, one line per stack: mtoframe solid, its peer dashed in
+    the same colour; the noise reference (EW's second copy) is left to the tables. False without
+    matplotlib."""
     plt = report.pyplot()
     if plt is None:
         return False
@@ -125,19 +127,26 @@ def plot_sweep(path: Path, runs: Mapping[int, Sequence[Mapping[str, Any]]], *, t
     timed = {T: _ok(runs[T]) for T in counts}
     stacks: list[str] = []
     for T in counts:
-        stacks += [s for s in timed[T] if s not in stacks]
+        stacks += [s for s, r in timed[T].items() if s not in stacks and r.get("kind") != "reference"]
+    bases = list(dict.fromkeys(s.split(":", 1)[-1] for s in stacks))
+    colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(8, 5))
     for s in stacks:
         xs = [T for T in counts if s in timed[T]]
         ys = [headline_ms(timed[T][s]) for T in xs]
-        peer = any(timed[T][s].get("kind") == "torchjd" for T in xs)
-        ax.plot(xs, ys, "--" if peer else "-", marker="o", label=s)
+        peer = ":" in s
+        ax.plot(xs, ys, "--" if peer else "-", marker="o", markersize=4, label=s,
+                color=colours(bases.index(s.split(":", 1)[-1]) % 10))
     clock = next(iter(timed[counts[0]].values()))["run"]["headline"] if timed[counts[0]] else "cpu"
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(counts, [str(T) for T in counts])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
     ax.set_xlabel("tasks T")
     ax.set_ylabel(f"median step time, {clock} clock (ms)")
     ax.set_title(title)
     ax.legend(fontsize="small", ncol=2)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
