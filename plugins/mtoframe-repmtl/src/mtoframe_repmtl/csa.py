@@ -8,15 +8,19 @@ For sample b and task t let ``S_{t,b}`` be the ``C×N`` saliency (``N = H'W'``),
 
 Wang, Li, Xu, "Rep-MTL", ICCV 2025, https://arxiv.org/abs/2507.21049 (no official code exists).
 
-The ``C×C`` matrices are never formed. Every cosine follows from Gram identities::
+The saliency Grams ``M`` are never formed. Every cosine follows from Gram identities::
 
     ⟨S Sᵀ, A Aᵀ⟩_F = ‖Aᵀ S‖²_F   (T×N)      ‖S Sᵀ‖_F = ‖Sᵀ S‖_F   (the smaller of C×C, N×N)
-    ⟨Â_b, Â_k⟩_F = ‖A_bᵀ A_k‖²_F  (T×T)
+    ⟨Â_b, Â_k⟩_F = ‖A_bᵀ A_k‖²_F  (T×T)    or  ⟨Â_b, Â_k⟩_F directly   (C×C, see below)
 
 Everything that reads the full saliency is one custom autograd function that processes a few
-samples at a time and recomputes its Gram blocks in the backward, writing the whole gradient
-into one ``S``-sized buffer: the extra memory is that buffer plus one ``min(C, N)²`` block per
-chunk, O(B·T·C·N) overall, never O(B·T·C²).
+samples at a time, every task at once, and recomputes its Gram blocks in the backward, writing
+the whole gradient into one ``S``-sized buffer: the extra memory is that buffer plus one
+``min(C, N)²`` block per (sample, task) of a chunk, O(B·T·C·N) overall, never O(B·T·C²). The
+anchor products take the ``C×C`` anchor Grams ``Â_b`` (``B·C²``, independent of ``T``) only
+where that is cheaper than the ``T×T`` form (many tasks) and fits the same work-space budget.
+Vector saliencies (``N = 1``) need no chunking: there ``a_{b,t} = u_{b,t}`` and every term
+follows from the ``T×T`` Grams ``A_b A_bᵀ``.
 
 Ambiguities, each an option (the paper has no code to settle them):
 
