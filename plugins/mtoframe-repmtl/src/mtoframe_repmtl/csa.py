@@ -254,9 +254,10 @@ def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 #: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
-#: backward), counted in multiply-adds per element; measured on one CPU thread (B = 64, C = 64:
-#: the T×T form is faster up to T = 7, the C×C form from T = 8)
-_TEMPORARY_COST = 16
+#: backward, memory-bound where the products run at matrix-multiply speed), counted in
+#: multiply-adds per element; measured on one CPU thread (B = C = 64, forward and backward: T×T
+#: form 0.44 / 0.76 / 3.0 ms at T = 3 / 5 / 10, C×C form 1.1 / 0.95 / 1.1 ms)
+_TEMPORARY_COST = 80
 
 
 def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
