@@ -73,7 +73,7 @@ def trainer_step(name: str, net: mtoframe.MultiTaskModel) -> tuple[Callable[[tup
     stack = [] if name == "ew" else [mtoframe.create(name)]
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     trainer = mtoframe.Trainer(net, make_tasks(TASKS), stack, optimizer=opt)
-    return trainer.step, trainer.space
+    return trainer.step, trainer.grad_space
 
 def time_steps(args: argparse.Namespace, names: list[str]) -> None:
     base = conv_model(args.channels)

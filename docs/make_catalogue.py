@@ -14,11 +14,11 @@ def cost(cls: type) -> str:
     parts = []
     if m.roles & GRADIENT_ROLES:
         parts.append("T backward (per-task grads)" if m.grad_space == "params" else "T backward to Z + 1")
-    elif m.saliency == "none":
+    elif m.rep_grads == "none":
         parts.append("1 backward (as EW)")
-    if m.saliency == "differentiable":
+    if m.rep_grads == "differentiable":
         parts.append("T double-backward saliency + 1 backward")
-    elif m.saliency == "plain":
+    elif m.rep_grads == "plain":
         parts.append("+T backward to Z")
     if m.extra_forward:
         parts.append("+1 no-grad forward")

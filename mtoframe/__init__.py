@@ -1,7 +1,8 @@
 """mtoframe: multi-task optimisation on PyTorch.
 
 Methods are pluggy plugins discovered through the ``mtoframe`` entry-point group and stacked in
-the user's order; :class:`Trainer` runs one clean step pipeline (see ``mtoframe/trainer.py``).
+the user's order; :class:`Stack` runs one step's gradient pipeline for any model and loop; :class:`Trainer` is a
+loop around one (see ``mtoframe/trainer.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .hookspecs import HOOK_API_VERSION, hookimpl, hookspec
 from .method import Method, Role, Space
 from .model import MultiTaskModel, Task
 from .registry import Registry, get_registry
+from .stack import Stack
 from .trainer import Trainer
 
 __version__ = "0.1.0"
@@ -43,6 +45,7 @@ __all__ = [
     "Role",
     "SolverError",
     "Space",
+    "Stack",
     "StackError",
     "StepContext",
     "Task",

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .errors import OptionError
+
+if TYPE_CHECKING:
+    from .context import StepContext
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -73,3 +77,11 @@ class MixedPrecision:
         self.scaler.update()
         # update() only lowers the scale after an inf/NaN was found, i.e. after a skipped step
         return self.scaler.get_scale() < before
+
+    def count_skip(self, ctx: StepContext, counters: dict[str, int]) -> None:
+        """The scaler skipped this step (non-finite scaled gradients): count and log it."""
+        ctx.skipped = True
+        counters["amp_skipped_steps"] += 1
+        ctx.log("amp/skipped_steps", float(counters["amp_skipped_steps"]))
+        if ctx.logging and self.scaler is not None:
+            ctx.log("amp/scale", self.scaler.get_scale())

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .context import StepContext
 from .errors import MtoError, OptionError
+from .hooks import HookDispatcher
 from .method import GRADIENT_ROLES, Method
 from .registry import get_registry
 from .scaling import checked_inputs, rescaled
-
 
 
 def available() -> list[str]:
@@ -71,15 +71,23 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None,
 
 def _run_on_grads(m: Method, grads: Tensor, losses: Tensor | None, tasks: tuple[tuple[str, ...], tuple[str, ...]]
                   ) -> Tensor:
-    t = grads.shape[0]
     present, everyone = tasks
-    ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, space=m.grad_space, device=grads.device)
-    ctx._weights = torch.ones(t, dtype=grads.dtype, device=grads.device)
+    ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, grad_space=m.grad_space, device=grads.device,
+                      dtype=grads.dtype)
     ctx.grads = grads
-    hook = getattr(m, "on_shared_grads", None)
-    if hook is not None:
-        hook(ctx=ctx)
+    _dispatcher(m).call("on_shared_grads", None, ctx=ctx)
     return ctx.update if ctx.update is not None else ctx.grads.sum(0)
+
+
+def _dispatcher(m: Method) -> HookDispatcher:
+    """The method's hook dispatch, as a Stack runs it (built once per method object)."""
+    found = _DISPATCHERS.get(m)
+    if found is None:
+        found = _DISPATCHERS[m] = HookDispatcher([(m.name, m)])
+    return found
+
+
+_DISPATCHERS: weakref.WeakKeyDictionary[Method, HookDispatcher] = weakref.WeakKeyDictionary()
 
 
 def _present_tasks(t: int, task_ids: Sequence[int] | Tensor | None,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .hookspecs import hookimpl
 from .method import Method, Role
-from .registry import Registry
+
+if TYPE_CHECKING:  # the registry imports this module when it loads the built-in methods
+    from .registry import Registry
 
 
 class EW(Method):

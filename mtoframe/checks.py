@@ -94,3 +94,13 @@ def check_target(task: str, pred: Any, target: Any) -> None:
         raise BatchError(f"target of task {task!r} has shape {tuple(target.shape)} and its prediction "
                          f"{tuple(pred.shape)}: they only broadcast (to {tuple(shape)}), which pairs every sample "
                          f"with every other; reshape the target to {tuple(pred.shape)}")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> None:
+    """An optimiser whose groups all have a finite learning rate."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise OptionError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for i, g in enumerate(optimizer.param_groups):
+        lr = g.get("lr")
+        if isinstance(lr, (int, float)) and not (lr == lr and abs(lr) != float("inf")):
+            raise OptionError(f"learning rate of optimizer group {i} must be a finite number, got {lr!r}")

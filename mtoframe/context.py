@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .errors import MtoError
+from .gradcache import GradientCache
 
 if TYPE_CHECKING:
     from .gradients import GradientEngine
@@ -35,7 +36,7 @@ class StepContext:
     ``losses``, ``weights``
         ``Tensor[T]``; see :func:`mtoframe.hookspecs.on_task_losses`.
     ``grads``
-        lazily computed ``T×D`` gradient matrix in ``space``; see ``on_shared_grads``.
+        lazily computed ``T×D`` gradient matrix in ``grad_space``; see ``on_shared_grads``.
     ``logging``
         True on steps whose scalars are written; compute diagnostics only then.
     """
@@ -48,10 +49,11 @@ class StepContext:
         losses: Tensor | None = None,
         step: int = 0,
         epoch: int = 0,
-        space: Space | None = None,
+        grad_space: Space | None = None,
         engine: GradientEngine | None = None,
         logging: bool = False,
         device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.step = step
         self.epoch = epoch
@@ -60,41 +62,34 @@ class StepContext:
         index = {t: i for i, t in enumerate(self.all_tasks)}
         self.device = device if device is not None else (losses.device if losses is not None else torch.device("cpu"))
         self.task_ids = torch.tensor([index[t] for t in tasks], dtype=torch.long, device=self.device)
-        self.space = space
+        #: the space of ``grads``' rows (``Method.grad_space`` of the stack; None: no gradient method)
+        self.grad_space = grad_space
         self.logging = logging
         self.inputs: Any = None
         self.targets: dict[str, Any] = {}
         #: multi-input batches: each task's rows of ``z`` (None for single-input batches)
         self.slices: dict[str, slice] | None = None
         self.z: Tensor | None = None
-        #: the trainer's per-head aliases of ``z``, in task order (only when it has a gradient
-        #: engine). Per-task gradients are taken at these, so a tensor hook on ``z`` itself sees
-        #: only the single backward of the update, and hooks on these see the per-task ones.
-        self.head_inputs: tuple[Tensor, ...] | None = None
         self.predictions: dict[str, Any] = {}
         self._losses = losses
+        #: the losses as the stack received them, stacked (``losses`` may be a transform of them)
         self.raw_losses: Tensor | None = losses
-        #: the trainer's per-task loss scalars before stacking (``raw_losses`` stacks them); the
-        #: gradient of one of them runs only its own head's backward
-        self.task_losses: tuple[Tensor, ...] | None = None
-        self._weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=losses.dtype if losses is not None else torch.float32)
+        dtype = dtype if dtype is not None else losses.dtype if losses is not None else torch.float32
+        self._weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=dtype)
         #: True until a method assigns ``weights`` (lets the engine skip scaling rows by ones)
         self.unit_weights = True
         self.extra_losses: dict[str, Tensor] = {}
-        self._grads: Tensor | None = None
-        #: the gradient matrix as first computed, before any transform (for logging)
-        self.raw_grads: Tensor | None = None
-        self._gram: Tensor | None = None
-        self._grads_finite: Tensor | None = None
-        self._saliency: Tensor | None = None
-        self._saliency_differentiable = False
+        #: this step's gradients, owned by the engine (see :mod:`mtoframe.gradcache`)
+        self.grad_cache = GradientCache()
         self.update: Tensor | None = None
         self.head_weights: Tensor | None = None
         self.scalars: dict[str, Tensor | float] = {}
         self.timings: dict[str, float] = {}
         self.skipped = False
-        self._engine = engine
-        self._recompute: Callable[[bool], Tensor] | None = None
+        #: the stack's gradient engine (None when no method needs per-task gradients)
+        self.engine = engine
+        #: set by :meth:`mtoframe.Stack.after_step` while ``on_after_step`` runs (see :meth:`recompute_losses`)
+        self.loss_recomputer: Callable[[bool], Tensor] | None = None
 
     # -- losses --------------------------------------------------------------------------------
 
@@ -116,11 +111,7 @@ class StepContext:
             # the first losses fix the weights' dtype and device (float64 models get float64 weights)
             self._weights = self._weights.to(dtype=value.dtype, device=value.device)
         self._losses = value
-        # gradients of the old losses are stale now
-        self._saliency = None
-        self._grads = None
-        self._gram = None
-        self._grads_finite = None
+        self.grad_cache.drop_all()  # gradients of the old losses are stale now
 
     @property
     def weights(self) -> Tensor:
@@ -133,9 +124,7 @@ class StepContext:
             raise MtoError(f"ctx.weights must have shape {tuple(self._weights.shape)}, got {tuple(value.shape)}")
         self._weights = value
         self.unit_weights = False
-        self._grads = None
-        self._gram = None
-        self._grads_finite = None
+        self.grad_cache.drop_grads()
 
     @property
     def has_losses(self) -> bool:
@@ -154,39 +143,51 @@ class StepContext:
 
     @property
     def grads(self) -> Tensor:
-        """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``space``."""
-        if self._grads is None:
-            if self._engine is None:
-                raise MtoError("no gradient matrix: this context has no trainer and none was given")
-            self._grads = self._engine.task_grads(self)
-        return self._grads
+        """``T×D`` matrix: row t is the gradient of ``weights[t] * losses[t]`` in ``grad_space``."""
+        cache = self.grad_cache
+        if cache.grads is None:
+            if self.engine is None:
+                raise MtoError("no gradient matrix: this context has no gradient engine and none was given")
+            cache.grads = self.engine.task_grads(self)
+        return cache.grads
 
     @grads.setter
     def grads(self, value: Tensor) -> None:
         if value.dim() != 2 or value.shape[0] != self.num_tasks:
             raise MtoError(f"ctx.grads must be a {self.num_tasks}×D matrix, got shape {tuple(value.shape)}")
-        self._grads = value
-        self._gram = None
-        self._grads_finite = None
+        self.grad_cache.drop_grads()
+        self.grad_cache.grads = value
 
     @property
     def has_grads(self) -> bool:
-        return self._grads is not None
+        return self.grad_cache.grads is not None
+
+    @property
+    def raw_grads(self) -> Tensor | None:
+        """The gradient matrix as first computed, before any transform (for logging)."""
+        return self.grad_cache.raw_grads
+
+    @property
+    def head_inputs(self) -> tuple[Tensor, ...] | None:
+        """The per-head aliases of ``z`` the Stack gave the heads (see :mod:`mtoframe.gradcache`)."""
+        return self.grad_cache.head_inputs
 
     def grads_finite(self) -> Tensor:
         """Device boolean: every entry of the current ``grads`` is finite (cached until ``grads``
         is replaced; no host sync). A stateful method keeps its state when it is False: the
         trainer then skips or raises on the step."""
-        if self._grads_finite is None:
-            self._grads_finite = torch.isfinite(self.grads).all()
-        return self._grads_finite
+        cache = self.grad_cache
+        if cache.grads_finite is None:
+            cache.grads_finite = torch.isfinite(self.grads).all()
+        return cache.grads_finite
 
     def gram(self) -> Tensor:
         """Gram matrix ``G Gᵀ`` of the current ``grads`` (cached until ``grads`` is replaced)."""
-        if self._gram is None:
+        cache = self.grad_cache
+        if cache.gram is None:
             g = self.grads
-            self._gram = g @ g.T
-        return self._gram
+            cache.gram = g @ g.T
+        return cache.gram
 
     def rep_grads(self, *, differentiable: bool = False) -> Tensor:
         """Per-task gradients of ``losses`` w.r.t. ``z``, unweighted: ``Tensor[T, *z.shape]``.
@@ -195,19 +196,20 @@ class StepContext:
         built from them trains the model (Rep-MTL). Computed once per step and shared: a plain
         request after a differentiable one gets the detached tensor, not a recomputation.
         """
-        if self._engine is None:
-            raise MtoError("representation gradients need a trainer (no representation in this context)")
-        if self._saliency is None or (differentiable and not self._saliency_differentiable):
-            self._saliency = self._engine.rep_grads(self, differentiable=differentiable)
-            self._saliency_differentiable = differentiable
-        return self._saliency if differentiable else self._saliency.detach()
+        if self.engine is None:
+            raise MtoError("representation gradients need a gradient engine (no representation in this context)")
+        cache = self.grad_cache
+        if cache.rep_grads is None or (differentiable and not cache.rep_grads_differentiable):
+            cache.rep_grads = self.engine.rep_grads(self, differentiable=differentiable)
+            cache.rep_grads_differentiable = differentiable
+        return cache.rep_grads if differentiable else cache.rep_grads.detach()
 
     def set_update(self, update: Tensor, *, head_weights: Tensor | None = None) -> None:
         """Set the final update (length ``D``); what an aggregator does. ``head_weights``
         (``Tensor[T]``) scales each task's head gradient."""
         if self.update is not None:
             raise MtoError("the update was set twice in one step: only one aggregator may run")
-        expected = self.grads.shape[1] if self._grads is not None else None
+        expected = self.grads.shape[1] if self.has_grads else None
         if update.dim() != 1 or (expected is not None and update.shape[0] != expected):
             raise MtoError(f"update must be a vector of length {expected}, got shape {tuple(update.shape)}")
         if head_weights is not None and head_weights.shape != (self.num_tasks,):
@@ -222,9 +224,10 @@ class StepContext:
 
         ``train_mode=False`` runs the forward in eval mode (BatchNorm uses running statistics
         and does not update them)."""
-        if self._recompute is None:
-            raise MtoError("recompute_losses is only available inside a trainer's on_after_step")
-        return self._recompute(train_mode)
+        if self.loss_recomputer is None:
+            raise MtoError("recompute_losses is only available inside on_after_step of a step whose "
+                           "after_step was given recompute_losses")
+        return self.loss_recomputer(train_mode)
 
     # -- observability -------------------------------------------------------------------------
 

@@ -93,8 +93,8 @@ class GradientEngine:
 
     def _chained_rep_grads(self, ctx: StepContext, *, differentiable: bool) -> Tensor:
         """:meth:`rep_grads` when :func:`_one_traversal_applies`: one call at the heads' aliases."""
-        assert ctx.z is not None and ctx.head_inputs is not None and ctx.raw_losses is not None
-        parts = torch.autograd.grad(self._scaled(ctx.raw_losses.sum()), ctx.head_inputs, retain_graph=True,
+        assert ctx.z is not None and ctx.grad_cache.head_inputs is not None and ctx.raw_losses is not None
+        parts = torch.autograd.grad(self._scaled(ctx.raw_losses.sum()), ctx.grad_cache.head_inputs, retain_graph=True,
                                     create_graph=differentiable, allow_unused=True)
         rows = self._unscaled(torch.stack([torch.zeros_like(ctx.z) if g is None else g for g in parts]))
         if ctx.losses is ctx.raw_losses:
@@ -103,20 +103,20 @@ class GradientEngine:
         return (jac @ rows.flatten(1)).view_as(rows)
 
     def task_grads(self, ctx: StepContext) -> Tensor:
-        """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.space``."""
+        """``T×D`` matrix of gradients of ``weights[t] * losses[t]`` in ``ctx.grad_space``."""
         w = ctx.weights.detach()
-        if ctx.space == "representation":
+        if ctx.grad_space == "representation":
             s = ctx.rep_grads(differentiable=False)
             g = s.reshape(ctx.num_tasks, -1)
-        elif ctx.space == "params":
+        elif ctx.grad_space == "params":
             g = self._unscaled(self._param_grads(ctx))
         else:
-            raise MtoError(f"unknown gradient space {ctx.space!r}; allowed: 'params', 'representation'")
+            raise MtoError(f"unknown gradient space {ctx.grad_space!r}; allowed: 'params', 'representation'")
         if self.comm is not None:
-            g = self.comm.task_matrix(g, ctx.space)
+            g = self.comm.task_matrix(g, ctx.grad_space)
         if not ctx.unit_weights:
             g = g * w.to(g.dtype).unsqueeze(1)
-        ctx.raw_grads = g
+        ctx.grad_cache.raw_grads = g
         return g
 
     def _param_grads(self, ctx: StepContext) -> Tensor:
@@ -124,21 +124,23 @@ class GradientEngine:
         ref = self.shared[0]
         jac: Tensor | None = None
         batched = self.batched or T >= BATCHED_MIN_TASKS
-        chained = ctx._saliency is None and _one_traversal_applies(ctx)  # the graph walk, once
-        if chained and not batched and ctx.task_losses is not None:
+        cache = ctx.grad_cache
+        chained = cache.rep_grads is None and _one_traversal_applies(ctx)  # the graph walk, once
+        if chained and not batched and cache.task_losses is not None:
             # each task's own loss scalar: its gradient runs only its head and holds nothing T×|Z|;
             # transformed losses are then J·G with J the T×T Jacobian of the transform
             per_task = [
                 torch.autograd.grad(self._scaled(loss), self.shared, retain_graph=True, allow_unused=True)
-                for loss in ctx.task_losses
+                for loss in cache.task_losses
             ]
             if ctx.losses is not ctx.raw_losses:
                 assert ctx.raw_losses is not None
                 jac = _jacobian(ctx.losses, ctx.raw_losses, differentiable=False)
-        elif ctx.z is not None and (ctx._saliency is not None or chained):
+        elif ctx.z is not None and (cache.rep_grads is not None or chained):
             # the heads once (or already, for a saliency method), then one encoder VJP per task;
             # a saliency computed only for this is not cached, so it is freed with the rows
-            sal = ctx._saliency.detach() if ctx._saliency is not None else self._chained_rep_grads(ctx, differentiable=False)
+            sal = (cache.rep_grads.detach() if cache.rep_grads is not None
+                   else self._chained_rep_grads(ctx, differentiable=False))
             s = self._scaled(sal).to(ctx.z.dtype)
             if batched:
                 parts = torch.autograd.grad(ctx.z, self.shared, grad_outputs=s, retain_graph=True,
@@ -182,7 +184,7 @@ class GradientEngine:
     def apply(self, ctx: StepContext, update: Tensor, others: Sequence[nn.Parameter]) -> None:
         """Write the aggregated update, the heads' (and learnable weights') gradients, then the
         regularisers' gradient, into ``.grad`` (which the caller zeroed)."""
-        if ctx.space == "params":
+        if ctx.grad_space == "params":
             if update.shape != (self.num_params,):
                 raise MtoError(f"update has shape {tuple(update.shape)}, expected ({self.num_params},)")
             for p, chunk in zip(self.shared, torch.split(self._scaled(update.detach()), self.sizes)):
@@ -207,14 +209,15 @@ class GradientEngine:
 
 def _one_traversal_applies(ctx: StepContext) -> bool:
     """Whether ``ctx.losses`` reach ``Z`` only through ``ctx.raw_losses`` and the heads' aliases."""
-    if ctx.head_inputs is None or ctx.raw_losses is None or not ctx.losses.requires_grad:
+    heads = ctx.grad_cache.head_inputs
+    if heads is None or ctx.raw_losses is None or not ctx.losses.requires_grad:
         return False
     if ctx.losses is ctx.raw_losses:
         return True
     # Walk the (few-node) transform graph back to the raw losses; reaching Z, or a head's alias of
     # it, another way means the transform read the predictions or Z itself.
     stop = ctx.raw_losses.grad_fn
-    avoid = {a.grad_fn for a in ctx.head_inputs}
+    avoid = {a.grad_fn for a in heads}
     if ctx.z is not None:
         avoid.add(ctx.z.grad_fn)
     seen: set[object] = set()

@@ -1,19 +1,20 @@
 """The hook contract between the trainer and MTO methods.
 
-Every method is a plugin object registered with a per-trainer :class:`pluggy.PluginManager`.
-The trainer calls each hook **once per method, in the order of the user's stack** (never in
-pluggy's last-registered-first order), times each call, and wraps any exception in a
-:class:`mtoframe.errors.MethodError` naming the method and the hook.
+Every method is a plugin object registered with a per-stack :class:`pluggy.PluginManager`.
+The :class:`mtoframe.Stack` (which the Trainer runs) calls each hook **once per method, in the
+order of the user's stack** (never in pluggy's last-registered-first order), times each call, and
+wraps any exception in a :class:`mtoframe.errors.MethodError` naming the method and the hook.
 
 One training step runs the hooks in this order (see :meth:`mtoframe.trainer.Trainer.step`)::
 
-    Z = encoder(x)          -> on_representation(ctx)
-    L = heads(Z), losses     -> on_task_losses(ctx)
-    per-task gradients       -> on_shared_grads(ctx)     (only if a method needs them)
-    optimizer.step()         -> on_after_step(ctx)
+    Z = encoder(x)          -> stack.represent(Z)     -> on_representation(ctx)  (optional in own loops)
+    L = heads(Z), losses     -> stack.backward(L, ...) -> on_task_losses(ctx)
+    per-task gradients                                 -> on_shared_grads(ctx)    (only if a method needs them)
+    optimizer.step()         -> stack.after_step(ctx)  -> on_after_step(ctx)
 
 Lifecycle hooks: :func:`mtoframe_register` (discovery), :func:`on_train_start` (once, before
-the first step) and :func:`on_epoch_end` (after each epoch of :meth:`Trainer.fit`).
+the first step) and :func:`on_epoch_end` (after each epoch). Both receive a :class:`MethodHost`:
+the little a method may use of what runs it (the :class:`~mtoframe.Stack`), never the Trainer.
 
 A method must also work when the trainer is absent: :func:`mtoframe.aggregate` calls only
 ``on_shared_grads`` on a bare context, so lazy state (solver problems, EMA buffers) is built
@@ -22,14 +23,17 @@ on first use from ``ctx.num_tasks`` rather than only in ``on_train_start``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .context import StepContext
+    from .method import Method
     from .registry import Registry
-    from .trainer import Trainer
 
 PROJECT = "mtoframe"
 
@@ -40,6 +44,45 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: module attribute ``MTOFRAME_HOOK_API = ">=1,<2"`` (a PEP 440 specifier); a plugin whose range
 #: excludes this version is reported by ``mtoframe plugins`` and not loaded.
 HOOK_API_VERSION = "1.0"
+
+
+class ModelView(Protocol):
+    """What ``on_train_start`` may read of the model."""
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The module producing the shared features (GradNorm's layer, GradVac's groups)."""
+        ...
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The encoder's parameters (their dtype and device are the model's)."""
+        ...
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable shared parameters, in the order of the gradient matrix's columns."""
+        ...
+
+
+class MethodHost(Protocol):
+    """What ``on_train_start`` and ``on_epoch_end`` may use of the stack running the method."""
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """Every task's name, in the order of ``ctx.all_tasks`` (per-task state is sized by it)."""
+        ...
+
+    @property
+    def tasks(self) -> Sequence[object]:
+        """One entry per task (``len(host.tasks)``)."""
+        ...
+
+    @property
+    def model(self) -> ModelView: ...
+
+    def add_method_parameters(self, method: Method, params: Iterable[nn.Parameter], *,
+                              lr: float | None = None) -> None:
+        """Give the method's learnable parameters their own optimiser group, without weight decay."""
+        ...
 
 
 @hookspec
@@ -56,10 +99,12 @@ def mtoframe_register(registry: Registry) -> None:
 
 
 @hookspec
-def on_train_start(trainer: Trainer) -> None:
-    """Called once before the first step of a trainer (or on the first ``step`` call).
+def on_train_start(trainer: MethodHost) -> None:
+    """Called once before the first step (by ``Trainer.start``, or a Stack's first ``param_groups``
+    or ``backward`` call).
 
-    :param trainer: the trainer. A method may allocate state sized by ``len(trainer.tasks)``,
+    :param trainer: the stack running the method (a :class:`MethodHost`; the name is kept for
+        existing plugins). A method may allocate state sized by ``len(trainer.tasks)``,
         compile solver problems, and register learnable parameters with
         ``trainer.add_method_parameters(self, params, ...)`` (a separate optimiser parameter
         group without weight decay).
@@ -104,7 +149,7 @@ def on_shared_grads(ctx: StepContext) -> None:
 
     :param ctx: ``ctx.grads`` is the ``T×D`` matrix whose rows are the gradients of
         ``weights[t] * losses[t]`` with respect to the shared parameters (``D = P``) or to the
-        representation (``D = numel(Z)``), per ``ctx.space``. Computed once, lazily, cached.
+        representation (``D = numel(Z)``), per ``ctx.grad_space``. Computed once, lazily, cached.
 
     A *transform* replaces ``ctx.grads`` with another ``T×D`` matrix (PCGrad, scaling); it must
     not modify the matrix in place (it may share storage with the cached saliency).
@@ -126,12 +171,12 @@ def on_after_step(ctx: StepContext) -> None:
 
 
 @hookspec
-def on_epoch_end(trainer: Trainer, epoch: int, stats: dict[str, Any]) -> None:
-    """Called at the end of each epoch of :meth:`Trainer.fit`.
+def on_epoch_end(trainer: MethodHost, epoch: int, stats: dict[str, Any]) -> None:
+    """Called at the end of each epoch (:meth:`Trainer.fit`, or :meth:`mtoframe.Stack.end_epoch`).
 
+    :param trainer: the stack running the method (a :class:`MethodHost`).
     :param epoch: zero-based index of the epoch that just finished.
     :param stats: ``{"train_loss": {task: mean loss}, "val": {task: {metric: value}}, ...}``.
-        ``trainer.history`` holds the same for all earlier epochs.
 
     For epoch-level state: DWA's loss ratios, STCH's warm-up and nadir, GradNorm's initial losses.
     """

@@ -122,7 +122,7 @@ class Method:
         return None
 
     @property
-    def saliency(self) -> Literal["none", "plain", "differentiable"]:
+    def rep_grads(self) -> Literal["none", "plain", "differentiable"]:
         """Whether the method reads representation gradients in ``on_task_losses``
         (``differentiable``: with ``create_graph=True``, as Rep-MTL)."""
         return "none"

@@ -44,9 +44,14 @@ class MultiTaskModel(nn.Module):
         return {t: self.heads[t](z) for t in (tasks if tasks is not None else self.heads.keys())}
 
 
-def _check_name(inst: Any, attr: attrs.Attribute[Any], value: str) -> None:
+def check_task_name(value: Any) -> None:
+    """Task names appear in log tags (``grad/cos/<a>-<b>``): non-empty, no ``/`` or ``-``."""
     if not isinstance(value, str) or not value or "/" in value or "-" in value:
         raise MtoError(f"task name must be a non-empty string without '/' or '-' (used in log tags), got {value!r}")
+
+
+def _check_name(inst: Any, attr: attrs.Attribute[Any], value: str) -> None:
+    check_task_name(value)
 
 
 def _check_loss(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .context import StepContext
+from .method import Method
 
 
 def is_rank_zero() -> bool:
@@ -41,24 +42,26 @@ class RunLogger:
         self.writer.add_text("hparams", "\n".join(f"    {k} = {v}" for k, v in flat.items()))
 
     def scalars(self, values: Mapping[str, Tensor | float], step: int) -> None:
-        if not values:
-            return
-        # One host transfer for all tensor scalars of the step.
-        keys = [k for k, v in values.items() if isinstance(v, Tensor)]
-        if keys:
-            host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-            resolved = dict(zip(keys, host))
-        else:
-            resolved = {}
-        for k, v in values.items():
-            x = resolved.get(k, v)
-            self.writer.add_scalar(k, float(x), step)
+        write_scalars(self.writer, values, step)
 
     def flush(self) -> None:
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+def write_scalars(writer: Any, values: Mapping[str, Tensor | float], step: int) -> None:
+    """``writer.add_scalar`` each value, with one host transfer for all the tensors."""
+    if not values:
+        return
+    keys = [k for k, v in values.items() if isinstance(v, Tensor)]
+    resolved: dict[str, float] = {}
+    if keys:
+        host = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()  # type: ignore[union-attr]
+        resolved = dict(zip(keys, host))
+    for k, v in values.items():
+        writer.add_scalar(k, float(resolved.get(k, v)), step)
 
 
 def step_scalars(ctx: StepContext, step_ms: float) -> dict[str, Tensor | float]:
@@ -86,3 +89,27 @@ def step_scalars(ctx: StepContext, step_ms: float) -> dict[str, Tensor | float]:
         out[f"time/{key}_ms"] = ms
     out.update(ctx.scalars)
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def run_hparams(stack: Sequence[Method], optimizer: torch.optim.Optimizer,
+                extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's hyper-parameters: the stack, each method's configuration, the optimiser."""
+    hp: dict[str, Any] = {"stack": "+".join(m.name for m in stack) or "ew"}
+    for m in stack:
+        hp[f"method/{m.name}"] = repr(m)
+    hp["optimizer"] = type(optimizer).__name__
+    hp["lr"] = optimizer.param_groups[0].get("lr")
+    hp.update(extra or {})
+    return hp
+
+
+def epoch_scalars(stats: Mapping[str, Any]) -> dict[str, Tensor | float]:
+    """The scalars of one epoch's stats: training losses, validation metrics, Δp_task, Δm."""
+    values: dict[str, Tensor | float] = {f"epoch/loss/{t}": v for t, v in stats["train_loss"].items()}
+    for task, metrics in stats.get("val", {}).items():
+        for metric, v in metrics.items():
+            values[f"metric/val/{task}/{metric}"] = v
+    for key, tag in (("delta_p_task", "delta/p_task"), ("delta_m", "delta/m")):
+        if key in stats:
+            values[tag] = stats[key]
+    return values

@@ -25,7 +25,7 @@ class Probe(ScaledSum):
     @hookimpl
     def on_shared_grads(self, ctx):
         self.seen.append(ctx.grads.detach().clone())
-        if ctx.space == "representation":
+        if ctx.grad_space == "representation":
             self.saliency_dtypes.append(ctx.rep_grads().dtype)
         super().on_shared_grads(ctx)
 

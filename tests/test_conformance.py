@@ -208,7 +208,28 @@ def test_unknown_check_is_rejected():
 
 def test_checks_listed():
     assert CHECKS == ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
-                      "determinism", "trainer", "stacking")
+                      "determinism", "trainer", "stack", "stacking")
+
+
+class TrainerOnly(Method):
+    """Halves the gradients only when the batch's inputs are on the context (as only the Trainer
+    puts them): a method that would train differently in an own loop."""
+
+    name = "traineronly"
+    summary = "halve the gradients inside a Trainer"
+    paper = "test fixture"
+    roles = Role.TRANSFORM
+
+    @hookimpl
+    def on_shared_grads(self, ctx):
+        if ctx.inputs is not None:
+            ctx.grads = ctx.grads * 0.5
+
+
+def test_stack_check_catches_a_method_that_differs_in_an_own_loop():
+    assert check_method(Halve, checks=["stack"]).ok
+    with pytest.raises(ConformanceError, match=r"failed  stack: .*step 0: the Stack's \.grad of encoder\.0\.weight differs"):
+        check_method(TrainerOnly, checks=["stack"])
 
 
 def test_fixture_from_pytest_plugin(method_conformance):

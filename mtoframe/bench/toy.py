@@ -313,7 +313,7 @@ def plan(names: Sequence[str], *, generic: bool = True) -> tuple[list[str], dict
             continue
         cls = reg.get(n).cls
         m = cls()
-        if m.saliency != "none":
+        if m.rep_grads != "none":
             skipped[n] = "needs a representation (saliency); the toy has none"
         elif m.roles & GRADIENT_ROLES and m.grad_space == "params" and not m.roles & Role.LOSS:
             if generic:

@@ -14,7 +14,7 @@ A *factory* is any callable returning a fresh, configured :class:`~mtoframe.Meth
 with option overrides as keywords (a :class:`~mtoframe.Method` subclass is one). The checks:
 
 ``declarations``
-    name, summary, paper, ``Options`` (attrs), roles, ``grad_space``, ``saliency``,
+    name, summary, paper, ``Options`` (attrs), roles, ``grad_space``, ``rep_grads``,
     ``extra_forward`` and ``heads_receive`` are well formed; every ``on_*`` hook method carries
     ``@hookimpl``; gradient methods implement ``on_shared_grads``, loss methods and regularisers
     ``on_task_losses``.
@@ -44,6 +44,11 @@ with option overrides as keywords (a :class:`~mtoframe.Method` subclass is one).
     without a task missing from the batch: the
     trainer's space is the declared one, parameters stay finite and, with the heads frozen, the
     summed loss of a fixed batch decreases over a few SGD steps of the shared parameters.
+``stack``
+    the method in an own training loop (:class:`~mtoframe.Stack`, task parameters inferred) gives
+    every parameter the Trainer's ``.grad`` (float64, to ``max(atol, 1e-9)``) over three steps,
+    one of them with a task missing, in every gradient space the method offers; methods that
+    recompute the losses get ``recompute_losses`` from the loop.
 ``stacking``
     the stacking rule of DESIGN §3 holds at Trainer construction: the method twice is rejected;
     an aggregator followed by a gradient transform is rejected, preceded by an identity transform
@@ -72,6 +77,7 @@ from ..errors import CheckpointError, StackError
 from ..hookspecs import hookimpl
 from ..method import SPACES, Method, Role
 from ..registry import HOOK_NAMES
+from ..stack import Stack
 from ..trainer import Trainer
 from .factories import (
     gradient_families,
@@ -90,7 +96,7 @@ from ._common import space_variants as _space_variants
 from .state_checks import nonfinite_state, partial_labels
 
 CHECKS = ("declarations", "repr", "aggregate", "single_task", "state_dict", "partial_labels", "nonfinite",
-          "determinism", "trainer", "stacking")
+          "determinism", "trainer", "stack", "stacking")
 _NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)?$")
 
 
@@ -269,8 +275,8 @@ def _declarations(factory: Factory, atol: float) -> None:
     if (m.grad_space is None) == _is_gradient(m):
         _fail(f"grad_space {m.grad_space!r} disagrees with roles {cls.roles}: gradient methods (transform or "
               "aggregator) declare a space, others none")
-    if m.saliency not in ("none", "plain", "differentiable"):
-        _fail(f"saliency must be 'none', 'plain' or 'differentiable', got {m.saliency!r}")
+    if m.rep_grads not in ("none", "plain", "differentiable"):
+        _fail(f"rep_grads must be 'none', 'plain' or 'differentiable', got {m.rep_grads!r}")
     if not isinstance(m.extra_forward, bool):
         _fail(f"extra_forward must be a bool, got {m.extra_forward!r}")
     for hook in HOOK_NAMES:
@@ -415,8 +421,8 @@ def _trainer(factory: Factory, atol: float) -> None:
         opt = torch.optim.SGD([{"params": model.shared_parameters()},
                                {"params": model.head_parameters(), "lr": 0.0}], lr=0.02)
         t = Trainer(model, make_tasks(list(model.heads)), [m], optimizer=opt)
-        if t.space != m.grad_space:
-            _fail(f"{where}: trainer runs in space {t.space!r} but the method declares {m.grad_space!r}")
+        if t.grad_space != m.grad_space:
+            _fail(f"{where}: trainer runs in space {t.grad_space!r} but the method declares {m.grad_space!r}")
         batch = make_batch(model, seed=3)
         before = _total_loss(t, batch)
         for i in range(steps):
@@ -431,6 +437,51 @@ def _trainer(factory: Factory, atol: float) -> None:
         if not (math.isfinite(after) and after < before):
             _fail(f"{where}: summed loss of a fixed batch did not decrease over {steps} SGD steps of the encoder "
                   f"({before:.6g} -> {after:.6g})")
+
+
+def _stack(factory: Factory, atol: float) -> None:
+    tol = max(atol, 1e-9)
+    for over in _space_variants(factory):
+        torch.manual_seed(0)
+        model = make_vector_model()
+        twin = copy.deepcopy(model)
+        tasks = make_tasks(list(model.heads))
+        loss_of = {t.name: t.loss for t in tasks}
+        trainer = Trainer(model, tasks, [factory(**over)], optimizer=torch.optim.SGD(model.parameters(), lr=0.05))
+        stack = Stack([factory(**over)], tasks=list(model.heads), encoder=twin.encoder)
+        opt = torch.optim.SGD([{"params": twin.parameters()}, *stack.param_groups()], lr=0.05)
+
+        def forward(x: Tensor, y: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+            z = twin.encoder(x)
+            return z, {t: loss_of[t](twin.heads[t](z), target) for t, target in y.items()}
+
+        def recompute(train_mode: bool, x: Tensor, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            was = twin.training
+            twin.train(train_mode)
+            try:
+                return forward(x, y)[1]
+            finally:
+                twin.train(was)
+
+        for i in range(3):
+            x, y = make_batch(model, seed=40 + i)
+            if i == 1:  # partial labels
+                del y["b"]
+            torch.manual_seed(100 + i)  # methods drawing from the global generator draw alike
+            trainer.step((x, y))
+            torch.manual_seed(100 + i)
+            z, losses = forward(x, y)
+            ctx = stack.backward(losses, features=z, shared_params=twin.encoder.parameters())
+            if not ctx.skipped:
+                opt.step()
+            stack.after_step(ctx, recompute_losses=lambda mode, x=x, y=y: recompute(mode, x, y))
+            named = [*model.named_parameters(), *((f"method parameter {j}", p)
+                                                   for j, p in enumerate(trainer.stack.parameters()))]
+            for (name, p), q in zip(named, [*twin.parameters(), *stack.parameters()], strict=True):
+                if (p.grad is None) != (q.grad is None) or (
+                        p.grad is not None and q.grad is not None and not torch.allclose(p.grad, q.grad, rtol=0, atol=tol)):
+                    diff = "one is None" if p.grad is None or q.grad is None else f"max |diff| {(p.grad - q.grad).abs().max():.3g}"
+                    _fail(f"{over or ''} step {i}: the Stack's .grad of {name} differs from the Trainer's ({diff})")
 
 
 class _Probe(Method):
@@ -513,5 +564,6 @@ _CHECK_FUNCS: dict[str, Callable[[Factory, float], None]] = {
     "nonfinite": nonfinite_state,
     "determinism": _determinism,
     "trainer": _trainer,
+    "stack": _stack,
     "stacking": _stacking,
 }

@@ -103,7 +103,7 @@ def test_log_only_is_one_backward_of_log_losses():
     model = make_vector_model()
     x, y = make_batch(model)
     trainer = make_trainer([("dbmtl", {"balance_magnitude": False})], model=model, lr=0.0)
-    assert trainer.space is None  # no per-task gradients
+    assert trainer.grad_space is None  # no per-task gradients
     trainer.step((x, y))
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()

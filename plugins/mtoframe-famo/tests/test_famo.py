@@ -23,7 +23,7 @@ def step_bare(method, before, after):
     """One FAMO logit update on a bare context: losses ``before``, then ``after`` the step."""
     ctx = bare_ctx(before.clone(), tasks=[f"t{i}" for i in range(len(before))])
     method.on_task_losses(ctx=ctx)
-    ctx._recompute = lambda train_mode: after.clone()
+    ctx.loss_recomputer = lambda train_mode: after.clone()
     method.on_after_step(ctx=ctx)
     return ctx
 

@@ -75,7 +75,7 @@ def test_trains_inside_trainer(name, space, conv):
     opts = {"space": space} if name == "mgda" else {}
     model = make_conv_model() if conv else make_vector_model()
     trainer = make_trainer([(name, opts)], model=model, lr=0.05)
-    assert trainer.space == space
+    assert trainer.grad_space == space
     before = [p.detach().clone() for p in model.parameters()]
     for s in range(3):
         ctx = trainer.step(make_batch(model, seed=s))

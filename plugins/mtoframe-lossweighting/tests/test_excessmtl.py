@@ -70,7 +70,7 @@ def test_in_trainer_heads_get_lambda_and_state_round_trip():
 
 def test_partial_labels_index_state_by_task():
     m = ExcessMTL(step_size=1.0)
-    ctx = mtoframe.StepContext(tasks=("a", "c"), all_tasks=("a", "b", "c"), space="params")
+    ctx = mtoframe.StepContext(tasks=("a", "c"), all_tasks=("a", "b", "c"), grad_space="params")
     ctx.grads = torch.ones(2, 4, dtype=D64)
     m.on_shared_grads(ctx=ctx)
     assert torch.isnan(m.initial[1]) and not torch.isnan(m.initial[0])

@@ -22,7 +22,7 @@ def test_registered_with_its_options() -> None:
     assert isinstance(m, RepMTL)
     assert m.options.lambda_tsr == m.options.lambda_csa == RepMTLOptions().lambda_tsr and m.options.tau == 0.1
     assert "negatives='task'" in repr(m)
-    assert m.saliency == "differentiable" and m.grad_space is None
+    assert m.rep_grads == "differentiable" and m.grad_space is None
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_bad_options_fail_at_construction(kwargs: dict, match: str) -> None:
 def test_roles_follow_log_transform() -> None:
     assert RepMTL().roles == Role.REGULARISER
     assert RepMTL(log_transform=True).roles == Role.REGULARISER | Role.LOSS
-    assert RepMTL(use_tsr=False, use_csa=False).saliency == "none"
+    assert RepMTL(use_tsr=False, use_csa=False).rep_grads == "none"
 
 
 @pytest.mark.parametrize("make", ["conv", "vector"])

@@ -80,7 +80,7 @@ def test_upgrad_inside_trainer_equals_torchjd_by_hand():
     for seed in range(3):
         batch = make_batch(model, seed=seed)
         ctx = trainer.step(batch)
-        assert ctx.space == "params"
+        assert ctx.grad_space == "params"
         _hand_step(reference, batch, lr)
         for (name, p), q in zip(model.named_parameters(), reference.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
@@ -91,7 +91,7 @@ def test_representation_space_trains_encoder():
     before = [p.detach().clone() for p in model.encoder.parameters()]
     trainer = make_trainer([("torchjd.upgrad", {"space": "representation"})], model=model)
     ctx = trainer.step(make_batch(model))
-    assert ctx.space == "representation" and ctx.grads.shape == (3, 8 * 6)
+    assert ctx.grad_space == "representation" and ctx.grads.shape == (3, 8 * 6)
     assert all(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
 
 

@@ -130,7 +130,7 @@ class RepMTL(Method):
         self.roles = Role.REGULARISER | (Role.LOSS if self.options.log_transform else Role.NONE)  # type: ignore[misc]
 
     @property
-    def saliency(self) -> Literal["none", "plain", "differentiable"]:
+    def rep_grads(self) -> Literal["none", "plain", "differentiable"]:
         return "differentiable" if self.options.use_tsr or self.options.use_csa else "none"
 
     @hookimpl
