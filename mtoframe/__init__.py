@@ -21,9 +21,14 @@ from .errors import (
     StackError,
     UnknownMethodError,
 )
+from .failures import FailureCounter, SolverWarning
+from .gram_weighting import GramWeighting, StateSpec, TaskState, Weights
 from .hookspecs import HOOK_API_VERSION, hookimpl, hookspec
+from .loss_weighting import LossWeighting
 from .method import Method, Role, Space
+from .method_state import SeededGenerator, expect_keys
 from .model import MultiTaskModel, Task
+from .numerics import combine
 from .registry import Registry, get_registry
 from .stack import Stack
 from .trainer import Trainer
@@ -34,6 +39,9 @@ __all__ = [
     "HOOK_API_VERSION",
     "BatchError",
     "CheckpointError",
+    "FailureCounter",
+    "GramWeighting",
+    "LossWeighting",
     "Method",
     "MethodError",
     "MtoError",
@@ -43,18 +51,25 @@ __all__ = [
     "PluginError",
     "Registry",
     "Role",
+    "SeededGenerator",
     "SolverError",
+    "SolverWarning",
     "Space",
     "Stack",
     "StackError",
+    "StateSpec",
     "StepContext",
     "Task",
+    "TaskState",
     "Trainer",
     "UnknownMethodError",
+    "Weights",
     "aggregate",
     "as_method",
     "available",
+    "combine",
     "create",
+    "expect_keys",
     "get_registry",
     "hookimpl",
     "hookspec",

@@ -73,8 +73,12 @@ class Method:
     heads_receive: ClassVar[str] = "their task's (weighted) loss gradient"
     #: for aggregators whose update does not depend on the scale of each task's row (or that set
     #: their own task weights): why, so that a loss weighting placed before them is rejected as
-    #: meaningless (:func:`check_loss_weighting_stack`).
+    #: meaningless (:func:`mtoframe.loss_weighting.check_loss_weighting_stack`).
     ignores_loss_weights: ClassVar[str] = ""
+    #: whether the method calls :func:`mtoframe.scaling.check_deferred` on its Gram matrix before
+    #: changing state, so that ``mtoframe.aggregate`` skips its own pass over the matrix
+    #: (:class:`~mtoframe.GramWeighting` does)
+    checks_own_scale: ClassVar[bool] = False
     #: loss-level methods that form a published hybrid with this aggregator (IMTL-L before IMTL-G
     #: is LibMTL's IMTL): accepted before it despite ``ignores_loss_weights``.
     hybrid_with: ClassVar[tuple[str, ...]] = ()
@@ -96,6 +100,8 @@ class Method:
                 f"{self.name}: options must be a {self.Options.__qualname__}, got {type(options).__qualname__}"
             )
         self.options = options
+        # every method starts from the state reset() defines, so subclasses need no __init__ for it
+        self.reset()
 
     # -- declarations ------------------------------------------------------------------------
 
@@ -150,7 +156,8 @@ class Method:
             raise ValueError(f"method {self.name!r} has no state but was given keys {sorted(state)}")
 
     def reset(self) -> None:
-        """Forget all state (called when a trainer is built around an existing method object)."""
+        """Forget all state. Called at the end of :meth:`__init__` (after ``options`` is set) and
+        when a trainer is built around an existing method object."""
 
     # -- display -------------------------------------------------------------------------------
 
@@ -188,26 +195,3 @@ def check_generic_stack(stack: Sequence[Method]) -> None:
         )
     for m in stack:
         m.check_stack(stack)
-
-
-def check_loss_weighting_stack(method: Method, stack: Sequence[Method]) -> None:
-    """Stacking rule for loss-weighting methods (FAMO, UW, DWA, ...), called from their
-    ``check_stack``: they compose with gradient transforms and with aggregators that read the
-    rows' scales; they are rejected next to another loss-level method (two weighting schemes on
-    the same losses are no published method and fight each other) and before an aggregator that
-    declares ``ignores_loss_weights`` (the weights would have no effect), unless that aggregator
-    names ``method`` in its ``hybrid_with`` (a published hybrid such as IMTL-L + IMTL-G)."""
-    names = [m.name for m in stack]
-    for other in stack:
-        if other is method:
-            continue
-        if other.roles & Role.LOSS:
-            raise StackError(
-                f"{method.name!r} cannot be stacked with the loss-level method {other.name!r} in {names}: "
-                "two loss-weighting schemes would fight over the same task weights; use one"
-            )
-        if other.ignores_loss_weights and method.name not in other.hybrid_with:
-            raise StackError(
-                f"{method.name!r} before {other.name!r} in {names} is meaningless: "
-                f"{other.ignores_loss_weights}, so {method.name!r}'s weights would not change its direction"
-            )

@@ -27,6 +27,7 @@ __all__ = [
     "MinNormResult",
     "NNQPResult",
     "clip_norm",
+    "combine",
     "cosine_matrix",
     "gram",
     "min_norm_point",
@@ -43,6 +44,14 @@ def gram(grads: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """``G Gᵀ`` of a ``T×D`` matrix, optionally accumulated in ``dtype`` (e.g. float64)."""
     g = grads if dtype is None else grads.to(dtype)
     return g @ g.T
+
+
+def combine(weights: Tensor, grads: Tensor) -> Tensor:
+    """``weights @ grads`` in the gradients' dtype and device: ``Σ_t w_t g_t`` for a ``T``-vector
+    of weights, the rows ``C G`` for a ``T×T`` coefficient matrix (weights may come from float64
+    ``T×T`` work, possibly on the host)."""
+    out: Tensor = weights.to(device=grads.device, dtype=grads.dtype) @ grads
+    return out
 
 
 def normalised_gram(k: Tensor) -> Tensor:
@@ -83,7 +92,8 @@ def clip_norm(vector: Tensor, max_norm: float, eps: float = 1e-6) -> Tensor:
     if max_norm <= 0:
         return vector
     coef = (max_norm / (torch.linalg.vector_norm(vector) + eps)).clamp(max=1.0)
-    return vector * coef
+    clipped: Tensor = vector * coef
+    return clipped
 
 
 # -- min-norm point of a convex hull -------------------------------------------------------------
@@ -116,10 +126,16 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
         raise SolverError(f"min_norm_point needs a non-empty square Gram matrix, got shape {tuple(k.shape)}")
     if T == 1:
         return MinNormResult(torch.ones(1, dtype=k.dtype, device=k.device), 0.0, 0, True)
-    K = _host(normalised_gram(k.detach().to(torch.float64)))
+    K = _host(k.detach().to(torch.float64))
     if not np.isfinite(K).all():
         raise SolverError("min_norm_point: the Gram matrix has non-finite entries")
+    top = K.diagonal().max()
+    if top > 0:  # normalised_gram's K / max_t K_tt, on the host copy (numpy: µs, not torch's tens)
+        K = K / top
     max_iter = 50 * T + 50 if max_iter is None else max_iter
+    interior = _interior_minimiser(K, tol)
+    if interior is not None:
+        return MinNormResult(torch.as_tensor(interior[0]).to(k.device, k.dtype), interior[1], 0, True)
     w = np.zeros(T)
     i0 = int(K.diagonal().argmin())
     w[i0] = 1.0
@@ -147,13 +163,36 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
             new = ws + theta * (alpha - ws)
             keep = new > 1e-15
             w[:] = 0.0
-            support = [s for s, kp in zip(support, keep) if kp]
+            support = [s for s, kp in zip(support, keep, strict=True) if kp]
             w[support] = new[keep]
             w /= w.sum()
     kw = K @ w
     gap = max(float(w @ kw - kw.min()), 0.0)
     converged = it < max_iter or gap <= tol
     return MinNormResult(torch.as_tensor(w).to(k.device, k.dtype), gap, it, converged)
+
+
+def _interior_minimiser(K: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
+    """The min-norm point when it lies inside the hull (every weight positive, as for gradients
+    sharing a common component): then it is the minimiser over the whole affine hull, one linear
+    solve, where Wolfe's algorithm would add the points one major cycle at a time. ``None`` when
+    that minimiser is not strictly inside, not optimal to ``tol`` or the system is singular."""
+    T = K.shape[0]
+    A = np.ones((T + 1, T + 1))
+    A[:T, :T] = K
+    A[T, T] = 0.0
+    b = np.zeros(T + 1)
+    b[T] = 1.0
+    try:
+        w = np.linalg.solve(A, b)[:T]
+    except np.linalg.LinAlgError:
+        return None  # affinely dependent rows: Wolfe's corral handles them
+    if not (np.isfinite(w).all() and (w > 1e-15).all()):
+        return None
+    w = w / w.sum()
+    kw = K @ w
+    gap = float(w @ kw - kw.min())
+    return (w, max(gap, 0.0)) if gap <= tol else None
 
 
 def _host(t: Tensor) -> np.ndarray:
@@ -231,43 +270,77 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
         # K = 0: the objective is linear; bounded only for q >= 0, solved by x = 0
         return NNQPResult(torch.zeros_like(q), 0, bool((Q >= -tol).all()))
     K, Q = K / scale, Q / scale
-    cols = Q.reshape(T, -1)
     max_iter = 30 * T + 30 if max_iter is None else max_iter
-    xs, total, ok = [], 0, True
-    for c in range(cols.shape[1]):
-        x, n, conv = _nnqp_one(K, cols[:, c], tol, max_iter)
-        xs.append(x)
-        total += n
-        ok = ok and conv
-    x = np.stack(xs, 1).reshape(q.shape)
-    return NNQPResult(torch.as_tensor(x).to(q.device, q.dtype), total, ok)
+    x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter)
+    return NNQPResult(torch.as_tensor(x.reshape(q.shape)).to(q.device, q.dtype), int(its.sum()), bool(ok.all()))
 
 
-def _nnqp_one(K: np.ndarray, q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, int, bool]:
-    T = K.shape[0]
-    x = np.zeros(T)
-    passive = np.zeros(T, dtype=bool)
-    it = 0
-    while it < max_iter:
-        w = -(K @ x + q)  # negative gradient: the NNLS dual
-        w[passive] = -np.inf
-        j = int(w.argmax())
-        if w[j] <= tol:
-            return x, it, True
-        passive[j] = True
-        while it < max_iter:
-            it += 1
-            idx = np.flatnonzero(passive)
-            z = np.linalg.lstsq(K[np.ix_(idx, idx)], -q[idx], rcond=None)[0]
-            if (z > 0).all():
-                x[:] = 0.0
-                x[idx] = z
+def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lawson–Hanson on every column of ``Q`` at once: each column keeps its own passive set and
+    iteration count, and every inner step solves the sub-systems ``K[P, P] z = −q[P]`` of all
+    columns still iterating in one batched call (``K`` bordered by the identity outside ``P``).
+    Returns ``X``, the iterations per column and whether each converged.
+
+    First, one batched solve tries the passive set ``{j : q_j < 0}`` (the constraints pushed on at
+    ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with task ``i``) and keeps the
+    columns where it satisfies the KKT conditions that end Lawson–Hanson (``z > 0`` on it,
+    ``Kz + q ≥ −tol`` off it): where gradients conflict pairwise, as they usually do, that is the
+    answer in one step instead of one major cycle per active constraint."""
+    T, m = Q.shape
+    X = np.zeros((T, m))
+    its = np.zeros(m, dtype=np.int64)
+    passive = Q < 0
+    z = _passive_solutions(K, Q, passive)
+    gap = np.where(passive, -np.inf, -(K @ z + Q))
+    ok: np.ndarray = np.asarray(((z > 0) | ~passive).all(0) & (gap <= tol).all(0))
+    X[:, ok] = z[:, ok]
+    its[ok & passive.any(0)] = 1
+    passive[:, ~ok] = False
+    live = np.flatnonzero(~ok)
+    while live.size:
+        W = -(K @ X[:, live] + Q[:, live])  # negative gradient: the NNLS dual
+        W[passive[:, live]] = -np.inf
+        j = W.argmax(0)
+        done = (W[j, np.arange(live.size)] <= tol) | (its[live] >= max_iter)
+        ok[live[done]] = its[live[done]] < max_iter
+        live, j = live[~done], j[~done]
+        passive[j, live] = True
+        inner = live
+        while inner.size:
+            its[inner] += 1
+            z = _passive_solutions(K, Q[:, inner], passive[:, inner])
+            p = passive[:, inner]
+            feasible = ((z > 0) | ~p).all(0)
+            X[:, inner[feasible]] = z[:, feasible]
+            inner, z, p = inner[~feasible], z[:, ~feasible], p[:, ~feasible]
+            if not inner.size:
                 break
-            xp = x[idx]
-            neg = z <= 0
-            alpha = float(np.min(xp[neg] / (xp[neg] - z[neg])))
-            x[idx] = xp + alpha * (z - xp)
-            drop = idx[x[idx] <= 1e-15]
-            passive[drop] = False
+            x = X[:, inner]
+            neg = p & (z <= 0)
+            ratio = np.where(neg, x / np.where(neg, x - z, 1.0), np.inf)
+            x = x + ratio.min(0) * (z - x)
+            drop = p & (x <= 1e-15)
             x[drop] = 0.0
-    return x, it, False
+            X[:, inner] = x
+            passive[:, inner] = p & ~drop
+            inner = inner[its[inner] < max_iter]
+    return X, its, ok
+
+
+def _passive_solutions(K: np.ndarray, Q: np.ndarray, passive: np.ndarray) -> np.ndarray:
+    """``z`` (``T×n``) with ``K[P, P] z[P] = −q[P]`` and ``z = 0`` off ``P``, for each column's
+    passive set ``P``; least squares where a sub-system is singular (rank-deficient ``K``)."""
+    T, n = passive.shape
+    both = passive.T[:, :, None] & passive.T[:, None, :]
+    M = np.where(both, K[None], np.eye(T)[None])
+    r = np.where(passive.T, -Q.T, 0.0)
+    try:
+        z = np.linalg.solve(M, r[..., None])[..., 0]
+        residual = np.abs(np.einsum("nij,nj->ni", M, z) - r).max(1)
+        bad = ~np.isfinite(z).all(1) | (residual > 1e-9 * (1 + np.abs(r).max(1)))
+    except np.linalg.LinAlgError:
+        z, bad = np.zeros((n, T)), np.ones(n, dtype=bool)
+    for c in np.flatnonzero(bad):
+        # lstsq rather than solve: a singular sub-system keeps its minimum-norm solution
+        z[c] = np.linalg.lstsq(M[c], r[c], rcond=None)[0]
+    return np.where(passive, z.T, 0.0)

@@ -64,11 +64,8 @@ class @CLASS@(Method):
     Options = @CLASS@Options
     heads_receive = "their task's unweighted loss gradient"
 
-    def __init__(self, options: @CLASS@Options | None = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.reset()
-
     def reset(self) -> None:
+        # called by Method.__init__ too, so a fresh instance starts from here
         #: running norm of each task of ``ctx.all_tasks``, and whether the task has been seen
         self.norms: Tensor | None = None
         self.seen: Tensor | None = None

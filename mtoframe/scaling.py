@@ -16,12 +16,21 @@ outside it the result is the method's own at a scale where its numerics hold.
 A stateful method given such a matrix keeps its state in the units of the rescaled matrix
 (e.g. Nash-MTL's α, DB-MTL's gradient EMA): successive calls see consistent units while their
 largest entries stay in the same ``2^8`` bucket, which is why ``e`` is quantised.
+
+Finding the largest entry reads the whole ``T×P`` matrix, as much work as the Gram matrix itself.
+A method that computes ``G Gᵀ`` anyway (:class:`mtoframe.GramWeighting`, which sets
+:attr:`~mtoframe.Method.checks_own_scale`) is run first with the check deferred to it: its Gram
+diagonal bounds the largest entry (``max_t ‖g_t‖ / √P ≤ max |G_ij| ≤ max_t ‖g_t‖``), and only when
+that bound does not prove the entry inside the band does the method stop, before touching its
+state, with :class:`OutOfBand`; the exact check then decides as above. The decision is the same
+either way; the common case just skips one pass over ``G``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,6 +49,30 @@ QUANTUM = 8
 STEP = 64
 # dtypes whose exponent range holds 2^±STEP factors exactly (float16's does not)
 _RESCALABLE = (torch.float32, torch.float64, torch.bfloat16)
+#: the matrix whose band check :func:`rescaled` deferred to the method running on it
+_DEFERRED: ContextVar[Tensor | None] = ContextVar("mtoframe_deferred_scale_check", default=None)
+
+
+class OutOfBand(Exception):
+    """Raised by :func:`check_deferred`: the Gram matrix does not prove the largest entry inside
+    the band (internal to :func:`rescaled`, which then runs the exact check)."""
+
+
+def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
+    """For a method with :attr:`~mtoframe.Method.checks_own_scale`, before it changes any state:
+    when :func:`rescaled` deferred its band check for this very matrix, raise :class:`OutOfBand`
+    unless the Gram diagonal proves the largest entry of ``grads`` inside
+    ``[2^-(BAND+1), 2^BAND)`` (the band of :func:`scale_exponent`), with a factor 2 of margin for
+    rounding. ``gram()`` gives ``grads gradsᵀ`` (the method's own, cached). Otherwise (a trainer
+    step, another matrix) do nothing."""
+    if _DEFERRED.get() is not grads:
+        return
+    k = gram().detach()
+    # max_t ‖g_t‖²: ‖g‖/√P ≤ max|g_i| ≤ ‖g‖ (numpy where it can read the matrix: µs less, every call)
+    on_host = k.device.type == "cpu" and k.dtype in (torch.float32, torch.float64)
+    top2 = float(k.numpy().diagonal().max() if on_host else k.diagonal().max())
+    if not (math.isfinite(top2) and grads.shape[1] * 2.0 ** (-2 * BAND) <= top2 < 2.0 ** (2 * BAND - 2)):
+        raise OutOfBand
 
 
 def checked_inputs(grads: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -52,7 +85,8 @@ def checked_inputs(grads: Tensor, losses: Tensor | None) -> tuple[Tensor, Tensor
         raise MtoError(f"grads must be a T×P matrix, got shape {tuple(grads.shape)}")
     t, p = grads.shape
     if t == 0:
-        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): aggregation needs at least one task's gradient")
+        raise MtoError(f"grads has no rows (shape {tuple(grads.shape)}): "
+                       "aggregation needs at least one task's gradient")
     if p == 0:
         raise MtoError(f"grads has no columns (shape {tuple(grads.shape)}): there is no parameter to update")
     if grads.is_complex():
@@ -73,7 +107,9 @@ def scale_exponent(grads: Tensor) -> int:
     ``2^±(QUANTUM/2)``."""
     if grads.dtype not in _RESCALABLE:
         return 0
-    top = float(grads.detach().abs().max())
+    # aminmax reads the matrix once without allocating |G| (abs().max() costs ten times more)
+    low, high = torch.aminmax(grads.detach())
+    top = max(-float(low), float(high))
     if top == 0.0 or not math.isfinite(top):
         return 0
     exponent = math.frexp(top)[1]
@@ -96,10 +132,18 @@ def rescaled(method: Method, grads: Tensor, run: Callable[[Tensor], Tensor]) -> 
     """``run(grads)`` for ``method``, computed on a power-of-two rescaled matrix when ``grads``
     is outside the band and the method declares its :attr:`~mtoframe.Method.scale_degree`."""
     degree = method.scale_degree
+    if degree is not None and method.checks_own_scale and grads.dtype in _RESCALABLE:
+        token = _DEFERRED.set(grads)
+        try:
+            return run(grads)
+        except OutOfBand:
+            pass
+        finally:
+            _DEFERRED.reset(token)
     e = 0 if degree is None else scale_exponent(grads)
     if degree is None or e == 0:
         return run(grads)
     d = run(times_power_of_two(grads, -e))
     if float(degree).is_integer():
         return times_power_of_two(d, int(degree) * e)
-    return (d.to(torch.float64) * 2.0 ** (degree * e)).to(d.dtype)
+    return (d.to(torch.float64) * math.pow(2.0, degree * e)).to(d.dtype)

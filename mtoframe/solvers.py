@@ -18,16 +18,13 @@ cvxpy is imported lazily, so methods that do not use it (FairGrad) and the core 
 from __future__ import annotations
 
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import SolverError
-
-if TYPE_CHECKING:
-    from .context import StepContext
+from .failures import FailureCounter, SolverWarning
 
 __all__ = [
     "CompiledProblems",
@@ -42,10 +39,6 @@ __all__ = [
 
 INSTALL_HINT = "pip install cvxpy clarabel  (or: pip install 'mtoframe[solvers]')"
 _OK_STATUSES = ("optimal", "optimal_inaccurate")
-
-
-class SolverWarning(UserWarning):
-    """A solver failed and a method used its documented fallback."""
 
 
 def require_cvxpy() -> Any:
@@ -242,31 +235,6 @@ class CompiledProblems(Mapping[int, ConvexProblem]):
 
     def __len__(self) -> int:
         return len(self._by_size)
-
-
-class FailureCounter:
-    """Counts a method instance's solver failures, warns on the first one and logs the count
-    as ``solver/failures/<method>`` on every logging step."""
-
-    def __init__(self, method: str, fallback: str) -> None:
-        self.method = method
-        self.fallback = fallback
-        self.count = 0
-        self._warned = False
-
-    def record(self, reason: str) -> None:
-        self.count += 1
-        if not self._warned:
-            self._warned = True
-            warnings.warn(
-                f"{self.method}: solver failed ({reason}); {self.fallback}. Further failures are counted "
-                f"in solver/failures/{self.method} without another warning.",
-                SolverWarning,
-                stacklevel=3,
-            )
-
-    def log(self, ctx: StepContext) -> None:
-        ctx.log(f"solver/failures/{self.method}", float(self.count))
 
 
 def nonzero_rows(k: np.ndarray, rel_tol: float = 1e-16) -> np.ndarray:

@@ -157,3 +157,62 @@ def test_gram_cosine_and_clip():
     p.grad = v.clone()
     torch.nn.utils.clip_grad_norm_([p], 1.0)
     assert torch.allclose(clip_norm(v, 1.0), p.grad, rtol=0, atol=1e-15)
+
+
+def test_nnqp_columns_at_once_equal_one_at_a_time():
+    # UPGrad's T right-hand sides solved together match each solved alone (rank-deficient K,
+    # conflicting rows: many active constraints)
+    from mtoframe.numerics import nnqp
+
+    g = torch.Generator().manual_seed(4)
+    G = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    G[6:] = -0.8 * G[:6] + 0.1 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+    K = G @ G.T
+    together = nnqp(K, K)
+    assert together.converged
+    for c in range(12):
+        alone = nnqp(K, K[:, c])
+        torch.testing.assert_close(together.x[:, c], alone.x, rtol=0, atol=1e-9)
+    x = together.x
+    grad = K @ x + K
+    assert (x >= 0).all() and (grad >= -1e-8 * K.diagonal().max()).all()
+    assert float((x * grad).abs().max()) <= 1e-8 * float(K.diagonal().max())
+
+
+def test_min_norm_point_interior_solution_is_wolfes(monkeypatch):
+    import mtoframe.numerics as numerics
+
+    g = torch.Generator().manual_seed(2)
+    G = 0.5 * torch.randn(1, 2000, generator=g, dtype=torch.float64) + torch.randn(8, 2000, generator=g, dtype=torch.float64)
+    K = G @ G.T
+    fast = numerics.min_norm_point(K)
+    assert fast.iterations == 0 and fast.converged and (fast.weights > 0).all()
+    monkeypatch.setattr(numerics, "_interior_minimiser", lambda K, tol: None)
+    wolfe = numerics.min_norm_point(K)
+    assert wolfe.iterations > 0
+    torch.testing.assert_close(fast.weights, wolfe.weights, rtol=0, atol=1e-10)
+
+
+def test_nnqp_falls_back_to_the_active_set_loop_when_the_first_guess_fails():
+    # random right-hand sides: the guess {j: q_j < 0} is wrong for most columns, so the batched
+    # Lawson-Hanson loop does the work; the answer is the unique KKT point (K positive definite)
+    import numpy as np
+
+    from mtoframe.numerics import _nnqp_columns, nnqp
+
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(9, 9, generator=g, dtype=torch.float64)
+    K = A @ A.T + 0.1 * torch.eye(9, dtype=torch.float64)
+    Q = torch.randn(9, 16, generator=g, dtype=torch.float64) * 3
+    res = nnqp(K, Q)
+    top = float(K.diagonal().max())
+    _, its, ok = _nnqp_columns(K.numpy() / top, Q.numpy() / top, 1e-10, 300)
+    assert ok.all() and (its > 1).sum() >= 4
+    x, grad = res.x, K @ res.x + Q
+    assert res.converged and (x >= 0).all()
+    assert (grad >= -1e-8).all() and float((x * grad).abs().max()) <= 1e-8
+    for c in range(16):  # on each support, the stationarity equations of the unique minimiser hold exactly
+        free = np.flatnonzero(x[:, c].numpy() > 0)
+        if free.size:
+            sub = torch.linalg.solve(K[free][:, free], -Q[free, c])
+            torch.testing.assert_close(x[free, c], sub, rtol=0, atol=1e-9)

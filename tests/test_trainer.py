@@ -206,7 +206,7 @@ def test_multi_input_batches_equal_hand_written_per_task_inputs(methods):
 
 def test_loss_weighting_before_a_weight_blind_aggregator_is_rejected():
     from helpers import Halve
-    from mtoframe.method import check_loss_weighting_stack
+    from mtoframe.loss_weighting import check_loss_weighting_stack
 
     class Blind(ScaledSum):
         name = "blind"

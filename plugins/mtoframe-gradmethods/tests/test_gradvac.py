@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe_gradmethods._common import SeededGenerator
+from mtoframe import SeededGenerator
 from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
 
 from mtoframe.testing.factories import gradient_families
@@ -85,3 +85,17 @@ def test_skipped_non_finite_step_leaves_the_targets_usable(always):
     assert trainer.step(make_batch(model, seed=1)).skipped
     assert torch.equal(trainer.stack[0].rho, before)  # the skipped step left the targets as they were
     assert not trainer.step(make_batch(model, seed=2)).skipped and torch.isfinite(trainer.stack[0].rho).all()
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 10])
+@pytest.mark.parametrize("seed", range(3))
+def test_gram_space_equals_the_vector_form_on_random_matrices(T, seed):
+    gen = torch.Generator().manual_seed(seed)
+    m, rng = mtoframe.create("gradvac", seed=seed, beta=0.5), SeededGenerator(seed)
+    rho = torch.zeros(T, T, 1, dtype=torch.float64)
+    for _ in range(3):  # the targets move, so later steps correct positive cosines too
+        g = torch.randn(T, 40, generator=gen, dtype=torch.float64) * torch.logspace(-2, 2, T, dtype=torch.float64)[:, None]
+        d = mtoframe.aggregate(m, g)
+        ref = gradvac_loop(g, rho, rng.orders(T), 0.5, False, [g.shape[1]])
+        assert float((d - ref).norm()) <= 1e-6 * float(ref.norm())
+        torch.testing.assert_close(m.rho, rho, rtol=0, atol=1e-10)

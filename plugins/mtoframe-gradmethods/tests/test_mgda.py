@@ -67,13 +67,13 @@ def test_solver_failure_is_counted_and_warned(monkeypatch):
     import mtoframe_gradmethods.mgda as mod
 
     def capped(k, **kw):
-        return min_norm_point(k, tol=kw["tol"], max_iter=1)  # T=10 needs more than one cycle
+        return min_norm_point(k, tol=kw["tol"], max_iter=1)  # T=10 on the boundary needs more than one cycle
 
     monkeypatch.setattr(mod, "min_norm_point", capped)
     m = mtoframe.create("mgda")
-    g = CASES[-7].grads
-    assert g.shape[0] == 10
-    with pytest.warns(RuntimeWarning, match="solver/failures/mgda"):
+    g = CASES[-6].grads  # conflicting rows: the min-norm point is on the hull's boundary
+    assert g.shape[0] == 10 and CASES[-6].name == "conflicting-T10"
+    with pytest.warns(mtoframe.SolverWarning, match="solver/failures/mgda"):
         d = mtoframe.aggregate(m, g)
     mtoframe.aggregate(m, g)  # warned once, counted twice
     assert m.failures.count == 2 and torch.isfinite(d).all()

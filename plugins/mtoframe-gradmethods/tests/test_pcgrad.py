@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe_gradmethods._common import SeededGenerator
+from mtoframe import SeededGenerator
 
 from mtoframe.testing.factories import gradient_families
 
@@ -54,3 +54,16 @@ def test_mean_reduction_is_sum_over_T():
 def test_non_conflicting_gradients_unchanged():
     g = torch.tensor([[1.0, 0.2, 0.0], [0.5, 1.0, 0.1], [0.0, 0.3, 1.0]])
     assert torch.allclose(mtoframe.aggregate("pcgrad", g), g.sum(0))
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 10])
+@pytest.mark.parametrize("seed", range(3))
+def test_gram_space_equals_the_vector_form_on_random_matrices(T, seed):
+    # random float64 rows, many of them conflicting: the T×T coefficient form is the P-space loop
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(T, 40, generator=gen, dtype=torch.float64) * torch.logspace(-2, 2, T, dtype=torch.float64)[:, None]
+    m, rng = mtoframe.create("pcgrad", seed=seed), SeededGenerator(seed)
+    for _ in range(2):
+        d = mtoframe.aggregate(m, g)
+        ref = pcgrad_loop(g, rng.orders(T))
+        assert float((d - ref).norm()) <= 1e-6 * float(ref.norm())

@@ -50,16 +50,16 @@ Gram matrix goes to the CPU (the one sync a CPU solver needs) and ``T`` coeffici
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.numerics import clip_norm
+from mtoframe import GramWeighting, StateSpec, StepContext, hookimpl
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import boolean, in_range, one_of
-from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter
+from mtoframe.solvers import CompiledProblems, ConvexProblem
 
 ZERO_DIRECTION = 1e-20  # wᵀK̂w below this (K̂ has unit Frobenius norm): g_w* is the zero vector
 
@@ -90,41 +90,51 @@ def _build(size: int) -> Any:
 def gram_factor(k: np.ndarray) -> np.ndarray:
     """``R`` with ``RᵀR = K`` for a symmetric PSD ``K``, robust to rank deficiency."""
     lam, vec = np.linalg.eigh(0.5 * (k + k.T))
-    return np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    factor: np.ndarray = np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    return factor
 
 
-class CAGrad(Method):
+class CAGrad(GramWeighting):
     __doc__ = __doc__
     name = "cagrad"
     summary = "CAGrad: maximise the worst task improvement in a ball around the mean gradient (cvxpy/Clarabel SOCP)."
     paper = "Liu et al., Conflict-Averse Gradient Descent for Multi-task Learning, NeurIPS 2021, arXiv:2110.14048"
-    defaults_reproduce = "c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); scale_by_tasks off (LibMTL; the official code multiplies by T)"
+    defaults_reproduce = ("c = 0.4 (paper, NYUv2; LibMTL uses 0.5); rescale = 1 (both references); "
+                          "scale_by_tasks off (LibMTL; the official code multiplies by T)")
     Options = CAGradOptions
-    roles = Role.AGGREGATOR
     heads_receive = "their unweighted task gradients (both references)"
+    host = True
+    fallback = "using the previous weights w* (uniform before the first solve)"
+    #: the last w* of every task of the full task list (ones before its first solve: the fallback
+    #: renormalises the present tasks' entries, so it is uniform before any solve)
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"weights": StateSpec(init=1.0)}
 
     @property
     def scale_degree(self) -> float | None:
         # w* and the ratio ‖g0‖/‖g_w*‖ do not depend on the scale of G; clipping breaks the law
         return 1.0 if self.options.max_norm == 0 else None
 
+    @property
+    def max_norm(self) -> float:
+        return float(self.options.max_norm)
+
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.problems = CompiledProblems(self.name, _build)
-        self.failures = FailureCounter(self.name, "using the previous weights w* (uniform before the first solve)")
-        self.reset()
 
-    def reset(self) -> None:
-        self.weights: np.ndarray | None = None  # last w* per task of the full task list
-        self.failures.count = 0
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The last w* of every task of the full task list (None before the first step)."""
+        entry = self.state_entry("weights")
+        return None if entry is None else entry.numpy()
 
     def problem(self, size: int) -> ConvexProblem:
         return self.problems.for_tasks(size)
 
-    def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``u`` such that the update is ``uᵀG`` (rescaling included, before ``max_norm``)."""
-        assert self.weights is not None
-        T = len(ids)
+    def coefficients(self, gram: np.ndarray, prev: np.ndarray) -> np.ndarray:
+        """``u`` such that the update is ``uᵀG`` (rescaling included, before ``max_norm``); ``prev``
+        (the present tasks' last w*) is updated in place by a successful solve."""
+        T = gram.shape[0]
         c = self.options.c
         u = np.full(T, 1.0 / T)
         if not np.all(np.isfinite(gram)):
@@ -137,54 +147,36 @@ class CAGrad(Method):
             kh = gram / scale
             g0 = float(np.sqrt(max(kh.mean(), 0.0)))
             if g0 > 0:
-                w = self._solve(kh, g0, ids)
+                w = self._solve(kh, g0, prev)
                 gw2 = float(w @ kh @ w)
                 if gw2 > ZERO_DIRECTION:
                     u = u + (c * g0 / np.sqrt(gw2)) * w
         u = u / {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[self.options.rescale]
-        return u * T if self.options.scale_by_tasks else u
+        scaled: np.ndarray = u * T if self.options.scale_by_tasks else u
+        return scaled
 
-    def _solve(self, kh: np.ndarray, g0: float, ids: np.ndarray) -> np.ndarray:
-        assert self.weights is not None
-        result = self.problem(len(ids)).solve(b=kh.mean(axis=1), r=(self.options.c * g0) * gram_factor(kh))
-        if result.ok:
-            w = np.clip(result.value, 0.0, None)
+    def _solve(self, kh: np.ndarray, g0: float, prev: np.ndarray) -> np.ndarray:
+        result = self.problem(len(prev)).solve(b=kh.mean(axis=1), r=(self.options.c * g0) * gram_factor(kh))
+        if result.ok and result.value is not None:
+            w: np.ndarray = np.clip(result.value, 0.0, None)
             total = w.sum()
             if total > 0:
                 w = w / total
-                self.weights[ids] = w
+                prev[:] = w
                 return w
             reason = "solution has no positive weight"
         else:
             reason = result.reason
         self.failures.record(reason)
-        prev = self.weights[ids]
-        return prev / prev.sum() if prev.sum() > 0 else np.full(len(ids), 1.0 / len(ids))
+        return prev / prev.sum() if prev.sum() > 0 else np.full(len(prev), 1.0 / len(prev))
 
     @hookimpl
     def on_train_start(self, trainer: Any) -> None:
         # compile now: a missing back-end fails before the first step, and step 0 is not slow
         self.problem(len(trainer.tasks))
 
-    @hookimpl
-    def on_shared_grads(self, ctx: Any) -> None:
-        n_all = len(ctx.all_tasks)
-        if self.weights is None or len(self.weights) != n_all:
-            self.weights = np.full(n_all, 1.0 / n_all)
-        index = {t: i for i, t in enumerate(ctx.all_tasks)}
-        ids = np.array([index[t] for t in ctx.tasks])
-        grads = ctx.grads
-        u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
-        ctx.set_update(clip_norm(torch.from_numpy(u).to(grads.device, grads.dtype) @ grads, self.options.max_norm))
-        self.failures.log(ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        w = torch.from_numpy(self.weights.copy()) if self.weights is not None else torch.zeros(0, dtype=torch.float64)
-        return {"weights": w, "failures": self.failures.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state) != {"weights", "failures"}:
-            raise ValueError(f"cagrad state must have keys ['failures', 'weights'], got {sorted(state)}")
-        w = state["weights"]
-        self.weights = w.detach().to(torch.float64).numpy().copy() if w.numel() else None
-        self.failures.count = int(state["failures"])
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        prev = state["weights"]
+        u = self.coefficients(gram.numpy(), prev.numpy())
+        state["weights"] = prev
+        return torch.from_numpy(u)

@@ -48,17 +48,17 @@ solver needs); ``d`` is formed on the device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import ClassVar
 
 import attrs
 import numpy as np
 import torch
 from scipy.optimize import least_squares
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.numerics import clip_norm
+from mtoframe import GramWeighting, StateSpec, StepContext, Weights
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import in_range, one_of
-from mtoframe.solvers import FailureCounter, nonzero_rows
+from mtoframe.solvers import nonzero_rows
 
 RESIDUAL_TOL = 1e-3
 OFFICIAL_MAX_NORM = 1.0
@@ -78,7 +78,8 @@ def solve_fair_weights(kh: np.ndarray, alpha: float) -> tuple[np.ndarray | None,
     p = 1.0 / alpha
 
     def residual(x: np.ndarray) -> np.ndarray:
-        return kh @ x - x ** (-p)
+        out: np.ndarray = kh @ x - x ** (-p)
+        return out
 
     def jacobian(x: np.ndarray) -> np.ndarray:
         return kh + np.diag(p * x ** (-p - 1.0))
@@ -100,16 +101,20 @@ def solve_fair_weights(kh: np.ndarray, alpha: float) -> tuple[np.ndarray | None,
     return x, ""
 
 
-class FairGrad(Method):
+class FairGrad(GramWeighting):
     __doc__ = __doc__
     name = "fairgrad"
     summary = "FairGrad: α-fair weights GGᵀw = w^(−1/α) by bounded least squares (α = 1 is Nash-MTL)."
     paper = "Ban & Ji, Fair Resource Allocation in Multi-Task Learning, ICML 2024, arXiv:2402.15638"
     defaults_reproduce = "α = 2.0 (authors' runs; their code defaults to 1.0); variant 'libmtl' (no ×T, no clipping)"
     Options = FairGradOptions
-    roles = Role.AGGREGATOR
     heads_receive = ("variant 'libmtl': their w_t-weighted task gradients (LibMTL back-propagates Σ w_t L_t); "
                      "variant 'official': their unweighted task gradients (official code)")
+    host = True
+    fallback = "using the previous weights"
+    #: the last solution of every task of the full task list (true units) and whether it ever
+    #: came from a successful solve (1.0) or not (0.0)
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"weights": StateSpec(init=0.0), "solved": StateSpec(init=0.0)}
 
     @property
     def scale_degree(self) -> float | None:
@@ -118,22 +123,22 @@ class FairGrad(Method):
         a = self.options.alpha
         if self.options.variant == "official" and a != 1.0:
             return None
-        return (1.0 - a) / (1.0 + a)
+        return float((1.0 - a) / (1.0 + a))
 
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.failures = FailureCounter(self.name, "using the previous weights")
-        self.reset()
+    @property
+    def max_norm(self) -> float:
+        return OFFICIAL_MAX_NORM if self.options.variant == "official" else 0.0
 
-    def reset(self) -> None:
-        self.weights: np.ndarray | None = None  # last solution per task of the full task list (true units)
-        self.solved: np.ndarray | None = None  # whether weights[t] ever came from a successful solve
-        self.failures.count = 0
+    @property
+    def weights(self) -> np.ndarray | None:
+        """The last solution of every task of the full task list (None before the first step)."""
+        entry = self.state_entry("weights")
+        return None if entry is None else entry.numpy()
 
-    def coefficients(self, gram: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """``u`` such that the update is ``uᵀG`` (before the official variant's clipping)."""
-        assert self.weights is not None and self.solved is not None
-        T = len(ids)
+    def coefficients(self, gram: np.ndarray, weights: np.ndarray, solved: np.ndarray) -> np.ndarray:
+        """``u`` such that the update is ``uᵀG`` (before the official variant's clipping);
+        ``weights`` and ``solved`` (the present tasks' state) are updated in place."""
+        T = gram.shape[0]
         u = np.zeros(T)
         if not np.all(np.isfinite(gram)):
             self.failures.record("non-finite Gram matrix")
@@ -144,47 +149,19 @@ class FairGrad(Method):
         k = gram[np.ix_(live, live)]
         scale = float(np.linalg.norm(k))
         to_true = scale ** (-self.options.alpha / (self.options.alpha + 1.0))
-        ids_live = ids[live]
         x, reason = solve_fair_weights(0.5 * (k + k.T) / scale, self.options.alpha)
         if x is not None:
-            self.weights[ids_live] = x * to_true
-            self.solved[ids_live] = True
-            u[live] = self.weights[ids_live]
+            weights[live] = x * to_true
+            solved[live] = 1.0
+            u[live] = weights[live]
         else:
             self.failures.record(reason)
-            start = np.full(len(ids_live), 1.0 / len(ids_live)) * to_true
-            u[live] = np.where(self.solved[ids_live], self.weights[ids_live], start)
+            start = np.full(int(live.sum()), 1.0 / int(live.sum())) * to_true
+            u[live] = np.where(solved[live] > 0, weights[live], start)
         return u * T if self.options.variant == "official" else u
 
-    @hookimpl
-    def on_shared_grads(self, ctx: Any) -> None:
-        n_all = len(ctx.all_tasks)
-        if self.weights is None or len(self.weights) != n_all:
-            self.weights = np.zeros(n_all)
-            self.solved = np.zeros(n_all, dtype=bool)
-        index = {t: i for i, t in enumerate(ctx.all_tasks)}
-        ids = np.array([index[t] for t in ctx.tasks])
-        grads = ctx.grads
-        u = self.coefficients(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
-        coef = torch.from_numpy(u)
-        d = coef.to(grads.device, grads.dtype) @ grads
-        if self.options.variant == "official":
-            ctx.set_update(clip_norm(d, OFFICIAL_MAX_NORM))
-        else:
-            ctx.set_update(d, head_weights=coef.to(ctx.weights.device, ctx.weights.dtype))
-        self.failures.log(ctx)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.weights is None or self.solved is None:
-            return {"weights": torch.zeros(0, dtype=torch.float64), "solved": torch.zeros(0, dtype=torch.bool),
-                    "failures": self.failures.count}
-        return {"weights": torch.from_numpy(self.weights.copy()), "solved": torch.from_numpy(self.solved.copy()),
-                "failures": self.failures.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if set(state) != {"weights", "solved", "failures"}:
-            raise ValueError(f"fairgrad state must have keys ['failures', 'solved', 'weights'], got {sorted(state)}")
-        w, s = state["weights"], state["solved"]
-        self.weights = w.detach().to(torch.float64).numpy().copy() if w.numel() else None
-        self.solved = s.detach().to(torch.bool).numpy().copy() if s.numel() else None
-        self.failures.count = int(state["failures"])
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> Weights:
+        weights, solved = state["weights"], state["solved"]
+        coef = torch.from_numpy(self.coefficients(gram.numpy(), weights.numpy(), solved.numpy()))
+        state["weights"], state["solved"] = weights, solved
+        return Weights(coef, coef if self.options.variant == "libmtl" else None)

@@ -51,16 +51,15 @@ that impose their own weighting (DB-MTL, ExcessMTL): FAMO's weights would have n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
-from mtoframe import Method, Role, hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.errors import MtoError, OptionError
-from mtoframe.method import check_loss_weighting_stack
 from mtoframe.options import in_range, one_of
 
 def softmax_vjp(logits: Tensor, delta: Tensor) -> Tensor:
@@ -97,7 +96,7 @@ class FAMOOptions:
     extra_forward_mode: str = attrs.field(default="train", validator=one_of(("train", "eval")))
 
 
-class FAMO(Method):
+class FAMO(LossWeighting):
     """FAMO loss weighting; the maths, options and stacking rules are in the module docstring."""
 
     name = "famo"
@@ -105,19 +104,11 @@ class FAMO(Method):
     paper = "Liu et al., FAMO: Fast Adaptive Multitask Optimization, NeurIPS 2023, arXiv 2306.03792"
     defaults_reproduce = "official code, NYUv2 setting (w_lr 0.025, γ 1e-3); extra forward in train mode as the reference"
     Options = FAMOOptions
-    roles = Role.LOSS
     heads_receive = "their task's gradient of z_t·c·log D_t (FAMO-weighted, as the reference)"
-
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.reset()
 
     @property
     def extra_forward(self) -> bool:
         return True
-
-    def check_stack(self, stack: Sequence[Method]) -> None:
-        check_loss_weighting_stack(self, stack)
 
     def reset(self) -> None:
         self.logits: Tensor | None = None

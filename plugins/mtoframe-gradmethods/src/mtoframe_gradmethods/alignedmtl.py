@@ -11,8 +11,9 @@ the ``r`` eigenvalues above the cut-off ``λ_max · T · eps``::
 code's default and LibMTL), ``"median"`` (``√`` of the lower median, official code),
 ``"rmse"`` (``√(Σλ/r)``, official code). ``reduction``: ``"sum"`` of the aligned rows (official
 code and LibMTL, default) or ``"mean"`` (TorchJD's ``AlignedMTL``, which equals this with
-``reduction="mean"`` to round-off; checked in the tests). Uses ``torch.linalg.eigh`` in float64 on the device
-(the official code calls ``torch.symeig``, which PyTorch removed). Heads receive their
+``reduction="mean"`` to round-off; checked in the tests). Uses the symmetric eigendecomposition
+in float64 (``numpy.linalg.eigh`` on the host copy of the ``T×T`` Gram matrix; the official code
+calls ``torch.symeig``, which PyTorch removed). Heads receive their
 unweighted loss gradient (LibMTL).
 
 ``rank_cutoff`` picks ``eps``: ``"float32"`` (default) is float32's machine epsilon (1.19e-7)
@@ -33,13 +34,12 @@ matrix first (:mod:`mtoframe.scaling`) and returns the method's answer.
 from __future__ import annotations
 
 import attrs
+import numpy as np
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, StepContext
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import one_of
-
-from ._common import combine
 
 
 @attrs.frozen(kw_only=True)
@@ -54,35 +54,39 @@ RANK_EPS = {"float32": torch.finfo(torch.float32).eps, "float64": torch.finfo(to
 
 
 def aligned_weights(K: torch.Tensor, scale: str = "min", rank_cutoff: str = "float32") -> torch.Tensor:
+    """``α = 1ᵀB`` from the Gram matrix (any device; solved in numpy on the host, where the
+    eigendecomposition and the dozen tiny operations around it cost a fraction of torch's
+    per-operation overhead). A non-finite ``K`` (an overflowed Gram matrix) has no
+    eigendecomposition: the weights are NaN, not zeros."""
     T = K.shape[0]
-    finite = torch.isfinite(K).all()
-    # an overflowed Gram matrix has no eigendecomposition: NaN weights (no host sync), not zeros
-    lam, V = torch.linalg.eigh(torch.where(finite, K, torch.zeros_like(K)))
+    k = K.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(k).all():
+        return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
+    lam, V = np.linalg.eigh(k)  # ascending, like torch.linalg.eigh (both read the lower triangle)
     tol = lam.max() * T * RANK_EPS[rank_cutoff]
     keep = lam > tol
-    inv_sqrt = torch.where(keep, lam.clamp_min(tol).rsqrt(), torch.zeros_like(lam))
-    rank = keep.sum()
+    rank = int(keep.sum())
+    if rank == 0:
+        return torch.zeros(T, dtype=K.dtype, device=K.device)
+    inv_sqrt = np.where(keep, 1.0 / np.sqrt(np.maximum(lam, tol)), 0.0)
     if scale == "min":
-        sigma2 = torch.where(keep, lam, torch.full_like(lam, torch.inf)).min()
+        sigma2 = lam[keep].min()
     elif scale == "median":
-        # eigh sorts ascending: the kept ones are the last `rank`; lower median among them
-        idx = (T - rank) + (rank - 1) // 2
-        sigma2 = lam.gather(0, idx.clamp(0, T - 1).reshape(1)).squeeze(0)
+        # the kept eigenvalues are the last `rank`; lower median among them
+        sigma2 = lam[(T - rank) + (rank - 1) // 2]
     else:
-        sigma2 = torch.where(keep, lam, torch.zeros_like(lam)).sum() / rank.clamp_min(1)
-    sigma = torch.where(rank > 0, sigma2.clamp_min(0), torch.zeros_like(sigma2)).sqrt()
-    B = sigma * (V * inv_sqrt) @ V.T
-    return torch.where(finite, B.sum(0), torch.full_like(lam, torch.nan))
+        sigma2 = lam[keep].sum() / rank
+    B = np.sqrt(max(float(sigma2), 0.0)) * (V * inv_sqrt) @ V.T
+    return torch.from_numpy(B.sum(0)).to(K.device, K.dtype)
 
 
-class AlignedMTL(Method):
+class AlignedMTL(GramWeighting):
     __doc__ = __doc__
     name = "alignedmtl"
     summary = "Aligned-MTL: sum of the task gradients aligned to an orthogonal equal-norm system."
     paper = "Senushkin et al., Independent Component Alignment for Multi-Task Learning, CVPR 2023"
     defaults_reproduce = "official code and LibMTL (scale 'min', reduction sum, float32-eps rank cut-off)"
     Options = AlignedMTLOptions
-    roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
 
     @property
@@ -90,10 +94,8 @@ class AlignedMTL(Method):
         # B = σ V Λ^(-1/2) Vᵀ does not change with the scale of G, so d = 1ᵀB G scales with it
         return 1.0
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        alpha = aligned_weights(ctx.gram().to(torch.float64), self.options.scale, self.options.rank_cutoff)
-        if self.options.reduction == "mean":
-            alpha = alpha / g.shape[0]
-        ctx.set_update(combine(alpha, g))
+    host = True
+
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        alpha = aligned_weights(gram, self.options.scale, self.options.rank_cutoff)
+        return alpha / gram.shape[0] if self.options.reduction == "mean" else alpha

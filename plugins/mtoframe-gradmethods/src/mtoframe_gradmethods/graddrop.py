@@ -25,12 +25,9 @@ from typing import Any
 import attrs
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import Method, Role, SeededGenerator, StepContext, expect_keys, hookimpl
 from mtoframe.method import Space
 from mtoframe.options import boolean, in_range, integer
-
-from ._common import SeededGenerator, expect_keys
 
 
 @attrs.frozen(kw_only=True)
@@ -68,10 +65,6 @@ class GradDrop(Method):
         # the keep-probabilities depend on sign ratios only; kept entries scale with G
         return 1.0
 
-    def __init__(self, options: GradDropOptions | None = None, /, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
-        self.rng = SeededGenerator(self.options.seed)
-
     @property
     def grad_space(self) -> Space:
         return "representation"
@@ -95,4 +88,4 @@ class GradDrop(Method):
         self.rng.load(state["generator"])
 
     def reset(self) -> None:
-        self.rng.reset()
+        self.rng = SeededGenerator(self.options.seed)

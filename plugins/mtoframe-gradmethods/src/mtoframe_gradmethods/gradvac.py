@@ -26,18 +26,16 @@ unweighted loss gradient (LibMTL).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, Role, SeededGenerator, StateSpec, StepContext, hookimpl
 from mtoframe.errors import MtoError
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import in_range, integer, one_of
-
-from ._common import SeededGenerator, expect_keys
 
 
 @attrs.frozen(kw_only=True)
@@ -68,7 +66,7 @@ def group_sizes(encoder: nn.Module, shared: list[nn.Parameter], groups: str) -> 
     return sizes
 
 
-class GradVac(Method):
+class GradVac(GramWeighting):
     __doc__ = __doc__
     name = "gradvac"
     summary = "GradVac: move each task pair's gradient cosine up to an EMA target (per parameter group)."
@@ -77,50 +75,51 @@ class GradVac(Method):
     Options = GradVacOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
+    #: cosine targets φ̂ per ordered task pair and parameter group
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"rho": StateSpec(init=0.0, pairwise=True, per_block=True)}
 
     @property
     def scale_degree(self) -> float | None:
         # targets and EMA are cosines (scale-free); the corrections scale with G
         return 1.0
 
-    def __init__(self, options: GradVacOptions | None = None, /, **kwargs: object) -> None:
+    def __init__(self, options: GradVacOptions | None = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self.rng = SeededGenerator(self.options.seed)
+        #: widths of the parameter groups (configuration from the model, not state)
         self.sizes: list[int] | None = None
-        self.rho: Tensor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.rng = SeededGenerator(self.options.seed)
+        self._orders: Tensor | None = None
+
+    @property
+    def rho(self) -> Tensor | None:
+        """The cosine targets ``T_all×T_all×groups`` (None before the first step)."""
+        return None if self.task_state is None else self.task_state["rho"]
 
     @hookimpl
     def on_train_start(self, trainer: Any) -> None:
         if self.options.groups != "whole":
             self.sizes = group_sizes(trainer.model.encoder, trainer.model.shared_parameters(), self.options.groups)
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        T = g.shape[0]
+    def column_blocks(self, ctx: StepContext) -> list[int] | None:
         if self.options.groups == "whole":
-            sizes = [g.shape[1]]
-        elif self.sizes is None or sum(self.sizes) != g.shape[1]:
+            return None
+        if self.sizes is None or sum(self.sizes) != ctx.grads.shape[1]:
             raise MtoError(f"gradvac: groups={self.options.groups!r} needs a Trainer (the grouping comes from "
                            "the model); mtoframe.aggregate supports groups='whole'")
-        else:
-            sizes = self.sizes
-        n_all = len(ctx.all_tasks)
-        if self.rho is None:
-            self.rho = torch.zeros(n_all, n_all, len(sizes), dtype=torch.float64, device=g.device)
-        ids = ctx.task_ids.to(self.rho.device)
-        orders = self.rng.orders(T).to(g.device)
-        blocks = torch.split(g, sizes, dim=1)
-        out = []
-        for k, block in enumerate(blocks):
-            K = (block @ block.T).to(torch.float64)
-            rho = self.rho[ids][:, ids, k]
-            C, moved = self._vaccinate(K, rho, orders)
-            # non-finite gradients reach this step's update (the trainer skips it or raises) but
-            # not the targets, which would stay NaN: decided on the device, no host sync
-            self.rho[ids.unsqueeze(1), ids.unsqueeze(0), k] = torch.where(torch.isfinite(K).all(), moved, rho)
-            out.append(C.to(g.dtype) @ block)
-        ctx.grads = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return self.sizes
+
+    def weigh(self, gram: Tensor, state: TaskState, ctx: StepContext) -> Tensor:
+        if state.block == 0 or self._orders is None:  # one order per step, shared by the groups
+            self._orders = self.rng.orders(gram.shape[0]).to(gram.device)
+        rho = state["rho"]
+        C, moved = self._vaccinate(gram, rho, self._orders)
+        # non-finite gradients reach this step's update (the trainer skips it or raises) but not
+        # the targets, which would stay NaN: decided on the device, no host sync
+        state["rho"] = torch.where(torch.isfinite(gram).all(), moved, rho)
+        return C
 
     def _vaccinate(self, K: Tensor, rho: Tensor, orders: Tensor) -> tuple[Tensor, Tensor]:
         T = K.shape[0]
@@ -143,17 +142,8 @@ class GradVac(Method):
             rho[rows, j] = torch.where(low | always, moved, target)
         return C, rho
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"generator": self.rng.state()}
-        if self.rho is not None:
-            state["rho"] = self.rho.clone()
-        return state
+    def extra_state(self) -> dict[str, Any]:
+        return {"generator": self.rng.state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expect_keys(self.name, state, {"generator", "rho"} if "rho" in state else {"generator"})
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.rng.load(state["generator"])
-        self.rho = state["rho"].clone() if "rho" in state else None
-
-    def reset(self) -> None:
-        self.rng.reset()
-        self.rho = None

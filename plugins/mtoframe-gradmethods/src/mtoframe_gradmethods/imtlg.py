@@ -14,8 +14,8 @@ gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN t
 invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
 minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0`` (e.g. three
 gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
-there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads receive their unweighted loss gradient
-(LibMTL with IMTL-G alone).
+there) the update is 0; TorchJD's ``IMTLG``, built differently, returns a non-zero vector. Heads
+receive their unweighted loss gradient (LibMTL with IMTL-G alone). Logged: ``imtlg/weight/<task>``.
 
 Scale: the *direction* of ``d`` does not depend on each task's gradient scale (only the unit
 vectors enter the conditions), its *length* does (``Σ α_t = 1`` is over the given rows), so a
@@ -29,36 +29,39 @@ tests).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
-
-from ._common import combine
+from mtoframe import GramWeighting, StepContext
+from mtoframe.gram_weighting import TaskState
 
 
 def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
-    T = K.shape[0]
-    sq = K.diagonal().clamp_min(0)
+    """``α`` from the Gram matrix (any device; solved in numpy on the host, where the ~20 tiny
+    operations cost a fraction of torch's per-operation overhead). The pseudo-inverse cut-off is
+    torch's default, ``(T+1)·eps·σ_max``. A non-finite ``K`` gives NaN weights (a non-finite
+    update, which the trainer's policy handles), not an exception from the SVD."""
+    k = K.detach().to("cpu", torch.float64).numpy()
+    T = k.shape[0]
+    if not np.isfinite(k).all():
+        return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
+    sq = np.clip(k.diagonal(), 0.0, None)
     active = sq > sq.max() * 1e-30
-    norms = torch.where(active, sq.sqrt(), torch.ones_like(sq))
-    A = torch.zeros(T + 1, T + 1, dtype=K.dtype, device=K.device)
-    eye = torch.eye(T, dtype=K.dtype, device=K.device)
-    A[:T, :T] = torch.where(active.unsqueeze(1), K / norms.unsqueeze(1), eye)
-    A[:T, T] = torch.where(active, -1.0, 0.0).to(K.dtype)
+    norms = np.where(active, np.sqrt(sq), 1.0)
+    A = np.zeros((T + 1, T + 1))
+    A[:T, :T] = np.where(active[:, None], k / norms[:, None], np.eye(T))
+    A[:T, T] = np.where(active, -1.0, 0.0)
     A[T, :T] = 1.0
-    b = torch.zeros(T + 1, dtype=K.dtype, device=K.device)
-    b[T] = 1.0
-    return (torch.linalg.pinv(A) @ b)[:T]
+    pinv = np.linalg.pinv(A, rcond=(T + 1) * np.finfo(np.float64).eps)
+    return torch.from_numpy(pinv[:T, T].copy()).to(K.device, K.dtype)
 
 
-class IMTLG(Method):
+class IMTLG(GramWeighting):
     __doc__ = __doc__
     name = "imtlg"
     summary = "IMTL-G: update with equal projections onto each task's unit gradient."
     paper = "Liu et al., Towards Impartial Multi-task Learning, ICLR 2021"
     defaults_reproduce = "the paper's closed form (as LibMTL)"
-    roles = Role.AGGREGATOR
     ignores_loss_weights = ("IMTL-G's update direction is invariant to rescaling each task's gradient (only its "
                             "length changes)")
     hybrid_with = ("imtll",)
@@ -69,15 +72,9 @@ class IMTLG(Method):
         # α depends on directions and sums to one, so d = αᵀG scales with G
         return 1.0
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        K = ctx.gram().to(torch.float64)
+    host = True
+
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         # α is invariant to a common rescale of G; normalising keeps pinv's cut-off relative
-        scale = K.diagonal().max()
-        K = K / torch.where(scale > 0, scale, torch.ones_like(scale))
-        alpha = imtlg_weights(K)
-        ctx.set_update(combine(alpha, g))
-        if ctx.logging:
-            for t, name in enumerate(ctx.tasks):
-                ctx.log(f"imtlg/alpha/{name}", alpha[t])
+        scale = gram.diagonal().max()
+        return imtlg_weights(gram / torch.where(scale > 0, scale, torch.ones_like(scale)))

@@ -35,7 +35,8 @@ Options (defaults reproduce LibMTL's ``MGDA`` in parameter space):
   ``Σ w*_t L_t``).
 
 Non-convergence of the exact solver within its iteration cap keeps the best feasible iterate
-(still a convex combination), warns once and counts ``solver/failures/mgda``.
+(still a convex combination), warns once (:class:`~mtoframe.SolverWarning`) and counts
+``solver/failures/mgda``. Logged: ``mgda/weight/<task>``, the coefficient of each raw row in ``d``.
 """
 
 from __future__ import annotations
@@ -43,13 +44,11 @@ from __future__ import annotations
 import attrs
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, StepContext, Weights
 from mtoframe.errors import MtoError, OptionError
+from mtoframe.gram_weighting import TaskState
 from mtoframe.numerics import min_norm_point, min_norm_point_fw
 from mtoframe.options import boolean, in_range, integer, one_of
-
-from ._common import FailureCounter, combine
 
 
 @attrs.frozen(kw_only=True)
@@ -69,15 +68,15 @@ class MGDAOptions:
                               "the batch; it needs space='representation' (got space='params')")
 
 
-class MGDA(Method):
+class MGDA(GramWeighting):
     __doc__ = __doc__
     name = "mgda"
     summary = "MGDA / MGDA-UB: min-norm point of the convex hull of the (normalised) task gradients."
     paper = "Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization, NeurIPS 2018"
     defaults_reproduce = "LibMTL (no gradient normalisation, exact min-norm point)"
     Options = MGDAOptions
-    roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient (heads_weighted=True: weighted by the MGDA weights w*)"
+    fallback = "using the min-norm solver's last feasible iterate"
 
     @property
     def scale_degree(self) -> float | None:
@@ -85,33 +84,21 @@ class MGDA(Method):
         scale_free_rows = self.options.normalization in ("l2", "loss+") and self.options.combine == "normalised"
         return 0.0 if scale_free_rows else 1.0
 
-    def __init__(self, options: MGDAOptions | None = None, /, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
-        self.failures = FailureCounter(self.name)
-
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        gram = self._gram(ctx).to(torch.float64)
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> Weights:
         n = self._normalisers(ctx, gram)
         if n is not None:
             gram = gram / (n.unsqueeze(0) * n.unsqueeze(1))
         if self.options.solver == "exact":
-            res = min_norm_point(gram, tol=self.options.tol, max_iter=self.options.max_iter * g.shape[0])
+            res = min_norm_point(gram, tol=self.options.tol, max_iter=self.options.max_iter * gram.shape[0])
             if not res.converged:
-                self.failures.failed(ctx, f"min-norm solver stopped at relative gap {res.gap:.3g} "
-                                          "without converging; using its last feasible iterate")
+                self.failures.record(f"the min-norm solver stopped at relative gap {res.gap:.3g} without converging")
             w = res.weights
         else:
             w = min_norm_point_fw(gram, max_iter=self.options.max_iter)
-        self.failures.log(ctx)
         coef = w if (n is None or self.options.combine == "raw") else w / n
-        ctx.set_update(combine(coef, g), head_weights=w.to(ctx.weights.dtype) if self.options.heads_weighted else None)
-        if ctx.logging:
-            for t, name in enumerate(ctx.tasks):
-                ctx.log(f"mgda/weight/{name}", w[t])
+        return Weights(coef, w if self.options.heads_weighted else None)
 
-    def _gram(self, ctx: StepContext) -> torch.Tensor:
+    def gram(self, ctx: StepContext, rows: torch.Tensor) -> torch.Tensor:
         """Gram matrix of the rows the weights are computed from (see ``rep_rows``)."""
         if self.options.rep_rows == "flatten":
             return ctx.gram()

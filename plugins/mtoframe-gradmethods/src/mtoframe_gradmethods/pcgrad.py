@@ -23,13 +23,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import numpy as np
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, Role, SeededGenerator, StepContext
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import integer, one_of
-
-from ._common import SeededGenerator, expect_keys
 
 
 @attrs.frozen(kw_only=True)
@@ -38,22 +37,22 @@ class PCGradOptions:
     seed: int = attrs.field(default=0, validator=integer(0))
 
 
-def pcgrad_coefficients(K: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+def pcgrad_coefficients(K: np.ndarray, orders: np.ndarray) -> np.ndarray:
     """``C`` with ``C G`` the PCGrad rows, from the Gram matrix ``K`` and per-task orders."""
     T = K.shape[0]
-    C = torch.eye(T, dtype=K.dtype, device=K.device)
+    C = np.eye(T)
     sq = K.diagonal()
-    safe = torch.where(sq > 0, sq, torch.ones_like(sq))
-    rows = torch.arange(T, device=K.device)
-    for k in range(orders.shape[1]):
-        j = orders[:, k]
-        dots = (C @ K)[rows, j]  # g_i^PC · g_j for every i at once
-        coef = torch.where((dots < 0) & (sq[j] > 0), dots / safe[j], torch.zeros_like(dots))
-        C[rows, j] -= coef
+    safe = np.where(sq > 0, sq, 1.0)
+    rows = np.arange(T)
+    with np.errstate(invalid="ignore"):  # a non-finite K gives a non-finite update, never a silent one
+        for k in range(orders.shape[1]):
+            j = orders[:, k]
+            dots = (C * K[:, j].T).sum(1)  # g_i^PC · g_j for every i at once
+            C[rows, j] -= np.where((dots < 0) & (sq[j] > 0), dots / safe[j], 0.0)
     return C
 
 
-class PCGrad(Method):
+class PCGrad(GramWeighting):
     __doc__ = __doc__
     name = "pcgrad"
     summary = "PCGrad: project each task gradient off the conflicting ones, in random order."
@@ -62,32 +61,26 @@ class PCGrad(Method):
     Options = PCGradOptions
     roles = Role.TRANSFORM
     heads_receive = "their unweighted loss gradient"
+    # the T-1 sequential projection rounds are dozens of tiny operations: numpy on the host costs
+    # a fraction of torch's per-operation overhead (TorchJD moves the Gram matrix to the CPU too)
+    host = True
 
     @property
     def scale_degree(self) -> float | None:
         # projections are linear in G
         return 1.0
 
-    def __init__(self, options: PCGradOptions | None = None, /, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
+    def reset(self) -> None:
+        super().reset()
         self.rng = SeededGenerator(self.options.seed)
 
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        T = g.shape[0]
-        orders = self.rng.orders(T).to(g.device)
-        C = pcgrad_coefficients(ctx.gram().to(torch.float64), orders)
-        if self.options.reduction == "mean":
-            C = C / T
-        ctx.grads = C.to(g.dtype) @ g
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        T = gram.shape[0]
+        C = torch.from_numpy(pcgrad_coefficients(gram.numpy(), self.rng.orders(T).numpy()))
+        return C / T if self.options.reduction == "mean" else C
 
-    def state_dict(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         return {"generator": self.rng.state()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expect_keys(self.name, state, {"generator"})
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.rng.load(state["generator"])
-
-    def reset(self) -> None:
-        self.rng.reset()

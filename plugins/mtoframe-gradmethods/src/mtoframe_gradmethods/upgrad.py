@@ -23,39 +23,28 @@ from __future__ import annotations
 
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.context import StepContext
+from mtoframe import GramWeighting, StepContext
+from mtoframe.gram_weighting import TaskState
 from mtoframe.numerics import nnqp
 
-from ._common import FailureCounter, combine
 
-
-class UPGrad(Method):
+class UPGrad(GramWeighting):
     __doc__ = __doc__
     name = "upgrad"
     summary = "UPGrad: mean of the projections of each task gradient onto the dual cone {v: Gv >= 0}."
     paper = "Quinton & Rey, Jacobian Descent for Multi-Objective Optimization, 2024"
     defaults_reproduce = "TorchJD's UPGrad without its regularisation"
-    roles = Role.AGGREGATOR
     heads_receive = "their unweighted loss gradient"
+    fallback = "using the NNQP's last iterate"
 
     @property
     def scale_degree(self) -> float | None:
         # the dual-cone weights do not depend on the scale of G
         return 1.0
 
-    def __init__(self, options: object = None, /, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
-        self.failures = FailureCounter(self.name)
-
-    @hookimpl
-    def on_shared_grads(self, ctx: StepContext) -> None:
-        g = ctx.grads
-        K = ctx.gram().to(torch.float64)
-        T = K.shape[0]
-        res = nnqp(K, K)
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
+        res = nnqp(gram, gram)
         if not res.converged:
-            self.failures.failed(ctx, "the dual-cone NNQP hit its iteration cap; using the last iterate")
-        self.failures.log(ctx)
-        weights = (torch.eye(T, dtype=K.dtype, device=K.device) + res.x.to(K.device)).mean(1)
-        ctx.set_update(combine(weights, g))
+            self.failures.record("the dual-cone NNQP hit its iteration cap")
+        # v_i = Gᵀ(e_i + λ_i): the mean over i weights row t by the mean of (I + Λ)[t, :]
+        return (torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) + res.x.to(gram.device)).mean(1)

@@ -1,35 +1,26 @@
-"""What the loss-weighting methods of this distribution share: the stacking rule and learnable
-per-task parameters in their own optimiser group."""
+"""What the loss-weighting methods of this distribution share: learnable per-task parameters in
+their own optimiser group (the stacking rule is core's :class:`mtoframe.LossWeighting`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import torch
 from torch import Tensor, nn
 
-from mtoframe import Method, Role, hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.errors import MtoError
-from mtoframe.method import check_loss_weighting_stack
 from mtoframe.options import in_range
+
 
 def optional_lr() -> Any:
     """``None`` (the optimiser's learning rate) or a positive number."""
     return attrs.validators.optional(in_range(0.0, lo_open=True))
 
 
-class LossLevel(Method):
-    """Base of the loss-level methods here: the shared stacking rule."""
-
-    roles = Role.LOSS
-
-    def check_stack(self, stack: Sequence[Method]) -> None:
-        check_loss_weighting_stack(self, stack)
-
-
-class Learnable(LossLevel):
+class Learnable(LossWeighting):
     """A loss-level method with one learnable value per task (UW, IMTL-L, GradNorm).
 
     Inside a trainer the parameter joins the optimiser in its own group without weight decay

@@ -21,10 +21,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtoframe import hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.options import in_range
 
-from ._common import LossLevel
 from ._history import epoch_losses
 
 
@@ -34,7 +33,7 @@ class DWAOptions:
     temperature: float = attrs.field(default=2.0, validator=in_range(0.0, lo_open=True))
 
 
-class DWA(LossLevel):
+class DWA(LossWeighting):
     """Dynamic weight average; see the module docstring."""
 
     name = "dwa"
@@ -43,10 +42,6 @@ class DWA(LossLevel):
     defaults_reproduce = "paper and LibMTL (temperature 2, weights 1 for the first two epochs)"
     Options = DWAOptions
     heads_receive = "their task's gradient weighted by w_t"
-
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.reset()
 
     def reset(self) -> None:
         self.epoch_means: list[Tensor] = []  # the last two epochs' mean losses

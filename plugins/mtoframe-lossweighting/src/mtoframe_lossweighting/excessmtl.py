@@ -64,10 +64,6 @@ class ExcessMTL(Method):
         # the excess-risk ratios e_t/e_t(0) are scale-free (up to the reference's +1e-7); d = λᵀG
         return 1.0
 
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.reset()
-
     def reset(self) -> None:
         self.sq_sum: Tensor | None = None
         self.initial: Tensor | None = None

@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 
-from mtoframe import hookimpl
-
-from ._common import LossLevel
+from mtoframe import LossWeighting, hookimpl
 
 
-class GLS(LossLevel):
+class GLS(LossWeighting):
     """Geometric mean of the losses; see the module docstring."""
 
     name = "gls"

@@ -97,7 +97,6 @@ class GradNorm(Learnable):
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.init_value = 0.0 if self.options.parametrisation == "softmax" else 1.0
-        self.reset()
 
     def reset(self) -> None:
         super().reset()

@@ -14,16 +14,15 @@ their task's gradient weighted by the drawn weight.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import torch
 
-from mtoframe import hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.options import integer
-
-from ._common import LossLevel
 
 
 @attrs.frozen(kw_only=True)
@@ -32,7 +31,7 @@ class RLWOptions:
     seed: int | None = attrs.field(default=None, validator=attrs.validators.optional(integer(0, 2**63 - 1)))
 
 
-class RLW(LossLevel):
+class RLW(LossWeighting):
     """Random loss weighting; see the module docstring."""
 
     name = "rlw"
@@ -42,11 +41,11 @@ class RLW(LossLevel):
     Options = RLWOptions
     heads_receive = "their task's gradient weighted by the drawn weight"
 
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
+    @functools.cached_property
+    def _seed(self) -> int:
+        # drawn once per instance when no seed is given, so reset() replays the same stream
         seed = self.options.seed
-        self._seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else seed
-        self.reset()
+        return int(torch.randint(0, 2**62, (1,)).item()) if seed is None else int(seed)
 
     def reset(self) -> None:
         self.generator = torch.Generator().manual_seed(self._seed)

@@ -14,10 +14,8 @@ from typing import Any
 import attrs
 import torch
 
-from mtoframe import hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.options import in_range
-
-from ._common import LossLevel
 
 
 @attrs.frozen(kw_only=True)
@@ -26,7 +24,7 @@ class SIOptions:
     eps: float = attrs.field(default=0.0, validator=in_range(0.0))
 
 
-class SI(LossLevel):
+class SI(LossWeighting):
     """Sum of log-losses; see the module docstring."""
 
     name = "si"

@@ -27,11 +27,10 @@ import attrs
 import torch
 from torch import Tensor
 
-from mtoframe import hookimpl
+from mtoframe import LossWeighting, hookimpl
 from mtoframe.errors import MtoError
 from mtoframe.options import in_range, integer
 
-from ._common import LossLevel
 from ._history import epoch_losses
 
 TINY = 1e-20
@@ -45,7 +44,7 @@ class STCHOptions:
     warmup_epochs: int = attrs.field(default=4, validator=integer(0))
 
 
-class STCH(LossLevel):
+class STCH(LossWeighting):
     """Smooth Tchebycheff scalarisation; see the module docstring."""
 
     name = "stch"
@@ -54,10 +53,6 @@ class STCH(LossLevel):
     defaults_reproduce = "LibMTL (μ = 1, 4 warm-up epochs)"
     Options = STCHOptions
     heads_receive = "the gradient of log(L_t/nadir_t) weighted by T·softmax(ℓ/μ)_t (log L_t during warm-up)"
-
-    def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.reset()
 
     def reset(self) -> None:
         self.nadir: Tensor | None = None

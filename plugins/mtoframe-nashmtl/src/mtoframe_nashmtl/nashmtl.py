@@ -61,16 +61,16 @@ the only sync) and α comes back; ``d = αᵀG`` is formed on the device.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 import torch
 
-from mtoframe import Method, Role, hookimpl
-from mtoframe.numerics import clip_norm
+from mtoframe import GramWeighting, StateSpec, StepContext, Weights, hookimpl
+from mtoframe.gram_weighting import TaskState
 from mtoframe.options import in_range, integer
-from mtoframe.solvers import CompiledProblems, ConvexProblem, FailureCounter, nonzero_rows
+from mtoframe.solvers import CompiledProblems, ConvexProblem, nonzero_rows
 
 RESIDUAL_TOL = 1e-3
 CHANGE_TOL = 1e-6
@@ -98,34 +98,44 @@ def _build(size: int) -> Any:
     return build
 
 
-class NashMTL(Method):
+class NashMTL(GramWeighting):
     __doc__ = __doc__
     name = "nashmtl"
     summary = "Nash-MTL: Nash bargaining weights α_t (GGᵀα)_t = 1 by sequential convex programming (cvxpy/Clarabel)."
     paper = "Navon et al., Multi-Task Learning as a Bargaining Game, ICML 2022, arXiv:2202.01017"
     defaults_reproduce = "official code (optim_niter 20, max_norm 1.0, update every step); Clarabel instead of ECOS"
     Options = NashMTLOptions
-    roles = Role.AGGREGATOR
     ignores_loss_weights = "Nash-MTL's update is invariant to rescaling each task's gradient"
     heads_receive = "α-weighted task gradients (the reference back-propagates Σ α_t L_t)"
+    host = True
+    fallback = "keeping the previous weights α"
+    #: α in true units (ones before the first success, as the reference's initial prvs_alpha) and
+    #: the normalised warm start β
+    state_spec: ClassVar[Mapping[str, StateSpec]] = {"alpha": StateSpec(init=1.0), "beta": StateSpec(init=1.0)}
 
     @property
     def scale_degree(self) -> float | None:
         # α scales as 1/c, so d = αᵀG (and its clipped version) does not depend on the scale of G
         return 0.0
 
+    @property
+    def max_norm(self) -> float:
+        return float(self.options.max_norm)
+
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.problems = CompiledProblems(self.name, _build)
-        self.failures = FailureCounter(self.name, "keeping the previous weights α")
-        self.reset()
 
     def reset(self) -> None:
-        self.alpha: np.ndarray | None = None  # per task of the full task list, true units
-        self.beta: np.ndarray | None = None  # normalised warm start
+        super().reset()
         self.calls = 0
         self.solves = 0
-        self.failures.count = 0
+
+    @property
+    def alpha(self) -> np.ndarray | None:
+        """α of every task of the full task list (None before the first step)."""
+        entry = self.state_entry("alpha")
+        return None if entry is None else entry.numpy()
 
     # -- solving -------------------------------------------------------------------------------
 
@@ -133,9 +143,9 @@ class NashMTL(Method):
         """The compiled problem for ``size`` tasks (built on first use, shared by the process)."""
         return self.problems.for_tasks(size)
 
-    def solve(self, gram: np.ndarray, ids: np.ndarray) -> None:
-        """Update ``alpha[ids]`` (and the warm start) from the Gram matrix of those tasks."""
-        assert self.alpha is not None and self.beta is not None
+    def solve(self, gram: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> None:
+        """Update ``alpha`` and the warm start ``beta`` (of the present tasks, in place) from
+        their Gram matrix; both are kept on a failure."""
         if not np.all(np.isfinite(gram)):
             self.failures.record("non-finite Gram matrix")
             return
@@ -146,74 +156,48 @@ class NashMTL(Method):
         k = 0.5 * (k + k.T)
         scale = float(np.linalg.norm(k))
         kh = k / scale
-        act = ids[active]
-        beta = self.beta[act].copy()
-        if not np.all(np.isfinite(beta) & (beta > 0)):
-            beta = np.ones_like(beta)
-        if not _converged(kh, beta):
-            problem = self.problem(len(act))
+        b = beta[active].copy()
+        if not np.all(np.isfinite(b) & (b > 0)):
+            b = np.ones_like(b)
+        if not _converged(kh, b):
+            problem = self.problem(len(b))
             for _ in range(self.options.optim_niter):
-                kb = kh @ beta
+                kb = kh @ b
                 inv = np.divide(1.0, kb, out=np.zeros_like(kb), where=kb > 0)
-                result = problem.solve(gram=kh, v=1.0 / beta + kh.T @ inv)
+                result = problem.solve(gram=kh, v=1.0 / b + kh.T @ inv)
                 self.solves += 1
-                if not result.ok:
+                if not result.ok or result.value is None:
                     self.failures.record(result.reason)
                     return
                 new = np.maximum(result.value, np.finfo(np.float64).tiny)
-                moved = float(np.linalg.norm(new - beta))
-                beta = new
-                if moved < CHANGE_TOL or _converged(kh, beta):
+                moved = float(np.linalg.norm(new - b))
+                b = new
+                if moved < CHANGE_TOL or _converged(kh, b):
                     break
-        self.beta[act] = beta
-        self.alpha[act] = beta / np.sqrt(scale)
+        beta[active] = b
+        alpha[active] = b / np.sqrt(scale)
 
-    # -- hooks ---------------------------------------------------------------------------------
+    # -- the step ------------------------------------------------------------------------------
 
     @hookimpl
     def on_train_start(self, trainer: Any) -> None:
         # compile now: a missing back-end fails before the first step, and step 0 is not slow
         self.problem(len(trainer.tasks))
 
-    @hookimpl
-    def on_shared_grads(self, ctx: Any) -> None:
-        n_all = len(ctx.all_tasks)
-        if self.alpha is None or len(self.alpha) != n_all:
-            self.alpha = np.ones(n_all)
-            self.beta = np.ones(n_all)
-        index = {t: i for i, t in enumerate(ctx.all_tasks)}
-        ids = np.array([index[t] for t in ctx.tasks])
-        grads = ctx.grads
-        if self.calls % self.options.update_weights_every == 0:
-            self.solve(ctx.gram().detach().to("cpu", torch.float64).numpy(), ids)
-        self.calls += 1
-        alpha = torch.from_numpy(self.alpha[ids]).to(grads.device, grads.dtype)
-        update = clip_norm(alpha @ grads, self.options.max_norm)
-        ctx.set_update(update, head_weights=alpha)
-        self.failures.log(ctx)
-
-    # -- state ---------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        empty = torch.zeros(0, dtype=torch.float64)
-        return {
-            "alpha": torch.from_numpy(self.alpha.copy()) if self.alpha is not None else empty,
-            "beta": torch.from_numpy(self.beta.copy()) if self.beta is not None else empty,
-            "calls": self.calls,
-            "solves": self.solves,
-            "failures": self.failures.count,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {"alpha", "beta", "calls", "solves", "failures"}
-        if set(state) != expected:
-            raise ValueError(f"nashmtl state must have keys {sorted(expected)}, got {sorted(state)}")
+    def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> Weights:
         alpha, beta = state["alpha"], state["beta"]
-        self.alpha = alpha.detach().to(torch.float64).numpy().copy() if alpha.numel() else None
-        self.beta = beta.detach().to(torch.float64).numpy().copy() if beta.numel() else None
+        if self.calls % self.options.update_weights_every == 0:
+            self.solve(gram.numpy(), alpha.numpy(), beta.numpy())
+            state["alpha"], state["beta"] = alpha, beta
+        self.calls += 1
+        return Weights(alpha, alpha)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"calls": self.calls, "solves": self.solves}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.calls = int(state["calls"])
         self.solves = int(state["solves"])
-        self.failures.count = int(state["failures"])
 
 
 def _converged(kh: np.ndarray, beta: np.ndarray) -> bool:

@@ -48,7 +48,6 @@ class TorchJDMethod(Method):
         # TorchJD aggregators are stateless modules configured once; building them per step would
         # only cost time
         self.aggregator = self.build()
-        self.reset()
 
     def reset(self) -> None:
         self._rng = torch.Generator().manual_seed(self.options.seed).get_state() if self.uses_rng else None
