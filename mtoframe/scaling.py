@@ -53,9 +53,11 @@ _RESCALABLE = (torch.float32, torch.float64, torch.bfloat16)
 _DEFERRED: ContextVar[Tensor | None] = ContextVar("mtoframe_deferred_scale_check", default=None)
 
 
-class OutOfBand(Exception):
+class OutOfBand(MtoError):
     """Raised by :func:`check_deferred`: the Gram matrix does not prove the largest entry inside
-    the band (internal to :func:`rescaled`, which then runs the exact check)."""
+    the band (internal to :func:`rescaled`, which then runs the exact check). An :class:`MtoError`
+    so that the hook dispatch (:mod:`mtoframe.hooks`), which wraps a plugin's other exceptions in
+    :class:`MethodError`, lets it reach :func:`rescaled` as itself."""
 
 
 def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
