@@ -55,9 +55,8 @@ _DEFERRED: ContextVar[Tensor | None] = ContextVar("mtoframe_deferred_scale_check
 
 class OutOfBand(MtoError):
     """Raised by :func:`check_deferred`: the Gram matrix does not prove the largest entry inside
-    the band (internal to :func:`rescaled`, which then runs the exact check). An :class:`MtoError`
-    so that the hook dispatch (:mod:`mtoframe.hooks`), which wraps a plugin's other exceptions in
-    :class:`MethodError`, lets it reach :func:`rescaled` as itself."""
+    the band (internal to :func:`rescaled`, which then runs the exact check). An
+    :class:`~mtoframe.errors.MtoError`, so hook dispatch passes it through unwrapped."""
 
 
 def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
