@@ -163,7 +163,7 @@ class GradientEngine:
         out = torch.empty(T, self.num_params, dtype=ref.dtype, device=ref.device)
         for t, grads in enumerate(per_task):
             offset = 0
-            for p, g, n in zip(self.shared, grads, self.sizes):
+            for g, n in zip(grads, self.sizes, strict=True):
                 if g is None:
                     out[t, offset : offset + n].zero_()
                 else:
@@ -175,7 +175,7 @@ class GradientEngine:
         ref = self.shared[0]
         cols = [
             torch.zeros(T, n, dtype=ref.dtype, device=ref.device) if g is None else g.reshape(T, -1)
-            for g, n in zip(parts, self.sizes)
+            for g, n in zip(parts, self.sizes, strict=True)
         ]
         return torch.cat(cols, dim=1)
 
@@ -187,7 +187,7 @@ class GradientEngine:
         if ctx.grad_space == "params":
             if update.shape != (self.num_params,):
                 raise MtoError(f"update has shape {tuple(update.shape)}, expected ({self.num_params},)")
-            for p, chunk in zip(self.shared, torch.split(self._scaled(update.detach()), self.sizes)):
+            for p, chunk in zip(self.shared, torch.split(self._scaled(update.detach()), self.sizes), strict=True):
                 p.grad = chunk.view_as(p).to(p.dtype).clone()
         else:
             z = ctx.z

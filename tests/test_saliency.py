@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ScaledSum
 from torch import nn
 
 from mtoframe import Method, MultiTaskModel, Role, hookimpl
 from mtoframe.testing import make_batch, make_conv_model, make_trainer, make_vector_model
-
-from helpers import ScaledSum
 
 
 class _Count(torch.autograd.Function):
@@ -77,7 +76,7 @@ class SaliencyProbe(Method):
             got = torch.autograd.grad(f(s), params, retain_graph=True, allow_unused=True)
             want = torch.autograd.grad(f(ref), params, retain_graph=True, allow_unused=True)
             assert any(g is not None and g.abs().sum() > 0 for g in got)
-            for a, b in zip(got, want):
+            for a, b in zip(got, want, strict=True):
                 if a is None or b is None:
                     assert (a is None or not a.any()) and (b is None or not b.any())
                 else:
