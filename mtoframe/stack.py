@@ -84,7 +84,8 @@ class Stack(Sequence[Method]):
         (losses, weights, gradient norms and cosines, hook timings) are written to it.
     :param nonfinite: ``"raise"`` or ``"skip"`` a step whose losses, update or gradients are not
         finite (see ``docs/failures.md``).
-    :param batched_grads: per-task gradients with one vmapped ``autograd.grad``.
+    :param batched_grads: per-task gradients with one vmapped ``autograd.grad`` at any ``T``
+        (the engine does so by itself from ``gradients.BATCHED_MIN_TASKS`` tasks on).
     :param grad_scaler: a float16 ``torch.amp.GradScaler`` whose ``scale`` the losses get.
     :param plugins: extra hook implementations (observers) called after the methods.
 

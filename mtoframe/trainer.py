@@ -47,7 +47,9 @@ class Trainer:
         deliberate exception to "no host sync outside logging steps", because a skip decided on
         the device would still move Adam's moments. See ``docs/failures.md``.
     :param batched_grads: compute per-task gradients with one vmapped ``autograd.grad``
-        (``is_grads_batched``) instead of a loop; faster on GPUs, not supported by every op.
+        (``is_grads_batched``) instead of a loop at any ``T``; faster on GPUs, not supported by
+        every op. From ``gradients.BATCHED_MIN_TASKS`` tasks on the engine vmaps the encoder's
+        per-task backward passes by itself.
     :param plugins: extra hook implementations (observers) called after the methods.
     :param amp: autocast dtype for encoder, heads and losses (``torch.bfloat16`` on CPU,
         ``torch.float16`` on CUDA) or ``None``; see :mod:`mtoframe.amp`.

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ScaledSum
 from torch import nn
 
 from mtoframe import Method, MultiTaskModel, Role, hookimpl
 from mtoframe.testing import make_batch, make_conv_model, make_trainer, make_vector_model
-
-from helpers import ScaledSum
 
 
 class _Count(torch.autograd.Function):
@@ -77,7 +76,7 @@ class SaliencyProbe(Method):
             got = torch.autograd.grad(f(s), params, retain_graph=True, allow_unused=True)
             want = torch.autograd.grad(f(ref), params, retain_graph=True, allow_unused=True)
             assert any(g is not None and g.abs().sum() > 0 for g in got)
-            for a, b in zip(got, want):
+            for a, b in zip(got, want, strict=True):
                 if a is None or b is None:
                     assert (a is None or not a.any()) and (b is None or not b.any())
                 else:
@@ -95,7 +94,14 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("make_model", [make_vector_model, make_conv_model], ids=["vector", "conv"])
+def make_many_task_model():
+    from mtoframe.gradients import BATCHED_MIN_TASKS
+
+    return make_vector_model(tasks=[f"t{i}" for i in range(BATCHED_MIN_TASKS + 1)])
+
+
+@pytest.mark.parametrize("make_model", [make_vector_model, make_conv_model, make_many_task_model],
+                         ids=["vector", "conv", "many-tasks"])
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
 @pytest.mark.parametrize("differentiable", [False, True], ids=["plain", "create_graph"])
 def test_saliency_equals_per_task_autograd(make_model, transform, differentiable):
@@ -128,30 +134,6 @@ def test_per_task_gradients_traverse_each_head_once(space, transform):
     assert ctx.grads.shape[0] == 3
 
 
-@pytest.mark.parametrize("transform", [False, True], ids=["raw", "log"])
-def test_param_space_rows_equal_per_task_autograd(transform):
-    """Rows from each task's own loss scalar, or (transformed losses) from the saliency by encoder
-    VJPs, equal ``∂L_t/∂θ_shared`` taken directly."""
-    model = make_conv_model()
-    seen = {}
-
-    class Rows(Method):
-        name = "rows"
-        roles = Role.AGGREGATOR
-        grad_space = "params"
-
-        @hookimpl
-        def on_shared_grads(self, ctx):
-            shared = list(model.shared_parameters())
-            ref = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-                ctx.losses[t], shared, retain_graph=True)]) for t in range(ctx.num_tasks)])
-            seen["got"], seen["want"] = ctx.grads, ref
-            ctx.set_update(ctx.grads.sum(0))
-
-    make_trainer([LogLosses()] * transform + [Rows()], model=model).step(make_batch(model))
-    torch.testing.assert_close(seen["got"], seen["want"], rtol=1e-12, atol=1e-14)
-
-
 def test_hooks_on_z_see_the_single_backward_and_head_inputs_the_per_task_gradients():
     model = make_conv_model()
     calls = {"z": 0, "heads": 0}
@@ -169,3 +151,47 @@ def test_hooks_on_z_see_the_single_backward_and_head_inputs_the_per_task_gradien
     make_trainer([Hooks(), ScaledSum(space="representation")], model=model).step(make_batch(model))
     # per-task gradients (3 aliases, one call) never reach z; the update's backward reaches it once
     assert calls == {"z": 1, "heads": 3}
+
+
+@pytest.mark.parametrize("transform", [False, True], ids=["raw", "log"])
+@pytest.mark.parametrize("many", [False, True], ids=["3-tasks", "many-tasks"])
+def test_param_space_rows_equal_per_task_autograd(transform, many, monkeypatch):
+    """Rows equal ``∂L_t/∂θ_shared`` taken directly. With few tasks they come from each task's own
+    loss scalar, or (transformed losses) from the saliency by one encoder VJP per task; from
+    ``BATCHED_MIN_TASKS`` tasks on, from the saliency by one vmapped (``is_grads_batched``) VJP,
+    and the transform's Jacobian is one vmapped call too."""
+    from mtoframe import gradients
+
+    names = [f"t{i}" for i in range(gradients.BATCHED_MIN_TASKS + 2)] if many else ["a", "b", "c"]
+    model = make_vector_model(tasks=names) if many else make_conv_model()
+    seen: dict[str, torch.Tensor] = {}
+    calls = {"batched": 0, "grad": 0}
+    grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grad"] += 1
+        calls["batched"] += bool(kwargs.get("is_grads_batched"))
+        return grad(*args, **kwargs)
+
+    class Rows(Method):
+        name = "rows"
+        roles = Role.AGGREGATOR
+        grad_space = "params"
+
+        @hookimpl
+        def on_shared_grads(self, ctx):
+            monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+            rows = ctx.grads
+            monkeypatch.setattr(torch.autograd, "grad", grad)
+            shared = list(model.shared_parameters())
+            ref = torch.stack([torch.cat([g.reshape(-1) for g in grad(
+                ctx.losses[t], shared, retain_graph=True)]) for t in range(ctx.num_tasks)])
+            seen["got"], seen["want"] = rows, ref
+            ctx.set_update(rows.sum(0))
+
+    make_trainer([LogLosses()] * transform + [Rows()], model=model).step(make_batch(model))
+    torch.testing.assert_close(seen["got"], seen["want"], rtol=1e-12, atol=1e-14)
+    if many:  # the saliency (one call), the transform's Jacobian (one vmapped call), one vmapped VJP
+        assert (calls["batched"], calls["grad"]) == (1 + transform, 2 + transform)
+    else:
+        assert calls["batched"] == 0

@@ -130,10 +130,13 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "elapsed_s": elapsed_s, "memory_s": times.memory_s,
            "confidence": stats.CONFIDENCE, "headline": clock}
     records: list[dict[str, Any]] = []
-    ew_head = (times.cpu if clock == "cpu" else times.wall)[BASELINE]
+    head_times = times.cpu if clock == "cpu" else times.wall
+    ew_head = head_times[BASELINE]
     for c in contenders:
         w, u = wall[c.name], cpu[c.name]
         head = u if clock == "cpu" else w
+        peer = peer_of(c, head_times)
+        to_peer = stats.paired_ratio_ci(head_times[c.name], head_times[peer], seed=cfg.seed) if peer else None
         rec: dict[str, Any] = {
             "stack": c.name,
             "kind": c.kind,
@@ -146,6 +149,9 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
             "ms_median": stats.summarise_times(times.wall[c.name])["median_ms"],
             "cpu_ms_median": stats.summarise_times(times.cpu[c.name])["median_ms"],
             "wall_summary": stats.summarise_times(times.wall[c.name]),
+            "peer": peer,
+            "ratio_to_peer": to_peer.value if to_peer else None,
+            "ratio_to_peer_ci": to_peer.interval if to_peer else None,
             "period": c.period,
             "rounds": [{"wall_ms": a, "cpu_ms": b, "ratio_to_ew": (b if clock == "cpu" else a) / e}
                        for a, b, e in zip(times.wall[c.name], times.cpu[c.name], ew_head, strict=True)],
@@ -163,6 +169,13 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
         records.append({**f, "ratio_to_ew": None, "workload": {"name": workload.name, **workload.info},
                         "environment": env, "run": run})
     return records
+
+
+def peer_of(c: Contender, timed: dict[str, list[float]]) -> str | None:
+    """The peer contender timed beside mtoframe stack ``c`` (``torchjd:<name>``), if any: the
+    baseline of its ``ratio_to_peer``, the median over rounds of the paired per-round ratios."""
+    name = f"torchjd:{c.name}"
+    return name if c.kind == "mtoframe" and name in timed else None
 
 
 def headline_clock(device: torch.device, threads: int) -> str:

@@ -101,6 +101,15 @@ def noise_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def peer_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """One line with every stack's paired ratio to its peer implementation (``--peers``)."""
+    peered = [r for r in ok_records(records) if r.get("ratio_to_peer") is not None]
+    if not peered:
+        return []
+    return ["against the peer (median over rounds of the per-round ratio, headline clock, 95% CI): " + "; ".join(
+        f"{r['stack']} / {r['peer']} {r['ratio_to_peer']:.2f}× {_ci(r['ratio_to_peer_ci'])}" for r in peered)]
+
+
 def _half_width(r: dict[str, Any]) -> float:
     ci = r["ratio_to_ew_ci"]
     return math.inf if ci is None else (ci[1] - ci[0]) / 2 / r["ratio_to_ew"]
@@ -113,7 +122,7 @@ def write_speed_report(records: Sequence[dict[str, Any]], out: Path, *, title: s
     ok = ok_records(records)
     table_rows = rows(records)
     head = header(records[0]["run"]["headline"])
-    notes = [explanation(records), *noise_lines(records)]
+    notes = [explanation(records), *noise_lines(records), *peer_lines(records)]
     not_timed = [f"not timed: {r['stack']}: {r['error']}" for r in records if r.get("error") is not None]
     print(file=stream)
     print(report.table(table_rows, head, align="lrlrlrrrrl"), file=stream)

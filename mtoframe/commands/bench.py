@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--quality", action="store_true", help="train and compare quality instead of timing")
     p.add_argument("--methods", help="stacks to run, comma separated, '+' joins a stack: 'ew,cagrad,repmtl+nashmtl' "
                    "(default: every installed method alone and the Rep-MTL stacks whose methods are installed)")
-    p.add_argument("--tasks", type=int, help="time on the manytask regression with this many tasks (2..40)")
+    p.add_argument("--tasks", type=_task_counts, help="time on the manytask regression with this many tasks (2..40); "
+                   "several, comma separated (e.g. 2,3,5,10,20,40), time each and fit time = a + b*T per stack")
     p.add_argument("--peers", default="", help="comma-separated peer libraries to time beside mtoframe: torchjd")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -71,6 +72,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     c.add_argument("--fail-on-regression", type=float, metavar="PCT",
                    help="with --compare: exit 1 when a stack is slower beyond noise by more than PCT percent")
     return p
+
+
+def _task_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--tasks takes task counts, comma separated (e.g. 10 or 2,3,5,10), got {text!r}") from None
+    if not counts:
+        raise argparse.ArgumentTypeError("--tasks needs at least one task count")
+    return counts
 
 
 def _cuda() -> bool:
@@ -124,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quality and args.tasks is not None:
         raise OptionError("--quality runs on --data scenes or multimnist; --tasks (manytask) is for timing only")
-    if args.tasks is not None and not 2 <= args.tasks <= 40:
-        raise OptionError(f"--tasks must be in 2..40, got {args.tasks}")
+    bad = [t for t in args.tasks or [] if not 2 <= t <= 40]
+    if bad:
+        raise OptionError(f"--tasks must be in 2..40, got {', '.join(map(str, bad))}")
+    if args.tasks is not None and len(set(args.tasks)) != len(args.tasks):
+        raise OptionError(f"--tasks lists a task count twice: {args.tasks}")
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if peers and args.quality:
         raise OptionError("--peers applies to timing only")
@@ -136,19 +151,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
-    from ..bench.speed import SpeedConfig, run_speed
-    from ..bench.speed_report import write_speed_report
-    from ..bench.workloads import manytask_workload, scenes_workload
-
-    stacks, strict = _stacks(args)
     if peers:
         from ..bench.peers import require_torchjd
 
         if "torchjd" in peers:
             require_torchjd()  # fail before any work when it is missing
-    if args.tasks is not None:
+    if args.tasks is None or len(args.tasks) == 1:
+        return _run_one_timing(args, peers, args.tasks[0] if args.tasks else None, args.out)[0]
+    from ..bench.report import writable_dir
+    from ..bench.sweep import write_sweep_report
+
+    runs, code = {}, 0
+    for tasks in sorted(args.tasks):
+        rc, runs[tasks] = _run_one_timing(args, peers, tasks, writable_dir(args.out / f"T{tasks}"))
+        code = max(code, rc)
+    write_sweep_report(runs, args.out, stream=sys.stdout)
+    return code
+
+
+def _run_one_timing(args: argparse.Namespace, peers: list[str], tasks: int | None,
+                    out: Path) -> tuple[int, list[dict[str, Any]]]:
+    from ..bench.speed import SpeedConfig, run_speed
+    from ..bench.speed_report import write_speed_report
+    from ..bench.workloads import manytask_workload, scenes_workload
+
+    stacks, strict = _stacks(args)
+    if tasks is not None:
         batch = args.batch if args.batch is not None else SPEED_SIZES["manytask_batch"][1 if args.quick else 0]
-        workload = manytask_workload(tasks=args.tasks, batch=batch, seed=args.seed)
+        workload = manytask_workload(tasks=tasks, batch=batch, seed=args.seed)
     else:
         workload = scenes_workload(size=_pick(args, "size", SPEED_SIZES), batch=_pick(args, "batch", SPEED_SIZES),
                                    width=_pick(args, "width", SPEED_SIZES), seed=args.seed, cache_dir=args.cache_dir)
@@ -161,9 +191,9 @@ def run_timing(args: argparse.Namespace, peers: list[str]) -> int:
           flush=True)
     records = run_speed(workload, stacks, cfg, peers=peers, strict=strict,
                         progress=lambda s: print(f"  {s}", flush=True))
-    write_speed_report(records, args.out, title=f"mtoframe bench on {workload.name} ({args.device})",
+    write_speed_report(records, out, title=f"mtoframe bench on {workload.name} ({args.device})",
                        memory=cfg.memory, stream=sys.stdout)
-    return 1 if strict and any(r["error"] is not None for r in records) else 0
+    return (1 if strict and any(r["error"] is not None for r in records) else 0), records
 
 
 def _threads() -> int:

@@ -103,7 +103,12 @@ def test_tsr_gradcheck() -> None:
 
 
 @pytest.mark.parametrize("opts", OPTIONS)
-@pytest.mark.parametrize("shape", [(4, 3, 5, 2, 3), (3, 2, 6), (3, 3, 2, 4, 4)])  # C<N, vector (N=1), C<<N
+@pytest.mark.parametrize(
+    "shape",
+    # C<N, vector (N=1), C<<N, wide (C ≫ T: anchor products through T×T products), many tasks
+    # (T² ≫ C: through C×C Grams)
+    [(4, 3, 5, 2, 3), (3, 2, 6), (3, 3, 2, 4, 4), (3, 2, 24, 2, 1), (4, 9, 3), (3, 8, 2, 2, 1)],
+)
 def test_csa_gram_form_equals_dense(opts: dict, shape: tuple[int, ...]) -> None:
     s1 = rand(*shape).requires_grad_(True)
     s2 = s1.detach().clone().requires_grad_(True)
@@ -135,6 +140,26 @@ def test_cross_grams_against_external_anchors_equal_own(monkeypatch: pytest.Monk
         ((q1 * w).sum() + m1.sum()).backward()
         ((q2 * w).sum() + m2.sum()).backward()
         torch.testing.assert_close(s2.grad, s1.grad, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("shape", "form"),
+    [((4, 2, 40), "tasks"), ((3, 3, 30), "tasks"), ((4, 9, 3), "channels"), ((2, 40, 6), "channels"),
+     ((64, 10, 64), "channels"), ((64, 5, 64), "tasks")],
+)
+def test_anchor_products_equal_the_dense_frobenius_products(shape, form, monkeypatch) -> None:
+    # both forms (T×T products for few tasks, C×C Grams for many) against ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F
+    a, other = rand(*shape, seed=3), rand(shape[0] + 1, *shape[1:], seed=4)
+    calls = []
+    einsum = torch.einsum
+    for against in (a, other):
+        hat = einsum("btc,btd->bcd", a, a).flatten(1)
+        hat_k = einsum("btc,btd->bcd", against, against).flatten(1)
+        monkeypatch.setattr(torch, "einsum", lambda *args: calls.append(1) or einsum(*args))
+        got = csa_mod._anchor_products(a, against)
+        monkeypatch.setattr(torch, "einsum", einsum)
+        torch.testing.assert_close(got, hat @ hat_k.T, rtol=1e-12, atol=0)
+    assert bool(calls) == (form == "tasks")  # the T×T form is the einsum
 
 
 def test_negative_mask_excludes_self_only() -> None:

@@ -8,15 +8,19 @@ For sample b and task t let ``S_{t,b}`` be the ``C×N`` saliency (``N = H'W'``),
 
 Wang, Li, Xu, "Rep-MTL", ICCV 2025, https://arxiv.org/abs/2507.21049 (no official code exists).
 
-The ``C×C`` matrices are never formed. Every cosine follows from Gram identities::
+The saliency Grams ``M`` are never formed. Every cosine follows from Gram identities::
 
     ⟨S Sᵀ, A Aᵀ⟩_F = ‖Aᵀ S‖²_F   (T×N)      ‖S Sᵀ‖_F = ‖Sᵀ S‖_F   (the smaller of C×C, N×N)
-    ⟨Â_b, Â_k⟩_F = ‖A_bᵀ A_k‖²_F  (T×T)
+    ⟨Â_b, Â_k⟩_F = ‖A_bᵀ A_k‖²_F  (T×T)    or  ⟨Â_b, Â_k⟩_F directly   (C×C, see below)
 
 Everything that reads the full saliency is one custom autograd function that processes a few
-samples at a time and recomputes its Gram blocks in the backward, writing the whole gradient
-into one ``S``-sized buffer: the extra memory is that buffer plus one ``min(C, N)²`` block per
-chunk, O(B·T·C·N) overall, never O(B·T·C²).
+samples at a time, every task at once, and recomputes its Gram blocks in the backward, writing
+the whole gradient into one ``S``-sized buffer: the extra memory is that buffer plus one
+``min(C, N)²`` block per (sample, task) of a chunk, O(B·T·C·N) overall, never O(B·T·C²). The
+anchor products take the ``C×C`` anchor Grams ``Â_b`` (``B·C²``, independent of ``T``) only
+where that is cheaper than the ``T×T`` form (many tasks) and fits the same work-space budget.
+Vector saliencies (``N = 1``) need no chunking: there ``a_{b,t} = u_{b,t}`` and every term
+follows from the ``T×T`` Grams ``A_b A_bᵀ``.
 
 Ambiguities, each an option (the paper has no code to settle them):
 
@@ -41,6 +45,9 @@ rank must call it in the same order with the same ``B``.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -55,24 +62,31 @@ NEGATIVES = ("anchor", "task")
 DEFAULT_TAU = 2.0
 #: elements of work space per chunk of the Gram norm (64 MiB in float32).
 _CHUNK_ELEMENTS = 1 << 24
+#: elements of a chunk's saliency slice (1 MiB in float32): its buffers are allocated afresh on
+#: every call, and on CPU each page of a fresh allocation this large costs a fault on first touch,
+#: which made a whole-batch slice slower than its products (measured on scenes' 8×3×128×256)
+_SLICE_ELEMENTS = 1 << 18
 
 
 def _gram(u: Tensor) -> Tensor:
-    """The smaller Gram matrix of ``u`` (``[b, C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``."""
+    """The smaller Gram matrix of ``u`` (``[..., C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``."""
     return u @ u.transpose(-1, -2) if u.shape[-2] <= u.shape[-1] else u.transpose(-1, -2) @ u
 
 
-def _chunks(s: Tensor) -> list[slice]:
-    """Slices of samples whose Gram work space fits ``_CHUNK_ELEMENTS``."""
-    c, n = s.shape[-2:]
-    step = max(1, _CHUNK_ELEMENTS // (min(c, n) ** 2 + 2 * c * n))
+def _chunks(s: Tensor, against: int) -> list[slice]:
+    """Slices of samples whose work space (every task at once) fits ``_CHUNK_ELEMENTS``;
+    ``against`` is the number of anchor rows each task slice is multiplied with (``T`` for a
+    sample's own anchors, ``B'·T`` for the cross products)."""
+    T, c, n = s.shape[1:]
+    per_sample = T * (min(c, n) ** 2 + 2 * c * n + against * n)
+    step = max(1, min(_CHUNK_ELEMENTS // per_sample, _SLICE_ELEMENTS // (T * c * n)))
     return [slice(i, min(i + step, s.shape[0])) for i in range(0, s.shape[0], step)]
 
 
 def _slice_buffer(s: Tensor, chunks: list[slice]) -> Tensor:
-    """Work space for one chunk's ``[b, C, N]`` slice, reused across tasks and chunks: CPU
-    allocations this size are page-faulted afresh each time."""
-    return s.new_empty(chunks[0].stop - chunks[0].start, *s.shape[2:])
+    """Work space for one chunk's ``[b, T, C, N]`` slice, reused across chunks: CPU allocations
+    this size are page-faulted afresh each time."""
+    return s.new_empty(chunks[0].stop - chunks[0].start, *s.shape[1:])
 
 
 class _SaliencyGrams(torch.autograd.Function):
@@ -91,18 +105,21 @@ class _SaliencyGrams(torch.autograd.Function):
     torch.distributed they are every rank's anchors, which depend on this call's ``a`` through
     a collective, so they cannot be this call's own output.
 
-    Autograd would allocate one full-size gradient per slice ``S[:, t]`` and one for the mean;
-    this backward writes them all into a single ``S``-sized buffer, a few samples at a time.
+    Every task is processed at once (batched matrix products over ``[b, T]``), a few samples
+    at a time: the per-task loop it replaces cost ``T`` rounds of small kernels, which dominated
+    with many tasks and small representations. Autograd would allocate one full-size gradient
+    for the scaled copy and one for the mean; this backward writes them into a single
+    ``S``-sized buffer.
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
+    def forward(
+        ctx: Any, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         B, T = s.shape[:2]
         a = s.mean(dim=-1) * scale[:, None, None]
         external = anchors is not None
-        against = anchors.detach() if external else a
+        against = anchors.detach() if anchors is not None else a
         Bq = against.shape[0]
         m = s.new_empty(B, T)
         q = s.new_empty(Bq, T, B) if cross else s.new_empty(B, T)
@@ -111,62 +128,159 @@ class _SaliencyGrams(torch.autograd.Function):
         # Small problems keep their Grams for the backward (a third of the work); large ones,
         # whose Grams would rival S in size, recompute them chunk by chunk.
         keep = B * T * side * side <= _CHUNK_ELEMENTS
-        grams = s.new_empty((T, B, side, side) if keep else (0,))
-        chunks = _chunks(s)
+        grams = s.new_empty((B, T, side, side) if keep else (0,))
+        chunks = _chunks(s, Bq * T if cross else T)
         buf = _slice_buffer(s, chunks)
-        for t in range(T):
-            for k in chunks:
-                u = torch.mul(s[k, t], scale[k, None, None], out=buf[: k.stop - k.start])
-                g = _gram(u)
-                if keep:
-                    grams[t, k] = g
-                m[k, t] = g.square().sum(dim=(-1, -2))
-                if cross:
-                    q[:, t, k] = torch.matmul(flat, u).unflatten(1, (Bq, T)).square().sum(dim=(-1, -2)).T
-                else:
-                    q[k, t] = torch.bmm(a[k], u).square().sum(dim=(-1, -2))
+        for k in chunks:
+            u = torch.mul(s[k], scale[k, None, None, None], out=buf[: k.stop - k.start])  # [b, T, C, N]
+            g = _gram(u)
+            if keep:
+                grams[k] = g
+            m[k] = g.square().sum(dim=(-1, -2))
+            if cross:  # [b, T, Bq·T, N] -> [b, T, Bq]
+                r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)
+                q[:, :, k] = r.square().sum(dim=(-1, -2)).permute(2, 1, 0)
+            else:
+                q[k] = _anchors_t(a[k], u).square().sum(dim=(-1, -2))
         ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
         ctx.cross, ctx.keep, ctx.external = cross, keep, external
         return m, a, q
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx, g_m: Tensor, g_a: Tensor, g_q: Tensor
+    def backward(
+        ctx: Any, g_m: Tensor, g_a: Tensor, g_q: Tensor
     ) -> tuple[Tensor, None, None, Tensor | None]:
         s, scale, a, grams, anchors = ctx.saved_tensors
-        B, T, _, N = s.shape
+        T, N = s.shape[1], s.shape[3]
         grad = torch.empty_like(s)
         ga = g_a.clone()  # plus what q sends back through the anchors
         against = anchors if ctx.external else a
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
-        chunks = _chunks(s)
+        chunks = _chunks(s, Bq * T if ctx.cross else T)
         u_buf, gu_buf = _slice_buffer(s, chunks), _slice_buffer(s, chunks)
-        for t in range(T):
-            for k in chunks:
-                c = scale[k, None, None]
-                u = torch.mul(s[k, t], c, out=u_buf[: k.stop - k.start])
-                g = grams[t, k] if ctx.keep else _gram(u)
-                # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
-                out = gu_buf[: k.stop - k.start]
-                gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
-                gu.mul_(4 * g_m[k, t, None, None])
-                # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
-                if ctx.cross:
-                    r = torch.matmul(flat, u).unflatten(1, (Bq, T))  # [k, Bq, T, N]
-                    wr = r * (2 * g_q[:, t, k].T)[:, :, None, None]
-                    gu += torch.matmul(flat.T, wr.flatten(1, 2))
-                    g_against += torch.einsum("kcn,kbsn->bsc", u, wr)
-                else:
-                    wr = torch.bmm(a[k], u).mul_(2 * g_q[k, t, None, None])
-                    gu.baddbmm_(a[k].transpose(1, 2), wr)
-                    ga[k] += torch.bmm(wr, u.transpose(1, 2))
-                torch.mul(gu, c, out=grad[k, t])
+        for k in chunks:
+            c = scale[k, None, None, None]
+            u = torch.mul(s[k], c, out=u_buf[: k.stop - k.start])
+            g = grams[k] if ctx.keep else _gram(u)
+            # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
+            out = gu_buf[: k.stop - k.start]
+            gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
+            gu.mul_(4 * g_m[k, :, None, None])
+            # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
+            if ctx.cross:
+                r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)  # [b, T, Bq, T, N]
+                wr = r.mul_((2 * g_q[:, :, k].permute(2, 1, 0))[..., None, None]).flatten(2, 3)
+                gu += torch.matmul(flat.T, wr)
+                g_against += torch.einsum("btcn,btrn->rc", u, wr).view_as(g_against)
+            else:
+                wr = _anchors_t(a[k], u).mul_(2 * g_q[k, :, None, None])  # [b, T, T, N]
+                _add_anchors_combined(gu, a[k], wr)
+                ga[k] += _anchors_grad(wr, u)
+            torch.mul(gu, c, out=grad[k])
         # a = c · mean_n S: every position gets c/N of the anchor's gradient
         grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None
+
+
+# A_b = [a_{b,1} … a_{b,T}] against every task's slice u_{b,t} of a chunk ``u`` ([b, T, C, N]), in
+# one of two layouts: broadcasting the anchors over the tasks (a copy of b·T·T·C elements) or
+# moving the tasks next to the positions (a copy of u, b·T·C·N); the smaller copy wins — the
+# first with wide representations (N ≥ T, e.g. feature maps), the second with many tasks.
+
+
+def _tasks_last(u: Tensor) -> Tensor:
+    """``[b, T, C, N] -> [b, C, T·N]``: one product per sample then covers every task."""
+    return u.transpose(1, 2).reshape(u.shape[0], u.shape[2], -1)
+
+
+def _anchors_t(a: Tensor, u: Tensor) -> Tensor:
+    """``A_bᵀ u_{b,t}`` for every sample and task: ``[b, T, T, N]``."""
+    b, T, _, N = u.shape
+    if T <= N:
+        return torch.matmul(a[:, None], u)
+    return torch.bmm(a, _tasks_last(u)).view(b, T, T, N).transpose(1, 2)
+
+
+def _add_anchors_combined(out: Tensor, a: Tensor, w: Tensor) -> None:
+    """``out[b, t] += A_b w_{b,t}`` for ``w`` ``[b, T, T, N]`` (``out`` contiguous ``[b, T, C, N]``)."""
+    b, T, _, N = w.shape
+    if T <= N:  # accumulate in place: a temporary the size of out costs as much as the product
+        anchors = a.transpose(1, 2)[:, None].expand(b, T, -1, T).reshape(b * T, -1, T)
+        out.view(b * T, -1, N).baddbmm_(anchors, w.reshape(b * T, T, N))
+    else:
+        out += torch.bmm(a.transpose(1, 2), _tasks_last(w)).view(b, -1, T, N).transpose(1, 2)
+
+
+def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
+    """``Σ_t w_{b,t} u_{b,t}ᵀ``: ``[b, T, C]``."""
+    T, N = u.shape[1], u.shape[3]
+    if T <= N:
+        return torch.matmul(w, u.transpose(-1, -2)).sum(dim=1)
+    return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
+
+
+class _OwnAnchorProducts(torch.autograd.Function):
+    """``⟨Â_b, Â_k⟩_F`` of one set of anchors ``a`` (``[B, T, C]``) with itself, through the
+    ``C×C`` Grams ``Â_b = A_bᵀA_b`` (flattened: ``H``, ``[B, C²]``): ``H Hᵀ``. The backward is two
+    products, ``dH = (G + Gᵀ) H`` and ``dA_b = 2 A_b dÂ_b`` (``dÂ_b`` is symmetric), where autograd
+    would take one per operand of each product."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor) -> Tensor:
+        hat = torch.bmm(a.transpose(1, 2), a).flatten(1)
+        ctx.save_for_backward(a, hat)
+        return hat @ hat.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        a, hat = ctx.saved_tensors
+        d_hat = ((g + g.T) @ hat).view(a.shape[0], a.shape[2], a.shape[2])
+        out: Tensor = torch.bmm(a, d_hat).mul_(2)
+        return out
+
+
+def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`_SaliencyGrams`' ``(m, a, q)`` (own anchors) for vector saliencies (``N = 1``), by
+    autograd: the anchors are then the scaled saliencies themselves (``a_{b,t} = u_{b,t}``), so
+    with ``K_b = A_bᵀ A_b`` (``T×T``), ``q[b, t] = Σ_s K_b[s, t]²`` and ``m[b, t] = K_b[t, t]²``;
+    one ``B×T×T`` product instead of the chunked ``C``-sized Grams."""
+    a = s[..., 0] * scale[:, None, None]
+    k = torch.bmm(a, a.transpose(1, 2))
+    return k.diagonal(dim1=1, dim2=2).square(), a, k.square().sum(dim=1)
+
+
+#: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
+#: backward, memory-bound where the products run at matrix-multiply speed), counted in
+#: multiply-adds per element; measured on one CPU thread (B = C = 64, forward and backward: T×T
+#: form 0.44 / 0.76 / 3.0 ms at T = 3 / 5 / 10, C×C form 1.1 / 0.95 / 1.1 ms)
+_TEMPORARY_COST = 80
+
+
+def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
+    """``[B, B']``: ``⟨Â_b, Â_k⟩_F`` of this call's anchors ``a`` (``[B, T, C]``) against ``a_all``
+    (``[B', T, C]``).
+
+    Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds and
+    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
+    flattenings (``(B + B')·T·C² + B·B'·C²``, with ``(B + B')·C²`` elements held). The second is
+    far cheaper with many tasks (``T² ≫ C``); it is taken when it costs less and its Grams are no
+    larger than the first form's temporary or the chunk work space (``_CHUNK_ELEMENTS``), so a
+    wide representation (large ``C``) never holds ``C×C`` matrices beyond that budget.
+    """
+    (B, T, C), Bq = a.shape, a_all.shape[0]
+    grams_held = (B + (0 if a_all is a else Bq)) * C * C
+    by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
+    by_channels = grams_held * T + B * Bq * C * C
+    if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
+        if a_all is a:
+            return _OwnAnchorProducts.apply(a)  # type: ignore[no-any-return, no-untyped-call]
+        hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
+        return hat @ torch.matmul(a_all.transpose(1, 2), a_all).flatten(1).T
+    return torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))
 
 
 def csa_terms(
@@ -195,24 +309,35 @@ def csa_terms(
         scale = sample_scale(s)
         offset = rank() * B  # this rank's rows in the gathered (global) batch
         local = slice(offset, offset + B)
-        m, a, q = _SaliencyGrams.apply(s, scale, negatives == "task" and world_size() == 1)
+        cross = negatives == "task" and world_size() == 1
+        if s.shape[-1] == 1 and not cross:
+            m, a, q = _vector_grams(s, scale)
+        else:
+            m, a, q = _SaliencyGrams.apply(s, scale, cross)  # type: ignore[no-untyped-call]
         a_all = all_gather_cat(a)  # [N·B, T, C]
-        aa = torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))  # [B, N·B] = ⟨Â_b, Â_k⟩
+        aa = _anchor_products(a, a_all)  # [B, N·B] = ⟨Â_b, Â_k⟩
         a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
         if negatives == "anchor":
             m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
             pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
             a_norm_all = all_gather_cat(a_norm)
-            neg = (aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps))[:, None, :].expand(B, T, aa.shape[1])
+            neg_b = aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps)
+            # the negatives do not depend on the task: one log-sum-exp per sample, not per (b, t)
+            own = _self_mask(B, neg_b.shape[1], rank(), neg_b.device)
+            lse = torch.logsumexp((neg_b / tau).masked_fill(own, float("-inf")), dim=-1)[:, None]
+            if positive_in_denominator:
+                lse = torch.logaddexp(lse, pos / tau)
+            return (lse - pos / tau).mean(), pos, neg_b[:, None, :].expand(B, T, aa.shape[1])
         else:
             if world_size() > 1:
                 # every rank's anchors against this rank's task Grams, then every rank's columns
-                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)
+                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)  # type: ignore[no-untyped-call]
                 q = all_gather_cat(q, dim=2)[local]
             m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
             neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
             pos = torch.diagonal(neg[:, :, local], dim1=0, dim2=2).T
-        logits = (neg / tau).masked_fill(~negative_mask(neg)[:, None, :], float("-inf"))
+        own = _self_mask(B, neg.shape[-1], rank(), neg.device)
+        logits = (neg / tau).masked_fill(own[:, None, :], float("-inf"))
         if positive_in_denominator:
             logits = torch.cat([(pos / tau)[..., None], logits], dim=-1)
         loss = (torch.logsumexp(logits, dim=-1) - pos / tau).mean()
@@ -222,10 +347,16 @@ def csa_terms(
 def negative_mask(neg: Tensor) -> Tensor:
     """``[B, N·B]`` boolean: which columns of ``cos_neg`` (from :func:`csa_terms`) are negatives of
     row ``b`` (all but this rank's own sample, at ``rank·B + b``)."""
-    B, total = neg.shape[0], neg.shape[-1]
-    mask = torch.ones(B, total, dtype=torch.bool, device=neg.device)
-    idx = torch.arange(B, device=neg.device)
-    mask[idx, rank() * B + idx] = False
+    return ~_self_mask(neg.shape[0], neg.shape[-1], rank(), neg.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _self_mask(B: int, total: int, rank_: int, device: torch.device) -> Tensor:
+    """``[B, total]`` boolean, True at each row's own sample (``rank·B + b``); built once per shape
+    (four small kernels a step otherwise). Callers must not modify it."""
+    mask = torch.zeros(B, total, dtype=torch.bool, device=device)
+    idx = torch.arange(B, device=device)
+    mask[idx, rank_ * B + idx] = True
     return mask
 
 
