@@ -39,12 +39,17 @@ from .failures import FailureCounter
 from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
-from .numerics import clip_norm, combine
+from .numerics import clip_norm, combine, from_host, host64
 from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
 
 _CPU = torch.device("cpu")
+
+
+def _column_sums(c: Tensor) -> Tensor:
+    """``1ᵀC``; a host matrix is summed in numpy (a torch call costs 10-20 µs right after ``G Gᵀ``)."""
+    return from_host(host64(c).sum(0), c) if c.device.type == "cpu" and c.dtype == torch.float64 else c.sum(0)
 
 
 @attrs.frozen(kw_only=True)
@@ -183,12 +188,17 @@ class GramWeighting(Method):
         heads: Tensor | None = None
         logged: Tensor | None = None
         for rows, view in zip(blocks, views, strict=True):
-            gram = self.gram(ctx, rows).detach().to(device, torch.float64)
+            gram = self.gram(ctx, rows)
+            if gram.requires_grad:
+                gram = gram.detach()
+            if gram.dtype != torch.float64 or gram.device != device:
+                # skipped when it would return its input: after G Gᵀ every dispatch costs 10-20 µs
+                gram = gram.to(device, torch.float64)
             out = self.weigh(gram, view, ctx)
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
             if tuple(w.shape) != expected:
                 raise RuntimeError(f"{self.name}: weigh() returned shape {tuple(w.shape)}, expected {expected}")
-            logged = w.sum(0) if transform else w
+            logged = _column_sums(w) if transform else w
             parts.append(combine(logged if transform and self.sums_rows else w, rows))
         if transform and not self.sums_rows:
             ctx.grads = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -34,6 +34,7 @@ import torch
 
 from mtoframe import GramWeighting, StepContext
 from mtoframe.gram_weighting import TaskState
+from mtoframe.numerics import from_host, host64
 
 #: bordered systems whose 1-norm condition number is below this are solved by the inverse; the
 #: pseudo-inverse's cut-off (``(T+1)·eps·σ_max``) only truncates at a 2-norm condition number of
@@ -49,7 +50,7 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     otherwise (rank deficiency: duplicate rows), whose cut-off is torch's default,
     ``(T+1)·eps·σ_max``. A non-finite ``K`` gives NaN weights (a non-finite update, which the
     trainer's policy handles), not an exception from the SVD."""
-    k = K.detach().to("cpu", torch.float64).numpy()
+    k = host64(K)
     T = k.shape[0]
     if not np.isfinite(k).all():
         return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
@@ -70,7 +71,7 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
         condition = np.inf
     if not condition < INVERSE_CONDITION:
         inverse = np.linalg.pinv(A, rcond=(T + 1) * np.finfo(np.float64).eps)
-    return torch.from_numpy(inverse[:T, T].copy()).to(K.device, K.dtype)
+    return from_host(inverse[:T, T].copy(), K)
 
 
 class IMTLG(GramWeighting):
