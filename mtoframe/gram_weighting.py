@@ -39,7 +39,7 @@ from .failures import FailureCounter
 from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
-from .numerics import clip_norm, combine, from_host, host64
+from .numerics import clip_norm, combine, from_host, host64, to_float64
 from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
@@ -188,12 +188,7 @@ class GramWeighting(Method):
         heads: Tensor | None = None
         logged: Tensor | None = None
         for rows, view in zip(blocks, views, strict=True):
-            gram = self.gram(ctx, rows)
-            if gram.requires_grad:
-                gram = gram.detach()
-            if gram.dtype != torch.float64 or gram.device != device:
-                # skipped when it would return its input: after G Gᵀ every dispatch costs 10-20 µs
-                gram = gram.to(device, torch.float64)
+            gram = to_float64(self.gram(ctx, rows), device)
             out = self.weigh(gram, view, ctx)
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
             if tuple(w.shape) != expected:

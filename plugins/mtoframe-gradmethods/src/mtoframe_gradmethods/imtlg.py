@@ -10,7 +10,8 @@ Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021
 Here the same conditions are written symmetrically on the ``T×T`` Gram matrix, unknowns
 ``(α, c)``: ``(N⁻¹ K α)_t = c`` for every task with a non-zero gradient, ``α_t = 0`` for a zero
 gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN there),
-``Σ α_t = 1``; solved by the pseudo-inverse in float64, on the device. Where ``D Uᵀ`` is
+``Σ α_t = 1``; solved in float64 on the host, by the inverse of this bordered system when it is
+well conditioned and by its pseudo-inverse otherwise (the same ``α`` where both apply). Where ``D Uᵀ`` is
 invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
 minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0`` (e.g. three
 gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
