@@ -39,17 +39,12 @@ from .failures import FailureCounter
 from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
-from .numerics import clip_norm, combine, from_host, host64, to_float64
+from .numerics import clip_norm, combine, to_float64
 from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
 
 _CPU = torch.device("cpu")
-
-
-def _column_sums(c: Tensor) -> Tensor:
-    """``1ᵀC``; a host matrix is summed in numpy (a torch call costs 10-20 µs right after ``G Gᵀ``)."""
-    return from_host(host64(c).sum(0), c) if c.device.type == "cpu" and c.dtype == torch.float64 else c.sum(0)
 
 
 @attrs.frozen(kw_only=True)
@@ -193,7 +188,7 @@ class GramWeighting(Method):
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
             if tuple(w.shape) != expected:
                 raise RuntimeError(f"{self.name}: weigh() returned shape {tuple(w.shape)}, expected {expected}")
-            logged = _column_sums(w) if transform else w
+            logged = w.sum(0) if transform else w
             parts.append(combine(logged if transform and self.sums_rows else w, rows))
         if transform and not self.sums_rows:
             ctx.grads = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -21,12 +21,11 @@ A non-converged NNQP warns once and counts ``solver/failures/upgrad``; its last 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from mtoframe import GramWeighting, StepContext
 from mtoframe.gram_weighting import TaskState
-from mtoframe.numerics import from_host, host64, nnqp
+from mtoframe.numerics import nnqp
 
 
 class UPGrad(GramWeighting):
@@ -43,13 +42,9 @@ class UPGrad(GramWeighting):
         # the dual-cone weights do not depend on the scale of G
         return 1.0
 
-    # the NNQP is solved on the host (numpy): the Gram matrix is moved there once, by the base
-    host = True
-
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         res = nnqp(gram, gram)
         if not res.converged:
             self.failures.record("the dual-cone NNQP hit its iteration cap")
         # v_i = Gᵀ(e_i + λ_i): the mean over i weights row t by the mean of (I + Λ)[t, :]
-        lam = host64(res.x)
-        return from_host((np.eye(gram.shape[0]) + lam).mean(1), gram)
+        return (torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device) + res.x.to(gram.device)).mean(1)
