@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -61,33 +62,34 @@ def aggregate(method: Method | str, grads: Tensor, losses: Tensor | None = None,
     other tasks. Without them every row is present: ``task_ids = range(T)``.
     """
     m = as_method(method)
-    if not m.roles & GRADIENT_ROLES:
+    dispatcher = _DISPATCHERS.get(m)  # a method already run here is known to be a gradient method
+    if dispatcher is None and not m.roles & GRADIENT_ROLES:
         raise MtoError(f"method {m.name!r} is not a gradient method; aggregate() needs one of: "
                        + ", ".join(n for n in available() if get_registry().get(n).cls.roles & GRADIENT_ROLES))
     grads, losses = checked_inputs(grads, losses)
     tasks = _present_tasks(grads.shape[0], task_ids, all_tasks)
-    return rescaled(m, grads, lambda g: _run_on_grads(m, g, losses, tasks))
+    if dispatcher is None:
+        # the method's hook dispatch, as a Stack runs it (built once per method object)
+        dispatcher = _DISPATCHERS[m] = HookDispatcher([(m.name, m)])
+    return rescaled(m, grads, lambda g: _run_on_grads(m, dispatcher, g, losses, tasks))
 
 
-def _run_on_grads(m: Method, grads: Tensor, losses: Tensor | None, tasks: tuple[tuple[str, ...], tuple[str, ...]]
-                  ) -> Tensor:
+def _run_on_grads(m: Method, dispatcher: HookDispatcher, grads: Tensor, losses: Tensor | None,
+                  tasks: tuple[tuple[str, ...], tuple[str, ...]]) -> Tensor:
     present, everyone = tasks
     ctx = StepContext(tasks=present, all_tasks=everyone, losses=losses, grad_space=m.grad_space, device=grads.device,
                       dtype=grads.dtype)
     ctx.grads = grads
-    _dispatcher(m).call("on_shared_grads", None, ctx=ctx)
+    dispatcher.call("on_shared_grads", None, ctx=ctx)
     return ctx.update if ctx.update is not None else ctx.grads.sum(0)
 
 
-def _dispatcher(m: Method) -> HookDispatcher:
-    """The method's hook dispatch, as a Stack runs it (built once per method object)."""
-    found = _DISPATCHERS.get(m)
-    if found is None:
-        found = _DISPATCHERS[m] = HookDispatcher([(m.name, m)])
-    return found
-
-
 _DISPATCHERS: weakref.WeakKeyDictionary[Method, HookDispatcher] = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=64)
+def _default_names(t: int) -> tuple[str, ...]:
+    return tuple(f"task{i}" for i in range(t))
 
 
 def _present_tasks(t: int, task_ids: Sequence[int] | Tensor | None,
@@ -96,10 +98,10 @@ def _present_tasks(t: int, task_ids: Sequence[int] | Tensor | None,
     if all_tasks is None:
         if task_ids is not None:
             raise MtoError("task_ids needs all_tasks= (the full task list, or its length) to index into")
-        names = tuple(f"task{i}" for i in range(t))
+        names = _default_names(t)
         return names, names
     if isinstance(all_tasks, int) and not isinstance(all_tasks, bool):
-        names = tuple(f"task{i}" for i in range(all_tasks))
+        names = _default_names(all_tasks)
     elif (isinstance(all_tasks, Sequence) and not isinstance(all_tasks, str)
           and all(isinstance(n, str) for n in all_tasks)):
         names = tuple(all_tasks)

@@ -59,9 +59,12 @@ class StepContext:
         self.epoch = epoch
         self.tasks = tasks
         self.all_tasks = all_tasks if all_tasks is not None else tasks
-        index = {t: i for i, t in enumerate(self.all_tasks)}
         self.device = device if device is not None else (losses.device if losses is not None else torch.device("cpu"))
-        self.task_ids = torch.tensor([index[t] for t in tasks], dtype=torch.long, device=self.device)
+        # task_ids and weights are built on first read: mtoframe.aggregate's stateless methods
+        # read neither, and two tensor constructions are a measurable part of a small call
+        index = {t: i for i, t in enumerate(self.all_tasks)}
+        self._task_positions = [index[t] for t in tasks]
+        self._task_ids: Tensor | None = None
         #: the space of ``grads``' rows (``Method.grad_space`` of the stack; None: no gradient method)
         self.grad_space = grad_space
         self.logging = logging
@@ -74,8 +77,9 @@ class StepContext:
         self._losses = losses
         #: the losses as the stack received them, stacked (``losses`` may be a transform of them)
         self.raw_losses: Tensor | None = losses
-        dtype = dtype if dtype is not None else losses.dtype if losses is not None else torch.float32
-        self._weights: Tensor = torch.ones(len(tasks), device=self.device, dtype=dtype)
+        self._weights_dtype = dtype if dtype is not None else losses.dtype if losses is not None else torch.float32
+        self._weights_device = self.device
+        self._weights: Tensor | None = None
         #: True until a method assigns ``weights`` (lets the engine skip scaling rows by ones)
         self.unit_weights = True
         self.extra_losses: dict[str, Tensor] = {}
@@ -109,19 +113,35 @@ class StepContext:
             raise MtoError(f"ctx.losses must keep shape {tuple(self._losses.shape)}, got {tuple(value.shape)}")
         if self._losses is None:
             # the first losses fix the weights' dtype and device (float64 models get float64 weights)
-            self._weights = self._weights.to(dtype=value.dtype, device=value.device)
+            if self._weights is None:
+                self._weights_dtype, self._weights_device = value.dtype, value.device
+            else:
+                self._weights = self._weights.to(dtype=value.dtype, device=value.device)
         self._losses = value
         self.grad_cache.drop_all()  # gradients of the old losses are stale now
 
     @property
+    def task_ids(self) -> Tensor:
+        """``LongTensor[T]``: position of each present task in ``all_tasks``."""
+        if self._task_ids is None:
+            self._task_ids = torch.tensor(self._task_positions, dtype=torch.long, device=self.device)
+        return self._task_ids
+
+    @task_ids.setter
+    def task_ids(self, value: Tensor) -> None:
+        self._task_ids = value
+
+    @property
     def weights(self) -> Tensor:
         """``Tensor[T]`` loss weights (ones until a loss-level method sets them)."""
+        if self._weights is None:
+            self._weights = torch.ones(len(self.tasks), device=self._weights_device, dtype=self._weights_dtype)
         return self._weights
 
     @weights.setter
     def weights(self, value: Tensor) -> None:
-        if value.shape != self._weights.shape:
-            raise MtoError(f"ctx.weights must have shape {tuple(self._weights.shape)}, got {tuple(value.shape)}")
+        if value.shape != (len(self.tasks),):
+            raise MtoError(f"ctx.weights must have shape {(len(self.tasks),)}, got {tuple(value.shape)}")
         self._weights = value
         self.unit_weights = False
         self.grad_cache.drop_grads()

@@ -39,7 +39,7 @@ from .failures import FailureCounter
 from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
-from .numerics import clip_norm, combine
+from .numerics import clip_norm, combine, to_float64
 from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
@@ -73,15 +73,22 @@ class TaskState:
     entries of ``ctx.task_ids`` (a copy), ``state["alpha"] = value`` writes them back; absent
     tasks keep theirs. Pairwise entries read and write the ``TxT`` block of the present pairs."""
 
-    def __init__(self, store: dict[str, Tensor], specs: Mapping[str, StateSpec], ids: Tensor, block: int) -> None:
+    def __init__(self, store: dict[str, Tensor], specs: Mapping[str, StateSpec], ctx: StepContext,
+                 device: torch.device, block: int) -> None:
         self._store = store
         self._specs = specs
-        self._ids = ids
+        self._ctx = ctx
+        self._device = device
+        self._ids: Tensor | None = None
         self.block = block
 
     def _index(self, name: str) -> tuple[Any, ...]:
         spec = self._specs[name]
-        rows: tuple[Any, ...] = (self._ids.unsqueeze(1), self._ids.unsqueeze(0)) if spec.pairwise else (self._ids,)
+        if self._ids is None:
+            # built on first use: a method without per-task state never pays for the index tensor
+            self._ids = self._ctx.task_ids.to(self._device)
+        ids = self._ids
+        rows: tuple[Any, ...] = (ids.unsqueeze(1), ids.unsqueeze(0)) if spec.pairwise else (ids,)
         return (*rows, self.block) if spec.per_block else rows
 
     def __getitem__(self, name: str) -> Tensor:
@@ -176,7 +183,7 @@ class GramWeighting(Method):
         heads: Tensor | None = None
         logged: Tensor | None = None
         for rows, view in zip(blocks, views, strict=True):
-            gram = self.gram(ctx, rows).detach().to(device, torch.float64)
+            gram = to_float64(self.gram(ctx, rows), device)
             out = self.weigh(gram, view, ctx)
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
             if tuple(w.shape) != expected:
@@ -189,15 +196,18 @@ class GramWeighting(Method):
             ctx.set_update(parts[0] if len(parts) == 1 else torch.cat(parts))
         else:
             update = parts[0] if len(parts) == 1 else torch.cat(parts)
-            weights = ctx.weights
-            ctx.set_update(clip_norm(update, self.max_norm),
-                           head_weights=None if heads is None else heads.to(weights.device, weights.dtype))
+            if heads is not None:
+                weights = ctx.weights
+                heads = heads.to(weights.device, weights.dtype)
+            ctx.set_update(clip_norm(update, self.max_norm), head_weights=heads)
         self.failures.log(ctx)
         if ctx.logging and logged is not None and len(blocks) == 1:
             for t, task in enumerate(ctx.tasks):
                 ctx.log(f"{self.name}/weight/{task}", logged[t])
 
     def _view(self, ctx: StepContext, device: torch.device, block: int, n_blocks: int) -> TaskState:
+        if not self.state_spec:
+            return TaskState({}, self.state_spec, ctx, device, block)
         n_all = len(ctx.all_tasks)
         store = self.task_state
         if store is None or any(self._shape(spec, n_all, n_blocks) != tuple(store[name].shape)
@@ -209,7 +219,7 @@ class GramWeighting(Method):
         elif any(t.device != device for t in store.values()):
             store = {name: t.to(device) for name, t in store.items()}
             self.task_state = store
-        return TaskState(store, self.state_spec, ctx.task_ids.to(device), block)
+        return TaskState(store, self.state_spec, ctx, device, block)
 
     @staticmethod
     def _shape(spec: StateSpec, n_all: int, n_blocks: int) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +41,7 @@ class SeededGenerator:
         """``Tx(T-1)`` LongTensor: row i is a random order of the tasks other than i."""
         if T == 0:
             return torch.zeros(0, 0, dtype=torch.long)
-        # one draw per row, in row order: the same stream as T calls of randperm(T - 1)
-        perms = torch.stack([torch.randperm(T - 1, generator=self.gen) for _ in range(T)])
-        return perms + (perms >= torch.arange(T).unsqueeze(1)).long()
+        # one draw per row, in row order: the same stream as T calls of randperm(T - 1); the
+        # integer arithmetic after the draws runs in numpy (exact either way, µs cheaper per step)
+        perms = np.stack([torch.randperm(T - 1, generator=self.gen).numpy() for _ in range(T)])
+        return torch.from_numpy(perms + (perms >= np.arange(T)[:, None]))

@@ -29,12 +29,15 @@ __all__ = [
     "clip_norm",
     "combine",
     "cosine_matrix",
+    "from_host",
     "gram",
+    "host64",
     "min_norm_point",
     "min_norm_point_fw",
     "nnqp",
     "normalised_gram",
     "project_simplex",
+    "to_float64",
 ]
 
 _CPU = torch.device("cpu")
@@ -50,7 +53,10 @@ def combine(weights: Tensor, grads: Tensor) -> Tensor:
     """``weights @ grads`` in the gradients' dtype and device: ``Σ_t w_t g_t`` for a ``T``-vector
     of weights, the rows ``C G`` for a ``T×T`` coefficient matrix (weights may come from float64
     ``T×T`` work, possibly on the host)."""
-    out: Tensor = weights.to(device=grads.device, dtype=grads.dtype) @ grads
+    if weights.dtype != grads.dtype or weights.device != grads.device:
+        # a torch cast, not numpy's: weights in numpy-allocated memory make the product ~10% slower
+        weights = weights.to(device=grads.device, dtype=grads.dtype)
+    out: Tensor = weights @ grads
     return out
 
 
@@ -126,7 +132,7 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
         raise SolverError(f"min_norm_point needs a non-empty square Gram matrix, got shape {tuple(k.shape)}")
     if T == 1:
         return MinNormResult(torch.ones(1, dtype=k.dtype, device=k.device), 0.0, 0, True)
-    K = _host(k.detach().to(torch.float64))
+    K = _host(k)
     if not np.isfinite(K).all():
         raise SolverError("min_norm_point: the Gram matrix has non-finite entries")
     top = K.diagonal().max()
@@ -135,7 +141,7 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
     max_iter = 50 * T + 50 if max_iter is None else max_iter
     interior = _interior_minimiser(K, tol)
     if interior is not None:
-        return MinNormResult(torch.as_tensor(interior[0]).to(k.device, k.dtype), interior[1], 0, True)
+        return MinNormResult(from_host(interior[0], k), interior[1], 0, True)
     w = np.zeros(T)
     i0 = int(K.diagonal().argmin())
     w[i0] = 1.0
@@ -169,7 +175,7 @@ def min_norm_point(k: Tensor, *, tol: float = 1e-12, max_iter: int | None = None
     kw = K @ w
     gap = max(float(w @ kw - kw.min()), 0.0)
     converged = it < max_iter or gap <= tol
-    return MinNormResult(torch.as_tensor(w).to(k.device, k.dtype), gap, it, converged)
+    return MinNormResult(from_host(w, k), gap, it, converged)
 
 
 def _interior_minimiser(K: np.ndarray, tol: float) -> tuple[np.ndarray, float] | None:
@@ -195,9 +201,37 @@ def _interior_minimiser(K: np.ndarray, tol: float) -> tuple[np.ndarray, float] |
     return (w, max(gap, 0.0)) if gap <= tol else None
 
 
+def host64(t: Tensor) -> np.ndarray:
+    """``t`` as a float64 numpy array on the host, detached. Only the conversions it needs are
+    dispatched: right after ``G Gᵀ`` has swept the CPU caches every torch call costs 10–20 µs,
+    even one that returns its input, and an attribute read does not."""
+    return to_float64(t, _CPU).numpy()
+
+
+def to_float64(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` detached, as float64 on ``device``; a float32 host tensor is cast in numpy (exact
+    either way), anything else by torch only if it is not already float64 there (see
+    :func:`host64` for why)."""
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype == torch.float64 and t.device == device:
+        return t
+    if t.dtype == torch.float32 and t.device.type == "cpu" and device.type == "cpu":
+        return torch.from_numpy(t.numpy().astype(np.float64))
+    return t.to(device, torch.float64)
+
+
+def from_host(a: np.ndarray, like: Tensor) -> Tensor:
+    """The numpy array ``a`` as a tensor of ``like``'s dtype and device (converted only if needed)."""
+    t = torch.from_numpy(a)
+    if t.dtype != like.dtype or like.device.type != "cpu":
+        t = t.to(like.device, like.dtype)
+    return t
+
+
 def _host(t: Tensor) -> np.ndarray:
     # the tiny active-set loops are dominated by per-call overhead, which numpy keeps at ~µs
-    a = t.to(_CPU).numpy()
+    a = host64(t)
     return 0.5 * (a + a.T) if a.ndim == 2 and a.shape[0] == a.shape[1] else a
 
 
@@ -261,8 +295,8 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     T = k.shape[0]
     if k.shape != (T, T) or q.shape[0] != T:
         raise SolverError(f"nnqp: K must be T×T and q have T rows; got {tuple(k.shape)} and {tuple(q.shape)}")
-    K = _host(k.detach().to(torch.float64))
-    Q = q.detach().to(_CPU, torch.float64).numpy()
+    K = _host(k)
+    Q = host64(q)
     if not (np.isfinite(K).all() and np.isfinite(Q).all()):
         raise SolverError("nnqp: non-finite entries in K or q")
     scale = float(K.diagonal().max())
@@ -272,7 +306,7 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     K, Q = K / scale, Q / scale
     max_iter = 30 * T + 30 if max_iter is None else max_iter
     x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter)
-    return NNQPResult(torch.as_tensor(x.reshape(q.shape)).to(q.device, q.dtype), int(its.sum()), bool(ok.all()))
+    return NNQPResult(from_host(x.reshape(q.shape), q), int(its.sum()), bool(ok.all()))
 
 
 def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -68,7 +68,9 @@ def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
     step, another matrix) do nothing."""
     if _DEFERRED.get() is not grads:
         return
-    k = gram().detach()
+    k = gram()
+    if k.requires_grad:
+        k = k.detach()
     # max_t ‖g_t‖²: ‖g‖/√P ≤ max|g_i| ≤ ‖g‖ (numpy where it can read the matrix: µs less, every call)
     on_host = k.device.type == "cpu" and k.dtype in (torch.float32, torch.float64)
     top2 = float(k.numpy().diagonal().max() if on_host else k.diagonal().max())

@@ -39,6 +39,7 @@ import torch
 
 from mtoframe import GramWeighting, StepContext
 from mtoframe.gram_weighting import TaskState
+from mtoframe.numerics import from_host, host64
 from mtoframe.options import one_of
 
 
@@ -59,7 +60,7 @@ def aligned_weights(K: torch.Tensor, scale: str = "min", rank_cutoff: str = "flo
     per-operation overhead). A non-finite ``K`` (an overflowed Gram matrix) has no
     eigendecomposition: the weights are NaN, not zeros."""
     T = K.shape[0]
-    k = K.detach().to("cpu", torch.float64).numpy()
+    k = host64(K)
     if not np.isfinite(k).all():
         return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
     lam, V = np.linalg.eigh(k)  # ascending, like torch.linalg.eigh (both read the lower triangle)
@@ -77,7 +78,7 @@ def aligned_weights(K: torch.Tensor, scale: str = "min", rank_cutoff: str = "flo
     else:
         sigma2 = lam[keep].sum() / rank
     B = np.sqrt(max(float(sigma2), 0.0)) * (V * inv_sqrt) @ V.T
-    return torch.from_numpy(B.sum(0)).to(K.device, K.dtype)
+    return from_host(B.sum(0), K)
 
 
 class AlignedMTL(GramWeighting):

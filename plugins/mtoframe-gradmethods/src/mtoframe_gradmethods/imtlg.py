@@ -10,7 +10,8 @@ Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021
 Here the same conditions are written symmetrically on the ``T×T`` Gram matrix, unknowns
 ``(α, c)``: ``(N⁻¹ K α)_t = c`` for every task with a non-zero gradient, ``α_t = 0`` for a zero
 gradient (its unit vector is undefined; LibMTL's ``torch.inverse`` returns NaN there),
-``Σ α_t = 1``; solved by the pseudo-inverse in float64, on the device. Where ``D Uᵀ`` is
+``Σ α_t = 1``; solved in float64 on the host, by the inverse of this bordered system when it is
+well conditioned and by its pseudo-inverse otherwise (the same ``α`` where both apply). Where ``D Uᵀ`` is
 invertible this is the paper's closed form exactly; rank-deficient cases (duplicate rows) get the
 minimum-norm ``α`` satisfying the conditions. When the conditions force ``d = 0`` (e.g. three
 gradients in a plane: no non-zero ``d`` has equal projections on three distinct unit vectors
@@ -34,17 +35,29 @@ import torch
 
 from mtoframe import GramWeighting, StepContext
 from mtoframe.gram_weighting import TaskState
+from mtoframe.numerics import from_host, host64
+
+#: bordered systems whose 1-norm condition number is below this are solved by the inverse; the
+#: pseudo-inverse's cut-off (``(T+1)·eps·σ_max``) only truncates at a 2-norm condition number of
+#: about ``1/((T+1)·eps)`` (>1e14), so below this both give the same α, to about ``1e6·eps``
+INVERSE_CONDITION = 1e6
 
 
 def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     """``α`` from the Gram matrix (any device; solved in numpy on the host, where the ~20 tiny
-    operations cost a fraction of torch's per-operation overhead). The pseudo-inverse cut-off is
-    torch's default, ``(T+1)·eps·σ_max``. A non-finite ``K`` gives NaN weights (a non-finite
-    update, which the trainer's policy handles), not an exception from the SVD."""
-    k = K.detach().to("cpu", torch.float64).numpy()
+    operations cost a fraction of torch's per-operation overhead). ``K`` is first divided by
+    ``max_t K_tt`` (``α`` does not change; the cut-offs below become relative). The bordered
+    system is solved by its inverse when it is well conditioned and by the pseudo-inverse
+    otherwise (rank deficiency: duplicate rows), whose cut-off is torch's default,
+    ``(T+1)·eps·σ_max``. A non-finite ``K`` gives NaN weights (a non-finite update, which the
+    trainer's policy handles), not an exception from the SVD."""
+    k = host64(K)
     T = k.shape[0]
     if not np.isfinite(k).all():
         return torch.full((T,), torch.nan, dtype=K.dtype, device=K.device)
+    top = k.diagonal().max()
+    if top > 0:
+        k = k / top
     sq = np.clip(k.diagonal(), 0.0, None)
     active = sq > sq.max() * 1e-30
     norms = np.where(active, np.sqrt(sq), 1.0)
@@ -52,8 +65,14 @@ def imtlg_weights(K: torch.Tensor) -> torch.Tensor:
     A[:T, :T] = np.where(active[:, None], k / norms[:, None], np.eye(T))
     A[:T, T] = np.where(active, -1.0, 0.0)
     A[T, :T] = 1.0
-    pinv = np.linalg.pinv(A, rcond=(T + 1) * np.finfo(np.float64).eps)
-    return torch.from_numpy(pinv[:T, T].copy()).to(K.device, K.dtype)
+    try:
+        inverse = np.linalg.inv(A)
+        condition = np.abs(A).sum(0).max() * np.abs(inverse).sum(0).max()
+    except np.linalg.LinAlgError:
+        condition = np.inf
+    if not condition < INVERSE_CONDITION:
+        inverse = np.linalg.pinv(A, rcond=(T + 1) * np.finfo(np.float64).eps)
+    return from_host(inverse[:T, T].copy(), K)
 
 
 class IMTLG(GramWeighting):
@@ -75,6 +94,4 @@ class IMTLG(GramWeighting):
     host = True
 
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
-        # α is invariant to a common rescale of G; normalising keeps pinv's cut-off relative
-        scale = gram.diagonal().max()
-        return imtlg_weights(gram / torch.where(scale > 0, scale, torch.ones_like(scale)))
+        return imtlg_weights(gram)
