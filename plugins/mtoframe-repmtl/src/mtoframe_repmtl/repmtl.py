@@ -116,14 +116,16 @@ class RepMTL(Method):
     summary = "Rep-MTL: task-saliency entropy (TSR) and cross-task saliency alignment (CSA) regularisers."
     paper = "Wang, Li, Xu, Rep-MTL, ICCV 2025, https://arxiv.org/abs/2507.21049"
     defaults_reproduce = (
-        "measured, not the paper's: λ_tsr = λ_csa = 0.001 and τ = 2 (τ is not reported by the paper; its λ anchor is 0.9), "
+        "measured, not the paper's: λ_tsr = λ_csa = 0.001 and τ = 2 (τ is not reported by the paper; its λ anchor "
+        "is 0.9), "
         "the least harmful setting of a τ × λ sweep on scenes and MultiMNIST selected on validation data "
         "(docs/BENCHMARKS.md); no setting beat EW, and smaller λ is closer to EW; no official code exists"
     )
     Options = RepMTLOptions
     # What the class may do; an instance is a loss method only with log_transform=True.
     roles = Role.REGULARISER | Role.LOSS
-    heads_receive = "their task's (weighted) loss gradient plus the gradient of λ_tsr·L_tsr + λ_csa·L_csa (second order)"
+    heads_receive = ("their task's (weighted) loss gradient plus the gradient of λ_tsr·L_tsr + λ_csa·L_csa "
+                     "(second order)")
 
     def __init__(self, options: Any = None, /, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -160,7 +162,7 @@ class RepMTL(Method):
             tsr, per_task = tsr_terms(s)
             reg["tsr"] = o.lambda_tsr * tsr
             if stats:
-                logs.update({f"repmtl/entropy/{name}": h for name, h in zip(ctx.tasks, per_task)})
+                logs.update({f"repmtl/entropy/{name}": h for name, h in zip(ctx.tasks, per_task, strict=True)})
         if o.use_csa:
             csa, pos, neg = csa_terms(
                 s, o.tau, negatives=o.negatives, positive_in_denominator=o.positive_in_denominator
@@ -170,7 +172,8 @@ class RepMTL(Method):
                 logs["repmtl/cos_pos"] = pos.mean()
                 logs["repmtl/cos_neg"] = neg[negative_mask(neg)[:, None, :].expand_as(neg)].mean()
         if ctx.logging and reg and ctx.z is not None and ctx.z.requires_grad:
-            logs["repmtl/reg_grad_ratio"] = _reg_grad_ratio(sum(reg.values()), s, ctx.z)
+            total = torch.stack(list(reg.values())).sum()
+            logs["repmtl/reg_grad_ratio"] = _reg_grad_ratio(total, s, ctx.z)
         if distributed:
             reg, logs = _union_values(reg, logs)
         for name, value in reg.items():
@@ -187,7 +190,8 @@ def _reg_grad_ratio(reg: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torc
     (g,) = torch.autograd.grad(reg, z, retain_graph=True, allow_unused=True)
     if g is None:  # heads whose input gradient does not depend on Z (e.g. linear heads, MSE on a constant)
         return torch.zeros((), device=z.device)
-    return g.norm() / s.detach().sum(1).norm().clamp_min(torch.finfo(s.dtype).tiny)
+    ratio: torch.Tensor = g.norm() / s.detach().sum(1).norm().clamp_min(torch.finfo(s.dtype).tiny)
+    return ratio
 
 
 def _union_values(
@@ -201,5 +205,5 @@ def _union_values(
     """
     values = list(reg.values()) + list(logs.values())
     mean = all_reduce_mean(torch.stack([v.detach() for v in values]))  # one dtype: the saliency's
-    out = [m + (v - v.detach()) for m, v in zip(mean, values)]
-    return dict(zip(reg, out[: len(reg)])), dict(zip(logs, out[len(reg) :]))
+    out = [m + (v - v.detach()) for m, v in zip(mean, values, strict=True)]
+    return dict(zip(reg, out[: len(reg)], strict=True)), dict(zip(logs, out[len(reg) :], strict=True))
