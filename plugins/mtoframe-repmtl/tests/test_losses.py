@@ -145,7 +145,7 @@ def test_cross_grams_against_external_anchors_equal_own(monkeypatch: pytest.Monk
 @pytest.mark.parametrize(
     ("shape", "form"),
     [((4, 2, 40), "tasks"), ((3, 3, 30), "tasks"), ((4, 9, 3), "channels"), ((2, 40, 6), "channels"),
-     ((64, 10, 64), "channels"), ((64, 5, 64), "tasks")],
+     ((64, 10, 64), "channels"), ((64, 5, 64), "channels"), ((64, 3, 64), "tasks")],
 )
 def test_anchor_products_equal_the_dense_frobenius_products(shape, form, monkeypatch) -> None:
     # both forms (T×T products for few tasks, C×C Grams for many) against ⟨A_b A_bᵀ, A_k A_kᵀ⟩_F

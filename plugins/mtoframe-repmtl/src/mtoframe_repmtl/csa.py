@@ -287,7 +287,8 @@ def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 #: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
 #: backward, memory-bound where the products run at matrix-multiply speed), counted in
 #: multiply-adds per element; measured on one CPU thread (B = C = 64, forward and backward: T×T
-#: form 0.44 / 0.76 / 3.0 ms at T = 3 / 5 / 10, C×C form 1.1 / 0.95 / 1.1 ms)
+#: form 0.48 / 0.93 / 1.5 / 2.9 ms at T = 3 / 5 / 7 / 10, packed C×C form 0.77 / 0.76 / 0.81 /
+#: 0.84 ms; the rule below picks the faster at each)
 _TEMPORARY_COST = 80
 
 
@@ -296,8 +297,8 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     (``[B', T, C]``).
 
     Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds and
-    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
-    flattenings (``(B + B')·T·C² + B·B'·C²``, with ``(B + B')·C²`` elements held). The second is
+    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their packed
+    upper triangles (``(B + B')·T·C² + B·B'·C(C+1)/2``, with ``(B + B')·C²`` elements held). The second is
     far cheaper with many tasks (``T² ≫ C``); it is taken when it costs less and its Grams are no
     larger than the first form's temporary or the chunk work space (``_CHUNK_ELEMENTS``), so a
     wide representation (large ``C``) never holds ``C×C`` matrices beyond that budget.
@@ -305,7 +306,7 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     (B, T, C), Bq = a.shape, a_all.shape[0]
     grams_held = (B + (0 if a_all is a else Bq)) * C * C
     by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
-    by_channels = grams_held * T + B * Bq * C * C
+    by_channels = grams_held * T + B * Bq * C * (C + 1) // 2
     if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
         if a_all is a:
             return _OwnAnchorProducts.apply(a)  # type: ignore[no-any-return, no-untyped-call]
