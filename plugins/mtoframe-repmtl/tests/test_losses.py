@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
+import mtoframe_repmtl.csa as csa_mod
 import pytest
 import torch
 import torch.nn.functional as F
-
-import mtoframe_repmtl.csa as csa_mod
-from mtoframe.errors import BatchError, MtoError, OptionError
 from mtoframe_repmtl import csa_loss, csa_terms, tsr_loss, tsr_terms
+
+from mtoframe.errors import BatchError, MtoError, OptionError
 
 OPTIONS = [
     {"negatives": "anchor", "positive_in_denominator": False},
@@ -241,7 +241,7 @@ def test_csa_gradcheck(opts: dict) -> None:
 
 
 def test_csa_needs_two_samples() -> None:
-    with pytest.raises(BatchError, match="at least 2 samples.*B=1"):
+    with pytest.raises(BatchError, match=r"at least 2 samples.*B=1"):
         csa_loss(rand(1, 3, 4, 2, 2))
 
 
@@ -249,7 +249,7 @@ def test_bad_arguments_are_named() -> None:
     s = rand(2, 2, 3, 2, 2)
     with pytest.raises(OptionError, match="tau"):
         csa_loss(s, tau=0.0)
-    with pytest.raises(OptionError, match="negatives.*'anchor', 'task'"):
+    with pytest.raises(OptionError, match=r"negatives.*'anchor', 'task'"):
         csa_loss(s, negatives="pairs")
     with pytest.raises(MtoError, match=r"\[B, T, C, H, W\]"):
         tsr_loss(rand(2, 3))
