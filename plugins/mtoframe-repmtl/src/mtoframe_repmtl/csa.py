@@ -46,6 +46,7 @@ rank must call it in the same order with the same ``B``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import torch
@@ -222,24 +223,54 @@ def _anchors_grad(w: Tensor, u: Tensor) -> Tensor:
     return torch.bmm(_tasks_last(w), _tasks_last(u).transpose(1, 2))
 
 
+@functools.lru_cache(maxsize=8)
+def _packing(c: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(upper, weight, back, unpack)`` for symmetric ``c×c`` matrices flattened row-major: the
+    flat indices of the upper triangle (diagonal included), ``√2`` off the diagonal and 1 on it,
+    ``1/√2`` off the diagonal and 1 on it, and for every flat entry ``(i, j)`` the packed position
+    of ``(min, max)``. Built once per shape (in ``dtype``, so float64 keeps its round-off); callers
+    must not modify them."""
+    i, j = torch.triu_indices(c, c, device=device)
+    off = i != j
+    weight = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(2.0))
+    back = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(0.5))
+    unpack = torch.empty(c * c, dtype=torch.long, device=device)
+    pos = torch.arange(i.numel(), device=device)
+    unpack[i * c + j] = pos
+    unpack[j * c + i] = pos
+    return i * c + j, weight, back, unpack
+
+
+def _packed_grams(a: Tensor) -> Tensor:
+    """``[B, C(C+1)/2]``: the upper triangles of the anchor Grams ``Â_b = A_bᵀA_b`` (``a`` is
+    ``[B, T, C]``), off-diagonal entries times ``√2``, so that ``⟨Â_b, Â_k⟩_F`` is the plain dot
+    product of two rows: the symmetric Grams' products at half the multiply-adds of their full
+    flattenings."""
+    upper, weight, _, _ = _packing(a.shape[2], a.device, a.dtype)
+    return torch.bmm(a.transpose(1, 2), a).flatten(1).index_select(1, upper).mul_(weight)
+
+
 class _OwnAnchorProducts(torch.autograd.Function):
     """``⟨Â_b, Â_k⟩_F`` of one set of anchors ``a`` (``[B, T, C]``) with itself, through the
-    ``C×C`` Grams ``Â_b = A_bᵀA_b`` (flattened: ``H``, ``[B, C²]``): ``H Hᵀ``. The backward is two
-    products, ``dH = (G + Gᵀ) H`` and ``dA_b = 2 A_b dÂ_b`` (``dÂ_b`` is symmetric), where autograd
-    would take one per operand of each product."""
+    packed ``C×C`` Grams (:func:`_packed_grams`, ``V``, ``[B, C(C+1)/2]``): ``V Vᵀ``. The backward
+    is two products, ``dV = (G + Gᵀ) V`` and ``dA_b = 2 A_b dÂ_b`` with ``dÂ_b`` the symmetric
+    matrix whose two off-diagonal mirror entries each get ``dV/√2`` (they share one packed entry
+    of weight ``√2``), where autograd would take one product per operand of each."""
 
     @staticmethod
     def forward(ctx: Any, a: Tensor) -> Tensor:
-        hat = torch.bmm(a.transpose(1, 2), a).flatten(1)
-        ctx.save_for_backward(a, hat)
-        return hat @ hat.T
+        packed = _packed_grams(a)
+        ctx.save_for_backward(a, packed)
+        return packed @ packed.T
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor) -> Tensor:
-        a, hat = ctx.saved_tensors
-        d_hat = ((g + g.T) @ hat).view(a.shape[0], a.shape[2], a.shape[2])
-        out: Tensor = torch.bmm(a, d_hat).mul_(2)
+        a, packed = ctx.saved_tensors
+        B, c = a.shape[0], a.shape[2]
+        _, _, back, unpack = _packing(c, a.device, a.dtype)
+        d_hat = ((g + g.T) @ packed).mul_(back).index_select(1, unpack)
+        out: Tensor = torch.bmm(a, d_hat.view(B, c, c)).mul_(2)
         return out
 
 
@@ -256,7 +287,8 @@ def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 #: element-wise passes over the ``B×B'×T×T`` temporary of the ``T×T`` form (square, sum and their
 #: backward, memory-bound where the products run at matrix-multiply speed), counted in
 #: multiply-adds per element; measured on one CPU thread (B = C = 64, forward and backward: T×T
-#: form 0.44 / 0.76 / 3.0 ms at T = 3 / 5 / 10, C×C form 1.1 / 0.95 / 1.1 ms)
+#: form 0.48 / 0.93 / 1.5 / 2.9 ms at T = 3 / 5 / 7 / 10, packed C×C form 0.77 / 0.76 / 0.81 /
+#: 0.84 ms; the rule below picks the faster at each)
 _TEMPORARY_COST = 80
 
 
@@ -265,8 +297,8 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     (``[B', T, C]``).
 
     Two exact forms: ``‖A_bᵀ A_k‖²_F`` through ``T×T`` products (``B·B'·T²·C`` multiply-adds and
-    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their
-    flattenings (``(B + B')·T·C² + B·B'·C²``, with ``(B + B')·C²`` elements held). The second is
+    a ``B×B'×T×T`` temporary), or the ``C×C`` anchor Grams ``Â`` and one product of their packed
+    upper triangles (``(B + B')·T·C² + B·B'·C(C+1)/2``, with ``(B + B')·C²`` elements held). The second is
     far cheaper with many tasks (``T² ≫ C``); it is taken when it costs less and its Grams are no
     larger than the first form's temporary or the chunk work space (``_CHUNK_ELEMENTS``), so a
     wide representation (large ``C``) never holds ``C×C`` matrices beyond that budget.
@@ -274,12 +306,11 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     (B, T, C), Bq = a.shape, a_all.shape[0]
     grams_held = (B + (0 if a_all is a else Bq)) * C * C
     by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
-    by_channels = grams_held * T + B * Bq * C * C
+    by_channels = grams_held * T + B * Bq * C * (C + 1) // 2
     if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
         if a_all is a:
             return _OwnAnchorProducts.apply(a)  # type: ignore[no-any-return, no-untyped-call]
-        hat = torch.matmul(a.transpose(1, 2), a).flatten(1)
-        return hat @ torch.matmul(a_all.transpose(1, 2), a_all).flatten(1).T
+        return _packed_grams(a) @ _packed_grams(a_all).T
     return torch.einsum("btc,ksc->bkts", a, a_all).square().sum(dim=(-1, -2))
 
 
