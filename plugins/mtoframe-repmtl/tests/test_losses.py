@@ -162,6 +162,19 @@ def test_anchor_products_equal_the_dense_frobenius_products(shape, form, monkeyp
     assert bool(calls) == (form == "tasks")  # the T×T form is the einsum
 
 
+def test_shape_caches_built_under_inference_mode_still_train() -> None:
+    # the per-shape caches (packing indices, self mask) are first filled by an inference_mode call
+    # (e.g. an evaluation loop computing the loss); a later training step must still backward
+    csa_mod._packing.cache_clear()
+    csa_mod._self_mask.cache_clear()
+    s = rand(64, 10, 64)  # the C×C (packed) form
+    with torch.inference_mode():
+        csa_loss(s)
+    ref = s.clone().requires_grad_(True)
+    csa_loss(ref).backward()
+    assert ref.grad is not None and torch.isfinite(ref.grad).all()
+
+
 def test_negative_mask_excludes_self_only() -> None:
     _, _, neg = csa_terms(rand(4, 2, 3, 2, 2))
     assert torch.equal(csa_mod.negative_mask(neg), ~torch.eye(4, dtype=torch.bool))

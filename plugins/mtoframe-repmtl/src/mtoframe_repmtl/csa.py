@@ -230,15 +230,18 @@ def _packing(c: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, 
     ``1/√2`` off the diagonal and 1 on it, and for every flat entry ``(i, j)`` the packed position
     of ``(min, max)``. Built once per shape (in ``dtype``, so float64 keeps its round-off); callers
     must not modify them."""
-    i, j = torch.triu_indices(c, c, device=device)
-    off = i != j
-    weight = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(2.0))
-    back = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(0.5))
-    unpack = torch.empty(c * c, dtype=torch.long, device=device)
-    pos = torch.arange(i.numel(), device=device)
-    unpack[i * c + j] = pos
-    unpack[j * c + i] = pos
-    return i * c + j, weight, back, unpack
+    # cached tensors must be ordinary ones even when first built under inference_mode: autograd
+    # refuses to save inference tensors for backward, and later training steps reuse these
+    with torch.inference_mode(False):
+        i, j = torch.triu_indices(c, c, device=device)
+        off = i != j
+        weight = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(2.0))
+        back = torch.ones(i.shape, dtype=dtype, device=device).masked_fill_(off, math.sqrt(0.5))
+        unpack = torch.empty(c * c, dtype=torch.long, device=device)
+        pos = torch.arange(i.numel(), device=device)
+        unpack[i * c + j] = pos
+        unpack[j * c + i] = pos
+        return i * c + j, weight, back, unpack
 
 
 def _packed_grams(a: Tensor) -> Tensor:
@@ -385,9 +388,10 @@ def negative_mask(neg: Tensor) -> Tensor:
 def _self_mask(B: int, total: int, rank_: int, device: torch.device) -> Tensor:
     """``[B, total]`` boolean, True at each row's own sample (``rank·B + b``); built once per shape
     (four small kernels a step otherwise). Callers must not modify it."""
-    mask = torch.zeros(B, total, dtype=torch.bool, device=device)
-    idx = torch.arange(B, device=device)
-    mask[idx, rank_ * B + idx] = True
+    with torch.inference_mode(False):  # as in _packing: an ordinary tensor, reused by training steps
+        mask = torch.zeros(B, total, dtype=torch.bool, device=device)
+        idx = torch.arange(B, device=device)
+        mask[idx, rank_ * B + idx] = True
     return mask
 
 
