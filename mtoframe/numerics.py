@@ -282,7 +282,8 @@ class NNQPResult(NamedTuple):
     converged: bool
 
 
-def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = None) -> NNQPResult:
+def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = None,
+         start: Tensor | None = None) -> NNQPResult:
     """``argmin_{x ≥ 0} ½ xᵀKx + qᵀx`` for a PSD ``K`` (``T×T``) and ``q`` (``T``, or ``T×m``
     for ``m`` independent right-hand sides, solved column by column).
 
@@ -291,10 +292,17 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     (``q`` in the range of ``K`` where ``K`` is singular, as in UPGrad's dual-cone projection
     ``q = K e_i``). ``tol`` is relative to ``max_t K_tt``. KKT at the solution:
     ``x ≥ 0``, ``Kx + q ≥ −tol``, ``x ⊙ (Kx + q) = 0``.
+
+    ``start``: a guess of the support of ``x`` (boolean, the shape of ``q``), e.g. the previous
+    solution's ``x > 0`` for a slowly changing ``K``; it only changes where the active-set method
+    starts, not its answer. Default: ``{j : q_j < 0}``.
     """
     T = k.shape[0]
     if k.shape != (T, T) or q.shape[0] != T:
         raise SolverError(f"nnqp: K must be T×T and q have T rows; got {tuple(k.shape)} and {tuple(q.shape)}")
+    if start is not None and (start.shape != q.shape or start.dtype != torch.bool):
+        raise SolverError(f"nnqp: start must be a boolean tensor of q's shape {tuple(q.shape)}; "
+                          f"got {start.dtype} of shape {tuple(start.shape)}")
     K = _host(k)
     Q = host64(q)
     if not (np.isfinite(K).all() and np.isfinite(Q).all()):
@@ -305,32 +313,42 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
         return NNQPResult(torch.zeros_like(q), 0, bool((Q >= -tol).all()))
     K, Q = K / scale, Q / scale
     max_iter = 30 * T + 30 if max_iter is None else max_iter
-    x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter)
+    guess = None if start is None else start.detach().cpu().numpy().reshape(T, -1)
+    x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter, guess)
     return NNQPResult(from_host(x.reshape(q.shape), q), int(its.sum()), bool(ok.all()))
 
 
-def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
+                  guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lawson–Hanson on every column of ``Q`` at once: each column keeps its own passive set and
     iteration count, and every inner step solves the sub-systems ``K[P, P] z = −q[P]`` of all
     columns still iterating in one batched call (``K`` bordered by the identity outside ``P``).
     Returns ``X``, the iterations per column and whether each converged.
 
-    First, one batched solve tries the passive set ``{j : q_j < 0}`` (the constraints pushed on at
-    ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with task ``i``) and keeps the
-    columns where it satisfies the KKT conditions that end Lawson–Hanson (``z > 0`` on it,
-    ``Kz + q ≥ −tol`` off it): where gradients conflict pairwise, as they usually do, that is the
-    answer in one step instead of one major cycle per active constraint."""
+    The loop starts from a guessed passive set (``guess``, else ``{j : q_j < 0}``: the
+    constraints pushed on at ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with
+    task ``i``), shrunk until its sub-system solution is positive: dropping the non-positive
+    entries and solving again, in one batched call per round. The result, ``x = z`` on a set
+    where ``z > 0``, is a state Lawson–Hanson itself passes through (the end of an inner loop),
+    so the outer loop continues from it and ends at the same KKT point as from ``x = 0``; with a
+    good guess (pairwise conflicts, or the previous step's support) there is nothing left to do,
+    and otherwise it saves the many major cycles that would re-add the guessed constraints one by
+    one (at T = 40 with half the pairs conflicting, about 20 per column)."""
     T, m = Q.shape
     X = np.zeros((T, m))
     its = np.zeros(m, dtype=np.int64)
-    passive = Q < 0
-    z = _passive_solutions(K, Q, passive)
-    gap = np.where(passive, -np.inf, -(K @ z + Q))
-    ok: np.ndarray = np.asarray(((z > 0) | ~passive).all(0) & (gap <= tol).all(0))
-    X[:, ok] = z[:, ok]
-    its[ok & passive.any(0)] = 1
-    passive[:, ~ok] = False
-    live = np.flatnonzero(~ok)
+    passive = (Q < 0) if guess is None else guess.astype(bool).copy()
+    inner = np.flatnonzero(passive.any(0))
+    while inner.size:
+        its[inner] += 1
+        p = passive[:, inner]
+        z = _passive_solutions(K, Q[:, inner], p)
+        bad = p & (z <= 0)
+        X[:, inner] = np.where(bad, 0.0, z)
+        passive[:, inner] = p & ~bad
+        inner = inner[bad.any(0) & (its[inner] < max_iter)]
+    ok = np.zeros(m, dtype=bool)
+    live = np.arange(m)
     while live.size:
         W = -(K @ X[:, live] + Q[:, live])  # negative gradient: the NNLS dual
         W[passive[:, live]] = -np.inf
