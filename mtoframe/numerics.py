@@ -318,6 +318,12 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     return NNQPResult(from_host(x.reshape(q.shape), q), int(its.sum()), bool(ok.all()))
 
 
+#: rounds of :func:`_nnqp_columns` that add every violated constraint at once before adding one
+#: per major cycle; a heuristic (it may visit a worse face, so it is capped), the one-at-a-time
+#: loop after it is what guarantees the end. 1 to 12 gave the same iteration counts at T = 40.
+BLOCK_ROUNDS = 3
+
+
 def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
                   guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lawson–Hanson on every column of ``Q`` at once: each column keeps its own passive set and
@@ -327,26 +333,28 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
 
     The loop starts from a guessed passive set (``guess``, else ``{j : q_j < 0}``: the
     constraints pushed on at ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with
-    task ``i``), shrunk until its sub-system solution is positive: dropping the non-positive
-    entries and solving again, in one batched call per round. The result, ``x = z`` on a set
-    where ``z > 0``, is a state Lawson–Hanson itself passes through (the end of an inner loop),
-    so the outer loop continues from it and ends at the same KKT point as from ``x = 0``; with a
-    good guess (pairwise conflicts, or the previous step's support) there is nothing left to do,
-    and otherwise it saves the many major cycles that would re-add the guessed constraints one by
-    one (at T = 40 with half the pairs conflicting, about 20 per column)."""
+    task ``i``), shrunk until its sub-system solution is positive (:func:`_shrink`). Then up to
+    :data:`BLOCK_ROUNDS` times, every violated constraint joins the passive set at once and the
+    set is shrunk again. Each of these ends in ``x = z`` on a set where ``z > 0``: a state
+    Lawson–Hanson itself passes through (the end of an inner loop), so its loop continues from
+    there and ends at the same KKT point as from ``x = 0``. With a good guess (pairwise
+    conflicts, or the previous step's support) nothing is left to do; otherwise the block rounds
+    save most of the major cycles that add one constraint each (on the ``manytask`` Grams at
+    T = 40, about half the pairs conflicting: ~750 iterations from ``x = 0``, ~230 after the
+    shrunk guess alone, ~130–190 with the block rounds)."""
     T, m = Q.shape
     X = np.zeros((T, m))
     its = np.zeros(m, dtype=np.int64)
     passive = (Q < 0) if guess is None else guess.astype(bool).copy()
-    inner = np.flatnonzero(passive.any(0))
-    while inner.size:
-        its[inner] += 1
-        p = passive[:, inner]
-        z = _passive_solutions(K, Q[:, inner], p)
-        bad = p & (z <= 0)
-        X[:, inner] = np.where(bad, 0.0, z)
-        passive[:, inner] = p & ~bad
-        inner = inner[bad.any(0) & (its[inner] < max_iter)]
+    _shrink(K, Q, X, passive, its, np.flatnonzero(passive.any(0)), max_iter)
+    for _ in range(BLOCK_ROUNDS):
+        W = np.where(passive, -np.inf, -(K @ X + Q))
+        add = W > tol
+        cols = np.flatnonzero(add.any(0) & (its < max_iter))
+        if not cols.size:
+            break
+        passive[:, cols] |= add[:, cols]
+        _shrink(K, Q, X, passive, its, cols, max_iter)
     ok = np.zeros(m, dtype=bool)
     live = np.arange(m)
     while live.size:
@@ -377,6 +385,20 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
             passive[:, inner] = p & ~drop
             inner = inner[its[inner] < max_iter]
     return X, its, ok
+
+
+def _shrink(K: np.ndarray, Q: np.ndarray, X: np.ndarray, passive: np.ndarray, its: np.ndarray,
+            cols: np.ndarray, max_iter: int) -> None:
+    """In place, for the columns ``cols``: solve on the passive set, drop its non-positive
+    entries, and repeat until the solution is positive on it (``X`` is that solution)."""
+    while cols.size:
+        its[cols] += 1
+        p = passive[:, cols]
+        z = _passive_solutions(K, Q[:, cols], p)
+        bad = p & (z <= 0)
+        X[:, cols] = np.where(bad, 0.0, z)
+        passive[:, cols] = p & ~bad
+        cols = cols[bad.any(0) & (its[cols] < max_iter)]
 
 
 def _passive_solutions(K: np.ndarray, Q: np.ndarray, passive: np.ndarray) -> np.ndarray:
