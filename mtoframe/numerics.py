@@ -347,16 +347,16 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
     its = np.zeros(m, dtype=np.int64)
     passive = (Q < 0) if guess is None else guess.astype(bool).copy()
     _shrink(K, Q, X, passive, its, np.flatnonzero(passive.any(0)), max_iter)
-    for _ in range(BLOCK_ROUNDS):
-        W = np.where(passive, -np.inf, -(K @ X + Q))
-        add = W > tol
-        cols = np.flatnonzero(add.any(0) & (its < max_iter))
-        if not cols.size:
+    for block in range(BLOCK_ROUNDS + 1):
+        add = np.where(passive, -np.inf, -(K @ X + Q)) > tol
+        violated = add.any(0)
+        cols = np.flatnonzero(violated & (its < max_iter))
+        if block == BLOCK_ROUNDS or not cols.size:
             break
         passive[:, cols] |= add[:, cols]
         _shrink(K, Q, X, passive, its, cols, max_iter)
-    ok = np.zeros(m, dtype=bool)
-    live = np.arange(m)
+    ok = ~violated & (its < max_iter)
+    live = np.flatnonzero(violated)
     while live.size:
         W = -(K @ X[:, live] + Q[:, live])  # negative gradient: the NNLS dual
         W[passive[:, live]] = -np.inf
