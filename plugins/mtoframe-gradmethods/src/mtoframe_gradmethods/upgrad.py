@@ -18,10 +18,11 @@ non-zero vector there. Heads receive their unweighted loss gradient (TorchJD's `
 A non-converged NNQP warns once and counts ``solver/failures/upgrad``; its last iterate
 (still ``λ ≥ 0``) is used.
 
-The NNQP starts from the previous step's support of ``Λ`` (same tasks): consecutive Gram
-matrices are close, so the active sets usually agree and one batched solve plus the KKT check
-ends it. That guess changes only where the active-set method starts, never its answer; it is not
-checkpointed (a resumed run starts from the default guess and reaches the same weights).
+The NNQP starts from the previous step's support of ``Λ`` (same tasks): where consecutive Gram
+matrices are close (small steps on similar batches) the active sets agree and one batched solve
+plus the KKT check ends it; on unrelated batches it is about as good as the default guess. The
+guess changes only where the active-set method starts, never the update (the projections are
+unique; ``Λ`` too where ``K`` is non-singular); it is not checkpointed.
 """
 
 from __future__ import annotations
