@@ -282,7 +282,8 @@ class NNQPResult(NamedTuple):
     converged: bool
 
 
-def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = None) -> NNQPResult:
+def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = None,
+         start: Tensor | None = None) -> NNQPResult:
     """``argmin_{x ≥ 0} ½ xᵀKx + qᵀx`` for a PSD ``K`` (``T×T``) and ``q`` (``T``, or ``T×m``
     for ``m`` independent right-hand sides, solved column by column).
 
@@ -291,10 +292,17 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
     (``q`` in the range of ``K`` where ``K`` is singular, as in UPGrad's dual-cone projection
     ``q = K e_i``). ``tol`` is relative to ``max_t K_tt``. KKT at the solution:
     ``x ≥ 0``, ``Kx + q ≥ −tol``, ``x ⊙ (Kx + q) = 0``.
+
+    ``start``: a guess of the support of ``x`` (boolean, the shape of ``q``), e.g. the previous
+    solution's ``x > 0`` for a slowly changing ``K``; it only changes where the active-set method
+    starts, not its answer. Default: ``{j : q_j < 0}``.
     """
     T = k.shape[0]
     if k.shape != (T, T) or q.shape[0] != T:
         raise SolverError(f"nnqp: K must be T×T and q have T rows; got {tuple(k.shape)} and {tuple(q.shape)}")
+    if start is not None and (start.shape != q.shape or start.dtype != torch.bool):
+        raise SolverError(f"nnqp: start must be a boolean tensor of q's shape {tuple(q.shape)}; "
+                          f"got {start.dtype} of shape {tuple(start.shape)}")
     K = _host(k)
     Q = host64(q)
     if not (np.isfinite(K).all() and np.isfinite(Q).all()):
@@ -305,32 +313,50 @@ def nnqp(k: Tensor, q: Tensor, *, tol: float = 1e-10, max_iter: int | None = Non
         return NNQPResult(torch.zeros_like(q), 0, bool((Q >= -tol).all()))
     K, Q = K / scale, Q / scale
     max_iter = 30 * T + 30 if max_iter is None else max_iter
-    x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter)
+    guess = None if start is None else start.detach().cpu().numpy().reshape(T, -1)
+    x, its, ok = _nnqp_columns(K, Q.reshape(T, -1), tol, max_iter, guess)
     return NNQPResult(from_host(x.reshape(q.shape), q), int(its.sum()), bool(ok.all()))
 
 
-def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+#: rounds of :func:`_nnqp_columns` that add every violated constraint at once before adding one
+#: per major cycle; a heuristic (it may visit a worse face, so it is capped), the one-at-a-time
+#: loop after it is what guarantees the end. 1, 3, 6 and 12 gave similar counts at T = 40.
+BLOCK_ROUNDS = 3
+
+
+def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int,
+                  guess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lawson–Hanson on every column of ``Q`` at once: each column keeps its own passive set and
     iteration count, and every inner step solves the sub-systems ``K[P, P] z = −q[P]`` of all
     columns still iterating in one batched call (``K`` bordered by the identity outside ``P``).
     Returns ``X``, the iterations per column and whether each converged.
 
-    First, one batched solve tries the passive set ``{j : q_j < 0}`` (the constraints pushed on at
-    ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with task ``i``) and keeps the
-    columns where it satisfies the KKT conditions that end Lawson–Hanson (``z > 0`` on it,
-    ``Kz + q ≥ −tol`` off it): where gradients conflict pairwise, as they usually do, that is the
-    answer in one step instead of one major cycle per active constraint."""
+    The loop starts from a guessed passive set (``guess``, else ``{j : q_j < 0}``: the
+    constraints pushed on at ``x = 0``; for UPGrad's ``q = K e_i`` the tasks conflicting with
+    task ``i``), shrunk until its sub-system solution is positive (:func:`_shrink`). Then up to
+    :data:`BLOCK_ROUNDS` times, every violated constraint joins the passive set at once and the
+    set is shrunk again. Each of these ends in ``x = z`` on a set where ``z > 0``: a state
+    Lawson–Hanson itself passes through (the end of an inner loop), so its loop continues from
+    there and ends at the same KKT point as from ``x = 0``. With a good guess (pairwise
+    conflicts, or the previous step's support) nothing is left to do; otherwise the block rounds
+    save most of the major cycles that add one constraint each (on the ``manytask`` Grams at
+    T = 40, about half the pairs conflicting: ~750 iterations from ``x = 0``, ~230 after the
+    shrunk guess alone, ~130–190 with the block rounds)."""
     T, m = Q.shape
     X = np.zeros((T, m))
     its = np.zeros(m, dtype=np.int64)
-    passive = Q < 0
-    z = _passive_solutions(K, Q, passive)
-    gap = np.where(passive, -np.inf, -(K @ z + Q))
-    ok: np.ndarray = np.asarray(((z > 0) | ~passive).all(0) & (gap <= tol).all(0))
-    X[:, ok] = z[:, ok]
-    its[ok & passive.any(0)] = 1
-    passive[:, ~ok] = False
-    live = np.flatnonzero(~ok)
+    passive = (Q < 0) if guess is None else guess.astype(bool).copy()
+    _shrink(K, Q, X, passive, its, np.flatnonzero(passive.any(0)), max_iter)
+    for block in range(BLOCK_ROUNDS + 1):
+        add = np.where(passive, -np.inf, -(K @ X + Q)) > tol
+        violated = add.any(0)
+        cols = np.flatnonzero(violated & (its < max_iter))
+        if block == BLOCK_ROUNDS or not cols.size:
+            break
+        passive[:, cols] |= add[:, cols]
+        _shrink(K, Q, X, passive, its, cols, max_iter)
+    ok = ~violated & (its < max_iter)
+    live = np.flatnonzero(violated)
     while live.size:
         W = -(K @ X[:, live] + Q[:, live])  # negative gradient: the NNLS dual
         W[passive[:, live]] = -np.inf
@@ -359,6 +385,20 @@ def _nnqp_columns(K: np.ndarray, Q: np.ndarray, tol: float, max_iter: int) -> tu
             passive[:, inner] = p & ~drop
             inner = inner[its[inner] < max_iter]
     return X, its, ok
+
+
+def _shrink(K: np.ndarray, Q: np.ndarray, X: np.ndarray, passive: np.ndarray, its: np.ndarray,
+            cols: np.ndarray, max_iter: int) -> None:
+    """In place, for the columns ``cols``: solve on the passive set, drop its non-positive
+    entries, and repeat until the solution is positive on it (``X`` is that solution)."""
+    while cols.size:
+        its[cols] += 1
+        p = passive[:, cols]
+        z = _passive_solutions(K, Q[:, cols], p)
+        bad = p & (z <= 0)
+        X[:, cols] = np.where(bad, 0.0, z)
+        passive[:, cols] = p & ~bad
+        cols = cols[bad.any(0) & (its[cols] < max_iter)]
 
 
 def _passive_solutions(K: np.ndarray, Q: np.ndarray, passive: np.ndarray) -> np.ndarray:

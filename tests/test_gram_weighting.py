@@ -281,7 +281,7 @@ def _force_failure(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     elif name == "upgrad":
         import mtoframe_gradmethods.upgrad as upgrad
         real_nnqp = mtoframe.numerics.nnqp
-        monkeypatch.setattr(upgrad, "nnqp", lambda k, q: real_nnqp(k, q, max_iter=1))
+        monkeypatch.setattr(upgrad, "nnqp", lambda k, q, **kw: real_nnqp(k, q, **kw, max_iter=1))
     return m
 
 

@@ -183,7 +183,8 @@ def test_min_norm_point_interior_solution_is_wolfes(monkeypatch):
     import mtoframe.numerics as numerics
 
     g = torch.Generator().manual_seed(2)
-    G = 0.5 * torch.randn(1, 2000, generator=g, dtype=torch.float64) + torch.randn(8, 2000, generator=g, dtype=torch.float64)
+    G = (0.5 * torch.randn(1, 2000, generator=g, dtype=torch.float64)
+         + torch.randn(8, 2000, generator=g, dtype=torch.float64))
     K = G @ G.T
     fast = numerics.min_norm_point(K)
     assert fast.iterations == 0 and fast.converged and (fast.weights > 0).all()
@@ -216,3 +217,54 @@ def test_nnqp_falls_back_to_the_active_set_loop_when_the_first_guess_fails():
         if free.size:
             sub = torch.linalg.solve(K[free][:, free], -Q[free, c])
             torch.testing.assert_close(x[free, c], sub, rtol=0, atol=1e-9)
+
+
+def _dual_cone_projections(K: torch.Tensor, G: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """UPGrad's projections ``v_i = Gᵀ(e_i + x_i)``, one per row: unique even where ``x`` is not."""
+    return (torch.eye(K.shape[0], dtype=K.dtype) + x).T @ G
+
+
+@pytest.mark.parametrize("dim", [25, 60, 400], ids=["rank-deficient", "square-ish", "wide"])
+def test_nnqp_start_and_block_rounds_change_the_path_not_the_answer(dim, monkeypatch):
+    # UPGrad's dual-cone problem at T = 40 with half the pairs of gradients conflicting (tens of
+    # active constraints per column). The reference is the plain Lawson-Hanson loop from x = 0
+    # (an empty start, no block rounds); every other path must reach the same projections and
+    # KKT point.
+    import mtoframe.numerics as numerics
+
+    T = 40
+    G = torch.randn(T, dim, generator=torch.Generator().manual_seed(11 + dim), dtype=torch.float64)
+    K = G @ G.T
+    assert float((K < 0).double().mean()) > 0.45
+    scale = float(K.diagonal().max())
+    empty = torch.zeros(T, T, dtype=torch.bool)
+    with monkeypatch.context() as plain:
+        plain.setattr(numerics, "BLOCK_ROUNDS", 0)
+        ref = nnqp(K, K, start=empty)
+        guessed = nnqp(K, K)  # the shrunk default guess alone
+    assert ref.converged
+    v_ref = _dual_cone_projections(K, G, ref.x)
+    rand = torch.rand(T, T, generator=torch.Generator().manual_seed(5)) < 0.5
+    starts = {"default": None, "empty": empty, "all": torch.ones(T, T, dtype=torch.bool), "random": rand,
+              "own": ref.x > 0}
+    runs = {name: nnqp(K, K, start=start) for name, start in starts.items()}
+    for name, res in [*runs.items(), ("guess-only", guessed)]:
+        assert res.converged, name
+        x, grad = res.x, K @ res.x + K
+        assert (x >= 0).all() and (grad >= -1e-9 * scale).all(), name
+        assert float((x * grad).abs().max()) <= 1e-9 * scale * (1 + float(x.abs().max())), name
+        torch.testing.assert_close(_dual_cone_projections(K, G, x), v_ref, rtol=0, atol=1e-10 * scale ** 0.5)
+        if dim > T:  # K positive definite: the minimiser itself is unique
+            torch.testing.assert_close(x, ref.x, rtol=0, atol=1e-10)
+    # the solution's own support is accepted by one batched solve per column; the default guess,
+    # shrunk to a positive solution, and then the block rounds each save major cycles
+    assert runs["own"].iterations == T
+    assert runs["default"].iterations < guessed.iterations < 0.8 * ref.iterations
+
+
+def test_nnqp_start_must_be_a_boolean_of_q_shape():
+    K = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(SolverError, match=r"start must be a boolean tensor of q's shape \(3, 3\)"):
+        nnqp(K, K, start=torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(SolverError, match=r"got torch\.float64"):
+        nnqp(K, K, start=torch.ones(3, 3, dtype=torch.float64))

@@ -17,6 +17,12 @@ in every direction) the exact answer is ``d = 0``; TorchJD's regularisation retu
 non-zero vector there. Heads receive their unweighted loss gradient (TorchJD's ``mtl_backward``).
 A non-converged NNQP warns once and counts ``solver/failures/upgrad``; its last iterate
 (still ``λ ≥ 0``) is used.
+
+The NNQP starts from the previous step's support of ``Λ`` (same tasks): where consecutive Gram
+matrices are close (small steps on similar batches) the active sets agree and one batched solve
+plus the KKT check ends it; on unrelated batches it is about as good as the default guess. The
+guess changes only where the active-set method starts, never the update (the projections are
+unique; ``Λ`` too where ``K`` is non-singular); it is not checkpointed.
 """
 
 from __future__ import annotations
@@ -42,8 +48,16 @@ class UPGrad(GramWeighting):
         # the dual-cone weights do not depend on the scale of G
         return 1.0
 
+    def reset(self) -> None:
+        super().reset()
+        #: the tasks and support ``Λ > 0`` of the last solution: the next solve's starting guess
+        self._support: tuple[tuple[str, ...], torch.Tensor] | None = None
+
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
-        res = nnqp(gram, gram)
+        tasks = tuple(ctx.tasks)
+        last = self._support
+        res = nnqp(gram, gram) if last is None or last[0] != tasks else nnqp(gram, gram, start=last[1])
+        self._support = (tasks, res.x > 0)
         if not res.converged:
             self.failures.record("the dual-cone NNQP hit its iteration cap")
         # v_i = Gᵀ(e_i + λ_i): the mean over i weights row t by the mean of (I + Λ)[t, :]
