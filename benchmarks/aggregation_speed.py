@@ -30,6 +30,7 @@ import torch
 import mtoframe
 from mtoframe.bench.peers import REQUIRED_DEFAULTS, TORCHJD_AGGREGATORS, require_torchjd
 from mtoframe.bench.stats import paired_ratio_ci
+from mtoframe.bench.threads import limit_threads
 from mtoframe.bench.timing import Contender, run_interleaved
 from mtoframe.numerics import combine
 
@@ -101,7 +102,7 @@ def main() -> None:
                     help="fraction of rows whose shared component is flipped (conflicting gradients)")
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
     names = [n for n in args.methods.split(",") if n]
     unknown = [n for n in names if n not in TORCHJD_AGGREGATORS]
     if unknown:

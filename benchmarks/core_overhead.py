@@ -16,6 +16,7 @@ import torch
 
 from mtoframe import Trainer
 from mtoframe.bench.stats import paired_ratio_ci, summarise_times
+from mtoframe.bench.threads import limit_threads
 from mtoframe.bench.timing import Contender, run_interleaved
 from mtoframe.bench.workloads import scenes_workload
 
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        limit_threads(args.threads)
     device = torch.device(args.device)
     w = scenes_workload(size=args.size, batch=args.batch, width=args.width).to(device)
     inputs, targets = w.batch

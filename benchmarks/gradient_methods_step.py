@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 import mtoframe
+from mtoframe.bench.threads import limit_threads
 from mtoframe.method import GRADIENT_ROLES
 from mtoframe.registry import get_registry
 from mtoframe.testing import make_tasks
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="comma-separated; default: every installed gradient method")
     ap.add_argument("--no-aggregate", action="store_true", help="skip the bare-matrix aggregation timings")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
     names = [n for n in args.methods.split(",") if n] or gradient_methods()
     time_steps(args, names)
     if not args.no_aggregate:

@@ -22,6 +22,7 @@ import statistics
 import torch
 
 import mtoframe
+from mtoframe.bench.threads import limit_threads
 from mtoframe.testing import make_tasks
 
 from _shared import TASKS, conv_batch, conv_model, fmt, paired_ratio, step_times
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", default="famo,uw,dwa,gls,rlw,si,imtll,gradnorm,stch,excessmtl")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
 
     names = ["ew", *[n for n in args.methods.split(",") if n]]
     base = conv_model(args.channels)

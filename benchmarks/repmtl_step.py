@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 
 import mtoframe
+from mtoframe.bench.threads import limit_threads
 from mtoframe.data.scenes import NUM_CLASSES, generate_scenes
 from mtoframe.models.hps import build_scene_model, count_macs, scene_tasks
 
@@ -69,7 +70,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)
 
     torch.manual_seed(0)
     base = build_scene_model(num_classes=NUM_CLASSES, width=args.width)

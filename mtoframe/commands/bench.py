@@ -127,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         # process holds a core; the paired ratios are what the timing run reports
         args.threads = 1
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        from ..bench.threads import limit_threads
+
+        limit_threads(args.threads)
     cores = os.cpu_count() or 1
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > cores:
         hint = "; --threads 1 avoids intra-op thread contention" if torch.get_num_threads() > 1 else ""

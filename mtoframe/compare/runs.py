@@ -77,7 +77,9 @@ def train_one(cfg: RunConfig, spec: RunSpec, out: Path, *, threads: int | None) 
     from ..trainer import Trainer
 
     if threads is not None:
-        torch.set_num_threads(threads)
+        from ..bench.threads import limit_threads
+
+        limit_threads(threads)
     run_dir = spec.directory(out)
     run_cfg = stack_config(cfg, spec.stack, spec.seed, run_dir)
     if rank() == 0 and (run_dir / "tb").exists():  # events of an interrupted attempt would mix with this one's
