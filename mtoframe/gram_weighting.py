@@ -27,6 +27,7 @@ part of the state; and writes ``state_dict`` / ``load_state_dict`` / ``reset``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -99,7 +100,7 @@ class TaskState:
         target[self._index(name)] = value.to(device=target.device, dtype=target.dtype)
 
 
-class GramWeighting(Method):
+class GramWeighting(Method, abc.ABC):
     """Base of Gram-space weightings; see the module docstring. Subclasses set the usual
     :class:`~mtoframe.Method` class attributes and implement :meth:`weigh`."""
 
@@ -132,14 +133,14 @@ class GramWeighting(Method):
 
     # -- what subclasses implement ----------------------------------------------------------------
 
+    @abc.abstractmethod
     def weigh(self, gram: Tensor, state: TaskState, ctx: StepContext) -> Tensor | Weights:
         """The update's weights from the float64 Gram matrix of the present tasks' rows.
 
         Aggregators return ``T`` weights (``d = Σ_t w_t g_t``), transforms (``Role.TRANSFORM``) a
         ``TxT`` matrix ``C`` (new rows ``C G``); either as a :class:`Weights` to weight the heads
         too. ``gram`` and ``state`` are on the CPU when :attr:`host` is set, else on the rows'
-        device; the result may be on either."""
-        raise NotImplementedError(f"{type(self).__name__} must implement weigh(gram, state, ctx)")
+        device; the result may be on either. A subclass without it cannot be instantiated."""
 
     def gram(self, ctx: StepContext, rows: Tensor) -> Tensor:
         """Gram matrix the weights are computed from (default: ``rows rowsᵀ``, cached by the

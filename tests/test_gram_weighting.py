@@ -305,3 +305,13 @@ def test_filtering_solver_warning_catches_every_method(name: str, monkeypatch: p
         mtoframe.aggregate(m, g)
     assert not [w for w in silenced if "solver failed" in str(w.message)]
     assert m.failures.count == 1 and mtoframe.SolverWarning is mtoframe.solvers.SolverWarning
+
+
+def test_a_subclass_without_weigh_cannot_be_instantiated():
+    class NoWeights(mtoframe.GramWeighting):
+        name = "noweights"
+        summary = "no weights"
+        paper = "test fixture"
+
+    with pytest.raises(TypeError, match="weigh"):
+        NoWeights()
