@@ -50,9 +50,6 @@ class HookDispatcher:
             out.append((name, obj, caller))
         return out
 
-    def implements(self, hook: str) -> bool:
-        return bool(self._callers[hook])
-
     def call(self, hook: str, timed: StepContext | None, **kwargs: Any) -> None:
         """Call ``hook`` on each member in order; record each call's time in ``timed.timings``
         (``"<hook>/<member>"``, ms) and name the member and hook on failure."""

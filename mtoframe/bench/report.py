@@ -106,12 +106,6 @@ class Panel:
     reference: float | None = None
 
 
-def bar_chart(path: Path, labels: Sequence[str], values: Sequence[float], *,
-              errors: Sequence[float] | Sequence[Sequence[float]] | None = None,
-              xlabel: str, title: str, reference: float | None = None) -> bool:
-    return bar_panels(path, labels, [Panel(values, xlabel, errors, reference)], title=title)
-
-
 def bar_panels(path: Path, labels: Sequence[str], panels: Sequence[Panel], *, title: str) -> bool:
     """Side-by-side bar charts sharing the labels; False (with a warning) without matplotlib."""
     plt = pyplot()
