@@ -182,15 +182,15 @@ class GramWeighting(Method, abc.ABC):
         expected = (len(ctx.tasks), len(ctx.tasks)) if transform else (len(ctx.tasks),)
         parts: list[Tensor] = []
         heads: Tensor | None = None
-        logged: Tensor | None = None
+        last: Tensor | None = None
         for rows, view in zip(blocks, views, strict=True):
             gram = to_float64(self.gram(ctx, rows), device)
             out = self.weigh(gram, view, ctx)
             w, heads = (out.rows, out.heads) if isinstance(out, Weights) else (out, None)
             if tuple(w.shape) != expected:
                 raise RuntimeError(f"{self.name}: weigh() returned shape {tuple(w.shape)}, expected {expected}")
-            logged = w.sum(0) if transform else w
-            parts.append(combine(logged if transform and self.sums_rows else w, rows))
+            last = w
+            parts.append(combine(w.sum(0) if transform and self.sums_rows else w, rows))
         if transform and not self.sums_rows:
             ctx.grads = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         elif transform:
@@ -202,7 +202,9 @@ class GramWeighting(Method, abc.ABC):
                 heads = heads.to(weights.device, weights.dtype)
             ctx.set_update(clip_norm(update, self.max_norm), head_weights=heads)
         self.failures.log(ctx)
-        if ctx.logging and logged is not None and len(blocks) == 1:
+        if ctx.logging and last is not None and len(blocks) == 1:
+            # a transform's weight of task t is the sum of its column of C (taken on logging steps only)
+            logged = last.sum(0) if transform else last
             for t, task in enumerate(ctx.tasks):
                 ctx.log(f"{self.name}/weight/{task}", logged[t])
 
