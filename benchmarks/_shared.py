@@ -55,3 +55,15 @@ def paired_ratio(times: Mapping[str, Sequence[float]], name: str, baseline: str)
 def fmt(r: Estimate) -> str:
     """``1.234 [1.200, 1.270]``"""
     return f"{r.value:.3f}" + ("" if r.interval is None else f" [{r.low:.3f}, {r.high:.3f}]")
+
+
+def rotating(fn: Callable[[torch.Tensor], object], gs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """A step calling ``fn`` on the next matrix of ``gs`` (its own counter: every contender sees
+    the same sequence), so that no contender times a matrix it has just left in cache."""
+    state = {"i": 0}
+
+    def step() -> None:
+        fn(gs[state["i"] % len(gs)])
+        state["i"] += 1
+
+    return step

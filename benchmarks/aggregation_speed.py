@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from _shared import rotating
 
 import mtoframe
 from mtoframe.bench.peers import REQUIRED_DEFAULTS, TORCHJD_AGGREGATORS, require_torchjd
@@ -47,18 +48,6 @@ def matrices(T: int, P: int, n: int, conflict: float = 0.0, seed: int = 0) -> li
     sign = torch.ones(T, 1)
     sign[: round(conflict * T)] = -1.0
     return [0.5 * sign * torch.randn(1, P, generator=g) + torch.randn(T, P, generator=g) for _ in range(n)]
-
-
-def rotating(fn: Callable[[torch.Tensor], object], gs: list[torch.Tensor]) -> Callable[[], None]:
-    """A step calling ``fn`` on the next matrix of ``gs`` (its own counter: every contender sees
-    the same sequence)."""
-    state = {"i": 0}
-
-    def step() -> None:
-        fn(gs[state["i"] % len(gs)])
-        state["i"] += 1
-
-    return step
 
 
 def gram(g: torch.Tensor) -> torch.Tensor:

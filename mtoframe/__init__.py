@@ -26,7 +26,7 @@ from .gram_weighting import GramWeighting, StateSpec, TaskState, Weights
 from .hookspecs import HOOK_API_VERSION, hookimpl, hookspec
 from .loss_weighting import LossWeighting
 from .method import Method, Role, Space
-from .method_state import SeededGenerator, expect_keys
+from .method_state import SeededGenerator, SeededOrders, expect_keys
 from .model import MultiTaskModel, Task
 from .numerics import combine
 from .registry import Registry, get_registry
@@ -52,6 +52,7 @@ __all__ = [
     "Registry",
     "Role",
     "SeededGenerator",
+    "SeededOrders",
     "SolverError",
     "SolverWarning",
     "Space",

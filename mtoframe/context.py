@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .errors import MtoError
 from .gradcache import GradientCache
+from .numerics import gram as gram_matrix
 
 if TYPE_CHECKING:
     from .gradients import GradientEngine
@@ -205,8 +206,7 @@ class StepContext:
         """Gram matrix ``G Gᵀ`` of the current ``grads`` (cached until ``grads`` is replaced)."""
         cache = self.grad_cache
         if cache.gram is None:
-            g = self.grads
-            cache.gram = g @ g.T
+            cache.gram = gram_matrix(self.grads)
         return cache.gram
 
     def rep_grads(self, *, differentiable: bool = False) -> Tensor:

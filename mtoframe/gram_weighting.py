@@ -41,6 +41,7 @@ from .hookspecs import hookimpl
 from .method import Method, Role
 from .method_state import expect_keys
 from .numerics import clip_norm, combine, to_float64
+from .numerics import gram as gram_matrix
 from .scaling import check_deferred
 
 __all__ = ["GramWeighting", "StateSpec", "TaskState", "Weights"]
@@ -145,7 +146,7 @@ class GramWeighting(Method, abc.ABC):
     def gram(self, ctx: StepContext, rows: Tensor) -> Tensor:
         """Gram matrix the weights are computed from (default: ``rows rowsᵀ``, cached by the
         context for the whole matrix)."""
-        return ctx.gram() if rows is ctx.grads else rows @ rows.T
+        return ctx.gram() if rows is ctx.grads else gram_matrix(rows)
 
     def column_blocks(self, ctx: StepContext) -> Sequence[int] | None:
         """Widths of consecutive column blocks weighted separately (GradVac's parameter groups),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import random
 import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -228,16 +229,41 @@ def test_method_init_calls_reset() -> None:
     assert Stateful().count == 0
 
 
-def test_seeded_generator_orders_are_the_per_row_randperm_stream() -> None:
-    a, b = mtoframe.SeededGenerator(5), torch.Generator().manual_seed(5)
+def test_seeded_orders_are_per_row_shuffles_of_a_seeded_random() -> None:
+    a, b = mtoframe.SeededOrders(5), random.Random(5)
     for T in (1, 2, 6):
         orders = a.orders(T)
+        assert len(orders) == T
         for i in range(T):
-            perm = torch.randperm(T - 1, generator=b)
-            assert orders[i].tolist() == (perm + (perm >= i).long()).tolist()
-            assert sorted(orders[i].tolist()) == [j for j in range(T) if j != i]
+            others = [j for j in range(T) if j != i]
+            b.shuffle(others)
+            assert orders[i] == others
     a.reset()
-    assert torch.equal(a.state(), torch.Generator().manual_seed(5).get_state())
+    assert a.orders(6) == mtoframe.SeededOrders(5).orders(6)
+
+
+def test_seeded_orders_resume_from_a_weights_only_checkpoint(tmp_path) -> None:
+    a = mtoframe.SeededOrders(2)
+    a.orders(4)
+    torch.save({"generator": a.state()}, tmp_path / "s.pt")
+    b = mtoframe.SeededOrders(9)
+    b.load(torch.load(tmp_path / "s.pt", weights_only=True)["generator"])
+    assert [b.orders(5) for _ in range(3)] == [a.orders(5) for _ in range(3)]
+
+
+def test_seeded_orders_refuse_a_torch_generator_state_with_the_reason() -> None:
+    with pytest.raises(ValueError, match=r"int64 tensor of 625 Mersenne Twister words, got a torch.uint8 tensor"):
+        mtoframe.SeededOrders(0).load(torch.Generator().manual_seed(0).get_state())
+
+
+def test_seeded_generator_resumes_its_torch_stream() -> None:
+    a = mtoframe.SeededGenerator(3)
+    torch.rand(4, generator=a.gen)
+    b = mtoframe.SeededGenerator(0)
+    b.load(a.state())
+    assert torch.equal(torch.rand(5, generator=b.gen), torch.rand(5, generator=a.gen))
+    a.reset()
+    assert torch.equal(a.state(), torch.Generator().manual_seed(3).get_state())
 
 
 def test_expect_keys_names_both_sets() -> None:

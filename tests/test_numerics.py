@@ -268,3 +268,41 @@ def test_nnqp_start_must_be_a_boolean_of_q_shape():
         nnqp(K, K, start=torch.ones(3, 2, dtype=torch.bool))
     with pytest.raises(SolverError, match=r"got torch\.float64"):
         nnqp(K, K, start=torch.ones(3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("T", [3, 12])
+def test_blocked_gram_equals_one_product(T):
+    # one thread and a matrix beyond GRAM_BLOCKED_MIN_BYTES take the column-block path; it is the
+    # same sum in another order: equal to float64 round-off
+    from mtoframe import numerics
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        P = numerics.GRAM_BLOCKED_MIN_BYTES // (8 * T) + 12345  # not a multiple of the block width
+        g = torch.randn(T, P, dtype=torch.float64, generator=torch.Generator().manual_seed(T))
+        assert numerics._blocked(g)
+        assert P > 2 * numerics.GRAM_BLOCK_BYTES // (8 * T)  # several blocks, and a short last one
+        k = gram(g)
+    finally:
+        torch.set_num_threads(threads)
+    ref = g @ g.T
+    assert torch.allclose(k, ref, rtol=1e-12, atol=1e-9)
+
+
+def test_gram_keeps_one_product_where_blocks_do_not_pay():
+    from mtoframe import numerics
+
+    big = torch.zeros(3, numerics.GRAM_BLOCKED_MIN_BYTES // 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert not numerics._blocked(big)  # MKL splits one product over the threads itself
+        torch.set_num_threads(1)
+        assert numerics._blocked(big)
+        assert not numerics._blocked(big[:2])  # 2 rows: one product was faster
+        assert not numerics._blocked(torch.zeros(16, big.shape[1]))
+        assert not numerics._blocked(big[:, :1000])  # small: in cache either way
+        assert not numerics._blocked(big.clone().requires_grad_())  # autograd keeps the one product
+    finally:
+        torch.set_num_threads(threads)

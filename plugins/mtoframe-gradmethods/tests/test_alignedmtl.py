@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import mtoframe
 from mtoframe_gradmethods.alignedmtl import aligned_weights
 
+import mtoframe
 from mtoframe.testing.factories import gradient_families
 
 CASES = list(gradient_families())

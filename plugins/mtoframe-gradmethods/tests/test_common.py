@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer, make_vector_model
-
-from mtoframe.testing.factories import gradient_families
+from mtoframe.testing.factories import gradient_families, make_batch, make_conv_model, make_trainer, make_vector_model
 
 CASES = list(gradient_families())
 

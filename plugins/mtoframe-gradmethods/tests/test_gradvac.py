@@ -4,10 +4,8 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe import SeededGenerator
-from mtoframe.testing.factories import make_batch, make_trainer, make_vector_model
-
-from mtoframe.testing.factories import gradient_families
+from mtoframe import SeededOrders
+from mtoframe.testing.factories import gradient_families, make_batch, make_trainer, make_vector_model
 
 CASES = list(gradient_families())
 
@@ -17,7 +15,7 @@ def gradvac_loop(G, rho, orders, beta, always, sizes):
     out = G.clone()
     bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
     for i in range(G.shape[0]):
-        for j in orders[i].tolist():
+        for j in orders[i]:
             for k in range(len(sizes)):
                 a, b = bounds[k], bounds[k + 1]
                 gi, gj = out[i, a:b], G[j, a:b]
@@ -35,7 +33,7 @@ def gradvac_loop(G, rho, orders, beta, always, sizes):
 @pytest.mark.parametrize("case", [c for c in CASES if c.grads.shape[0] <= 5], ids=lambda c: c.name)
 def test_equals_hand_written_loop_over_steps(case, always):
     m = mtoframe.create("gradvac", seed=2, ema_update="always" if always else "conflict", beta=0.5)
-    rng = SeededGenerator(2)
+    rng = SeededOrders(2)
     T = case.grads.shape[0]
     rho = torch.zeros(T, T, 1)
     torch.manual_seed(0)
@@ -91,7 +89,7 @@ def test_skipped_non_finite_step_leaves_the_targets_usable(always):
 @pytest.mark.parametrize("seed", range(3))
 def test_gram_space_equals_the_vector_form_on_random_matrices(T, seed):
     gen = torch.Generator().manual_seed(seed)
-    m, rng = mtoframe.create("gradvac", seed=seed, beta=0.5), SeededGenerator(seed)
+    m, rng = mtoframe.create("gradvac", seed=seed, beta=0.5), SeededOrders(seed)
     rho = torch.zeros(T, T, 1, dtype=torch.float64)
     for _ in range(3):  # the targets move, so later steps correct positive cosines too
         g = torch.randn(T, 40, generator=gen, dtype=torch.float64) * torch.logspace(-2, 2, T, dtype=torch.float64)[:, None]

@@ -5,9 +5,7 @@ import torch
 
 import mtoframe
 from mtoframe.numerics import min_norm_point
-from mtoframe.testing.factories import make_batch, make_conv_model, make_trainer
-
-from mtoframe.testing.factories import gradient_families
+from mtoframe.testing.factories import gradient_families, make_batch, make_conv_model, make_trainer
 
 CASES = list(gradient_families())
 

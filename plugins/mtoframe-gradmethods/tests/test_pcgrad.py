@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import mtoframe
-from mtoframe import SeededGenerator
-
+from mtoframe import SeededOrders
 from mtoframe.testing.factories import gradient_families
 
 CASES = list(gradient_families())
@@ -16,7 +15,7 @@ def pcgrad_loop(G, orders):
     out = []
     for i in range(G.shape[0]):
         gi = G[i].clone()
-        for j in orders[i].tolist():
+        for j in orders[i]:
             dot = gi @ G[j]
             if dot < 0 and G[j] @ G[j] > 0:
                 gi = gi - dot / (G[j] @ G[j]) * G[j]
@@ -27,7 +26,7 @@ def pcgrad_loop(G, orders):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_equals_hand_written_loop(case):
     m = mtoframe.create("pcgrad", seed=3)
-    rng = SeededGenerator(3)
+    rng = SeededOrders(3)
     for _ in range(2):  # also checks that the generator advances identically
         d = mtoframe.aggregate(m, case.grads)
         ref = pcgrad_loop(case.grads, rng.orders(case.grads.shape[0]))
@@ -56,14 +55,36 @@ def test_non_conflicting_gradients_unchanged():
     assert torch.allclose(mtoframe.aggregate("pcgrad", g), g.sum(0))
 
 
-@pytest.mark.parametrize("T", [2, 3, 5, 10])
+@pytest.mark.parametrize("T", [2, 3, 5, 10, 12, 13, 20])
 @pytest.mark.parametrize("seed", range(3))
 def test_gram_space_equals_the_vector_form_on_random_matrices(T, seed):
     # random float64 rows, many of them conflicting: the T×T coefficient form is the P-space loop
     gen = torch.Generator().manual_seed(seed)
     g = torch.randn(T, 40, generator=gen, dtype=torch.float64) * torch.logspace(-2, 2, T, dtype=torch.float64)[:, None]
-    m, rng = mtoframe.create("pcgrad", seed=seed), SeededGenerator(seed)
+    m, rng = mtoframe.create("pcgrad", seed=seed), SeededOrders(seed)
     for _ in range(2):
         d = mtoframe.aggregate(m, g)
         ref = pcgrad_loop(g, rng.orders(T))
         assert float((d - ref).norm()) <= 1e-6 * float(ref.norm())
+
+
+@pytest.mark.parametrize("T", [3, 8, 12])
+def test_the_float_loop_equals_the_vectorised_form(T):
+    # the two forms of pcgrad_coefficients on either side of PYTHON_MAX_TASKS, on the same Gram matrix
+    from mtoframe_gradmethods import pcgrad
+
+    gen = torch.Generator().manual_seed(T)
+    sign = torch.tensor([(-1.0) ** i for i in range(T)], dtype=torch.float64)[:, None]
+    shared = torch.randn(1, 30, generator=gen, dtype=torch.float64)
+    g = torch.randn(T, 30, generator=gen, dtype=torch.float64) + 2.0 * sign * shared
+    K = g @ g.T
+    orders = SeededOrders(T).orders(T)
+    floats = pcgrad.pcgrad_coefficients(K, orders)
+    limit = pcgrad.PYTHON_MAX_TASKS
+    try:
+        pcgrad.PYTHON_MAX_TASKS = 0
+        vectorised = pcgrad.pcgrad_coefficients(K, orders)
+    finally:
+        pcgrad.PYTHON_MAX_TASKS = limit
+    assert not torch.equal(floats, torch.eye(T))  # the case has conflicts to project
+    assert torch.allclose(floats, vectorised, rtol=1e-12, atol=1e-12)

@@ -19,7 +19,7 @@ LibMTL's ``+1e-8``. Each row stays a combination of the original rows, so the wo
 group's ``T×T`` Gram matrix and the ``T×D`` matrix is touched once (a transform).
 
 State: targets ``φ̂`` (``T_all×T_all×groups``, indexed by the trainer's task ids so partial labels
-keep their pairs) and the ``torch.Generator`` of the random orders. Heads receive their
+keep their pairs) and the random orders' stream (:class:`mtoframe.SeededOrders`). Heads receive their
 unweighted loss gradient (LibMTL).
 """
 
@@ -32,7 +32,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from mtoframe import GramWeighting, Role, SeededGenerator, StateSpec, StepContext, hookimpl
+from mtoframe import GramWeighting, Role, SeededOrders, StateSpec, StepContext, hookimpl
 from mtoframe.errors import MtoError
 from mtoframe.gram_weighting import TaskState
 from mtoframe.options import in_range, integer, one_of
@@ -90,7 +90,7 @@ class GradVac(GramWeighting):
 
     def reset(self) -> None:
         super().reset()
-        self.rng = SeededGenerator(self.options.seed)
+        self.rng = SeededOrders(self.options.seed)
         self._orders: Tensor | None = None
 
     @property
@@ -113,7 +113,8 @@ class GradVac(GramWeighting):
 
     def weigh(self, gram: Tensor, state: TaskState, ctx: StepContext) -> Tensor:
         if state.block == 0 or self._orders is None:  # one order per step, shared by the groups
-            self._orders = self.rng.orders(gram.shape[0]).to(gram.device)
+            T = gram.shape[0]
+            self._orders = torch.tensor(self.rng.orders(T), dtype=torch.long).reshape(T, max(T - 1, 0)).to(gram.device)
         rho = state["rho"]
         C, moved = self._vaccinate(gram, rho, self._orders)
         # non-finite gradients reach this step's update (the trainer skips it or raises) but not

@@ -47,6 +47,7 @@ import torch
 from mtoframe import GramWeighting, StepContext, Weights
 from mtoframe.errors import MtoError, OptionError
 from mtoframe.gram_weighting import TaskState
+from mtoframe.numerics import gram as gram_matrix
 from mtoframe.numerics import min_norm_point, min_norm_point_fw
 from mtoframe.options import boolean, in_range, integer, one_of
 
@@ -107,7 +108,7 @@ class MGDA(GramWeighting):
                            "the representation of a trainer step; mtoframe.aggregate has none (use rep_rows='flatten')")
         # samples of the (union, under DDP) batch are consecutive blocks of one sample's entries
         summed = ctx.grads.reshape(ctx.num_tasks, -1, ctx.z[0].numel()).sum(1)
-        return summed @ summed.T
+        return gram_matrix(summed)
 
     def _normalisers(self, ctx: StepContext, gram: torch.Tensor) -> torch.Tensor | None:
         mode = self.options.normalization

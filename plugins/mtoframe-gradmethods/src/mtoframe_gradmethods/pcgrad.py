@@ -13,20 +13,22 @@ and the ``T×D`` matrix is touched once: the output is ``C G`` (a transform, so 
 the stack see the projected rows). Both references also visit ``j = i``; that projection is a
 no-op except after earlier projections made ``g_i^PC·g_i < 0``; the paper's ``j ≠ i`` is used.
 
-Random orders come from a ``torch.Generator`` seeded by ``seed``; its state is in
-``state_dict``. Heads receive their unweighted loss gradient (LibMTL).
+Random orders come from Python's ``random`` seeded by ``seed`` (:class:`mtoframe.SeededOrders`;
+LibMTL shuffles with ``random.shuffle`` too); its state is in ``state_dict``. Heads receive their
+unweighted loss gradient (LibMTL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 import torch
 
-from mtoframe import GramWeighting, Role, SeededGenerator, StepContext
+from mtoframe import GramWeighting, Role, SeededOrders, StepContext
 from mtoframe.gram_weighting import TaskState
 from mtoframe.options import integer, one_of
 
@@ -37,18 +39,44 @@ class PCGradOptions:
     seed: int = attrs.field(default=0, validator=integer(0))
 
 
-def pcgrad_coefficients(K: np.ndarray, orders: np.ndarray) -> np.ndarray:
-    """``C`` with ``C G`` the PCGrad rows, from the Gram matrix ``K`` and per-task orders."""
-    T = K.shape[0]
+#: up to this many tasks the projections run on Python floats, above it vectorised over the rows
+#: in numpy (one thread: 3 tasks 2.6 vs 23 µs, 12 tasks 83 vs 109 µs, 16 tasks 166 vs 150 µs)
+PYTHON_MAX_TASKS = 12
+
+
+def pcgrad_coefficients(gram: torch.Tensor, orders: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``C`` with ``C G`` the PCGrad rows, from the float64 host Gram matrix and per-task orders."""
+    T = gram.shape[0]
+    if T <= PYTHON_MAX_TASKS:
+        return torch.tensor(_coefficients_on_floats(gram.tolist(), orders), dtype=torch.float64).reshape(T, T)
+    K = gram.numpy()
     C = np.eye(T)
     sq = K.diagonal()
     safe = np.where(sq > 0, sq, 1.0)
     rows = np.arange(T)
+    order = np.array(orders, dtype=np.int64).reshape(T, T - 1)
     with np.errstate(invalid="ignore"):  # a non-finite K gives a non-finite update, never a silent one
-        for k in range(orders.shape[1]):
-            j = orders[:, k]
+        for k in range(T - 1):
+            j = order[:, k]
             dots = (C * K[:, j].T).sum(1)  # g_i^PC · g_j for every i at once
             C[rows, j] -= np.where((dots < 0) & (sq[j] > 0), dots / safe[j], 0.0)
+    return torch.from_numpy(C)
+
+
+def _coefficients_on_floats(K: list[list[float]], orders: Sequence[Sequence[int]]) -> list[list[float]]:
+    # the same projections one row at a time: after G Gᵀ has swept the caches, every numpy or
+    # torch call costs tens of µs and this loop over a few floats a few µs in all
+    T = len(K)
+    C = []
+    for i, order in enumerate(orders):
+        c = [0.0] * T
+        c[i] = 1.0
+        for j in order:
+            kj = K[j]
+            dot = sum(map(operator.mul, c, kj))
+            if dot < 0 and kj[j] > 0:
+                c[j] -= dot / kj[j]
+        C.append(c)
     return C
 
 
@@ -72,11 +100,11 @@ class PCGrad(GramWeighting):
 
     def reset(self) -> None:
         super().reset()
-        self.rng = SeededGenerator(self.options.seed)
+        self.rng = SeededOrders(self.options.seed)
 
     def weigh(self, gram: torch.Tensor, state: TaskState, ctx: StepContext) -> torch.Tensor:
         T = gram.shape[0]
-        C = torch.from_numpy(pcgrad_coefficients(gram.numpy(), self.rng.orders(T).numpy()))
+        C = pcgrad_coefficients(gram, self.rng.orders(T))
         return C / T if self.options.reduction == "mean" else C
 
     def extra_state(self) -> dict[str, Any]:
