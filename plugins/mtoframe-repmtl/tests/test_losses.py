@@ -180,8 +180,9 @@ def test_negative_mask_excludes_self_only() -> None:
     assert torch.equal(csa_mod.negative_mask(neg), ~torch.eye(4, dtype=torch.bool))
 
 
-def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
-    s = rand(5, 3, 6, 2, 2)
+@pytest.mark.parametrize("shape", [(5, 3, 6, 2, 2), (5, 3, 3, 2, 2)])  # C > N and C ≤ N (one C×C product)
+def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...]) -> None:
+    s = rand(*shape)
     ref = s.clone().requires_grad_(True)
     one_shot = csa_loss(ref)
     one_shot.backward()
@@ -251,6 +252,31 @@ def test_csa_zero_task_saliency_stays_finite() -> None:
 def test_csa_gradcheck(opts: dict) -> None:
     s = rand(3, 2, 3, 2, 2).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: csa_loss(x, 0.5, **opts), (s,))
+
+
+@pytest.mark.parametrize("pid", [False, True])
+def test_vector_anchor_csa_node_gradcheck_and_zero_sample(pid: bool) -> None:
+    # T² ≫ C: vector saliencies with anchor negatives take the one-node form (_VectorAnchorCSA)
+    s = rand(3, 8, 2)
+    assert csa_mod._through_channel_grams(3, 3, 8, 2, own=True)
+    assert torch.autograd.gradcheck(lambda x: csa_loss(x, 0.5, positive_in_denominator=pid), (s.requires_grad_(True),))
+    z = rand(4, 9, 3)
+    z[1] = 0.0  # every clamp active for one sample
+    z.requires_grad_(True)
+    loss = csa_loss(z, 0.3, positive_in_denominator=pid)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+    ref_in = z.detach().clone().requires_grad_(True)
+    ref = dense_csa(ref_in, 0.3, "anchor", pid)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(z.grad, ref_in.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 2, 3), (3, 10, 6)])
+def test_tsr_node_gradcheck(shape: tuple[int, ...]) -> None:
+    s = rand(*shape).requires_grad_(True)
+    assert torch.autograd.gradcheck(tsr_loss, (s,))
 
 
 def test_csa_needs_two_samples() -> None:

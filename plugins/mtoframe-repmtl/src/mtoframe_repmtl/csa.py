@@ -69,9 +69,11 @@ _CHUNK_ELEMENTS = 1 << 24
 _SLICE_ELEMENTS = 1 << 18
 
 
-def _gram(u: Tensor) -> Tensor:
-    """The smaller Gram matrix of ``u`` (``[..., C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``."""
-    return u @ u.transpose(-1, -2) if u.shape[-2] <= u.shape[-1] else u.transpose(-1, -2) @ u
+def _gram(u: Tensor, out: Tensor | None = None) -> Tensor:
+    """The smaller Gram matrix of ``u`` (``[..., C, N]``): ``u uᵀ`` if ``C ≤ N`` else ``uᵀ u``
+    (written into ``out`` when given)."""
+    left, right = (u, u.transpose(-1, -2)) if u.shape[-2] <= u.shape[-1] else (u.transpose(-1, -2), u)
+    return torch.matmul(left, right) if out is None else torch.matmul(left, right, out=out)
 
 
 def _chunks(s: Tensor, against: int) -> list[slice]:
@@ -118,8 +120,10 @@ class _SaliencyGrams(torch.autograd.Function):
         ctx: Any, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         B, T = s.shape[:2]
-        a = s.mean(dim=-1) * scale[:, None, None]
         external = anchors is not None
+        # with own anchors each chunk's anchors come from its scaled slice, already in cache; the
+        # cross products need every sample's anchors before the first chunk
+        a = s.mean(dim=-1).mul_(scale[:, None, None]) if cross else s.new_empty(B, T, s.shape[2])
         against = anchors.detach() if anchors is not None else a
         Bq = against.shape[0]
         m = s.new_empty(B, T)
@@ -134,13 +138,16 @@ class _SaliencyGrams(torch.autograd.Function):
         buf = _slice_buffer(s, chunks)
         for k in chunks:
             u = torch.mul(s[k], scale[k, None, None, None], out=buf[: k.stop - k.start])  # [b, T, C, N]
-            g = _gram(u)
-            if keep:
-                grams[k] = g
-            m[k] = g.square().sum(dim=(-1, -2))
+            if not cross:
+                torch.mean(u, dim=-1, out=a[k])
+            g = _gram(u, out=grams[k] if keep else None)
+            m[k] = torch.linalg.vector_norm(g, dim=(-2, -1)).square_()
             if cross:  # [b, T, Bq·T, N] -> [b, T, Bq]
                 r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)
                 q[:, :, k] = r.square().sum(dim=(-1, -2)).permute(2, 1, 0)
+            elif u.shape[-2] <= u.shape[-1]:  # g is u uᵀ: ‖A_bᵀ u‖² = Σ_s a_sᵀ (u uᵀ) a_s, at C×C cost
+                anchors_t = a[k].transpose(1, 2)[:, None]  # A_b, [b, 1, C, T]
+                q[k] = torch.matmul(g, anchors_t).mul_(anchors_t).sum(dim=(-1, -2))
             else:
                 q[k] = _anchors_t(a[k], u).square().sum(dim=(-1, -2))
         ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
@@ -154,35 +161,56 @@ class _SaliencyGrams(torch.autograd.Function):
     ) -> tuple[Tensor, None, None, Tensor | None]:
         s, scale, a, grams, anchors = ctx.saved_tensors
         T, N = s.shape[1], s.shape[3]
-        grad = torch.empty_like(s)
+        # contiguous whatever the strides of S: each chunk's gradient is then written by its
+        # products in place, with no separate pass to scale and scatter it
+        grad = s.new_empty(s.shape)
         ga = g_a.clone()  # plus what q sends back through the anchors
         against = anchors if ctx.external else a
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
         chunks = _chunks(s, Bq * T if ctx.cross else T)
-        u_buf, gu_buf = _slice_buffer(s, chunks), _slice_buffer(s, chunks)
+        u_buf = _slice_buffer(s, chunks)
+        side = min(s.shape[-2:])
+        g_buf = s.new_empty(chunks[0].stop - chunks[0].start, T, side, side)
         for k in chunks:
-            c = scale[k, None, None, None]
-            u = torch.mul(s[k], c, out=u_buf[: k.stop - k.start])
-            g = grams[k] if ctx.keep else _gram(u)
-            # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u)
-            out = gu_buf[: k.stop - k.start]
-            gu = torch.matmul(g, u, out=out) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=out)
-            gu.mul_(4 * g_m[k, :, None, None])
+            c = scale[k, None]  # [b, 1]: u = c·S, so every term below carries one more factor c
+            n = k.stop - k.start
+            u = torch.mul(s[k], c[..., None, None], out=u_buf[:n])
+            # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u); the factor goes on the smaller Gram (a copy:
+            # the saved one must survive a retained graph's second backward)
+            coef = (4 * g_m[k] * c)[..., None, None]
+            gram = grams[k] if ctx.keep else _gram(u)
+            gu = grad[k]
+            if not ctx.cross and u.shape[-2] <= u.shape[-1]:
+                # gram is G = u uᵀ (C×C) and q = Σ_s a_sᵀ G a_s: dq/du = 2 Â u with Â = A Aᵀ and
+                # dq/da_s = 2 G a_s, so both terms of u's gradient are one product (4 g_m G + 2 g_q Â) u
+                a_k = a[k]
+                a_hat = torch.bmm(a_k.transpose(1, 2), a_k)[:, None]  # [b, 1, C, C]
+                mixed = torch.mul(gram, coef, out=g_buf[:n]).addcmul_(a_hat, (2 * g_q[k] * c)[..., None, None])
+                torch.matmul(mixed, u, out=gu)
+                w = torch.einsum("bt,btcd->bcd", g_q[k], gram)  # Σ_t g_q G_t
+                g_own = ga[k].add_(torch.bmm(a_k, w), alpha=2.0).mul_(c[..., None])
+                # a = c · mean_n S: every position gets c/N of the anchor's gradient
+                gu.add_(g_own[..., None], alpha=1.0 / N)
+                continue
+            g = torch.mul(gram, coef, out=g_buf[:n]) if ctx.keep else gram.mul_(coef)
+            torch.matmul(g, u, out=gu) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=gu)
             # q = ‖Aᵀu‖²: dq/du = 2 A (Aᵀu), dq/dA = 2 u (Aᵀu)ᵀ
             if ctx.cross:
                 r = torch.matmul(flat, u).reshape(*u.shape[:2], Bq, T, -1)  # [b, T, Bq, T, N]
                 wr = r.mul_((2 * g_q[:, :, k].permute(2, 1, 0))[..., None, None]).flatten(2, 3)
-                gu += torch.matmul(flat.T, wr)
+                gu += torch.matmul(flat.T, wr).mul_(c[..., None, None])
                 g_against += torch.einsum("btcn,btrn->rc", u, wr).view_as(g_against)
             else:
-                wr = _anchors_t(a[k], u).mul_(2 * g_q[k, :, None, None])  # [b, T, T, N]
+                wr = _anchors_t(a[k], u).mul_((2 * g_q[k] * c)[..., None, None])  # [b, T, T, N]
                 _add_anchors_combined(gu, a[k], wr)
-                ga[k] += _anchors_grad(wr, u)
-            torch.mul(gu, c, out=grad[k])
-        # a = c · mean_n S: every position gets c/N of the anchor's gradient
-        grad += (ga * (scale[:, None, None] / N))[..., None]
+                # a = c · mean_n S: every position gets c/N of the anchor's gradient (complete
+                # here, where the anchors are the chunk's own: added while it is in cache)
+                g_own = ga[k].mul_(c[..., None]).add_(_anchors_grad(wr, u))
+                gu.add_(g_own[..., None], alpha=1.0 / N)
+        if ctx.cross:  # the anchors' gradient came from every chunk
+            grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None
 
 
@@ -277,6 +305,88 @@ class _OwnAnchorProducts(torch.autograd.Function):
         return out
 
 
+class _VectorAnchorCSA(torch.autograd.Function):
+    """The whole CSA term for vector saliencies (``N = 1``) with anchor negatives on one process,
+    when the anchor products go through the packed ``C×C`` Grams (many tasks): one autograd node
+    with a written-out backward instead of about forty recorded operations, whose per-operation
+    cost dominated at ``B×B``, ``B×T`` sizes (T = 10, B = C = 64). Same formula and options as
+    :func:`csa_terms` (which falls back to the general path elsewhere); ``pos`` and ``neg`` are
+    returned for logging, without gradient.
+
+    With ``u_{b,t} = c_b s_{b,t}`` (``c`` the detached sample scale), ``K_b = U_b U_bᵀ`` (``T×T``)::
+
+        m = diag(K)²     q_{b,t} = Σ_s K_b[s, t]²     aa = V Vᵀ  (V: packed anchor Grams)
+        ‖Â_b‖ = √max(aa_bb, ε)   ‖M_{b,t}‖ = √max(m, ε)
+        pos = q / max(‖Â_b‖‖M_{b,t}‖, ε)      neg = aa / max(‖Â_b‖‖Â_k‖, ε)
+        L = mean_(b,t) [ lse_b(t) − pos/τ ],  lse_b = log Σ_{k≠b} e^{neg_bk/τ}  (⊕ pos/τ with pid)
+
+    and every ``max(·, ε)`` passes its gradient where its argument is at least ``ε``, as
+    ``clamp_min`` does."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, scale: Tensor, tau: float, pid: bool) -> tuple[Tensor, Tensor, Tensor]:
+        B = s.shape[0]
+        eps = tiny(s)
+        u = s * scale[:, None, None]
+        k = torch.bmm(u, u.transpose(1, 2))
+        d = k.diagonal(dim1=1, dim2=2)
+        m = d.square()
+        q = k.square().sum(dim=1)
+        packed = _packed_grams(u)
+        aa = packed @ packed.T
+        aa_diag = aa.diagonal()
+        a_norm = aa_diag.clamp_min(eps).sqrt()
+        m_norm = m.clamp_min(eps).sqrt()
+        den_raw = a_norm[:, None] * m_norm
+        den = den_raw.clamp_min(eps)
+        pos = q / den
+        nden_raw = a_norm[:, None] * a_norm[None, :]
+        nden = nden_raw.clamp_min(eps)
+        neg = aa / nden
+        logits = (neg / tau).masked_fill_(_self_mask(B, B, 0, s.device), float("-inf"))
+        lse = torch.logsumexp(logits, dim=1, keepdim=True)
+        full = torch.logaddexp(lse, pos / tau) if pid else lse
+        loss = (full - pos / tau).mean()
+        ctx.save_for_backward(u, scale, k, packed, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
+                              m >= eps, den_raw >= eps, nden_raw >= eps, aa_diag >= eps)
+        ctx.tau, ctx.pid = tau, pid
+        ctx.mark_non_differentiable(pos, neg)
+        return loss, pos, neg
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor) -> tuple[Tensor, None, None, None]:
+        (u, scale, k, packed, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
+         m_ok, den_ok, nden_ok, diag_ok) = ctx.saved_tensors
+        tau = ctx.tau
+        B, T, C = u.shape
+        g = g_loss / (B * T)  # every (b, t) term weighs 1/(B·T)
+        if ctx.pid:
+            g_lse = g * torch.exp(lse - full).sum(dim=1, keepdim=True)
+            g_pos = g / tau * torch.expm1(pos / tau - full)
+        else:
+            g_lse = (g * T).expand(B, 1)
+            g_pos = (-g / tau).expand(B, T)
+        g_neg = torch.exp(logits - lse).mul_(g_lse / tau)  # softmax rows; 0 at each sample's own column
+        g_aa = g_neg / nden
+        g_nden = (g_neg * neg / nden).mul_(nden_ok).neg_()
+        g_anorm = (g_nden * a_norm[None, :]).sum(dim=1) + (g_nden * a_norm[:, None]).sum(dim=0)
+        g_q = g_pos / den
+        g_den = (g_pos * pos / den).mul_(den_ok).neg_()
+        g_anorm += (g_den * m_norm).sum(dim=1)
+        g_m = (g_den * a_norm[:, None]).div_(2 * m_norm).mul_(m_ok)
+        g_aa.diagonal().add_((g_anorm / (2 * a_norm)).mul_(diag_ok))
+        # aa = V Vᵀ, then V = packed Grams of u (as _OwnAnchorProducts.backward)
+        _, _, back, unpack = _packing(C, u.device, u.dtype)
+        d_hat = ((g_aa + g_aa.T) @ packed).mul_(back).index_select(1, unpack)
+        g_u = torch.bmm(u, d_hat.view(B, C, C)).mul_(2)
+        # m = diag(K)², q_t = Σ_s K[s, t]², K = U Uᵀ
+        g_k = k * (2 * g_q[:, None, :])
+        g_k.diagonal(dim1=1, dim2=2).add_(2 * k.diagonal(dim1=1, dim2=2) * g_m)
+        g_u.baddbmm_(g_k + g_k.transpose(1, 2), u)
+        return g_u.mul_(scale[:, None, None]), None, None, None
+
+
 def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`_SaliencyGrams`' ``(m, a, q)`` (own anchors) for vector saliencies (``N = 1``), by
     autograd: the anchors are then the scaled saliencies themselves (``a_{b,t} = u_{b,t}``), so
@@ -295,6 +405,14 @@ def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 _TEMPORARY_COST = 80
 
 
+def _through_channel_grams(B: int, Bq: int, T: int, C: int, *, own: bool) -> bool:
+    """Whether :func:`_anchor_products` takes the packed ``C×C`` form (see there)."""
+    grams_held = (B + (0 if own else Bq)) * C * C
+    by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
+    by_channels = grams_held * T + B * Bq * C * (C + 1) // 2
+    return by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS)
+
+
 def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     """``[B, B']``: ``⟨Â_b, Â_k⟩_F`` of this call's anchors ``a`` (``[B, T, C]``) against ``a_all``
     (``[B', T, C]``).
@@ -307,10 +425,7 @@ def _anchor_products(a: Tensor, a_all: Tensor) -> Tensor:
     wide representation (large ``C``) never holds ``C×C`` matrices beyond that budget.
     """
     (B, T, C), Bq = a.shape, a_all.shape[0]
-    grams_held = (B + (0 if a_all is a else Bq)) * C * C
-    by_tasks = B * Bq * T * T * (C + _TEMPORARY_COST)
-    by_channels = grams_held * T + B * Bq * C * (C + 1) // 2
-    if by_channels < by_tasks and grams_held <= max(B * Bq * T * T, _CHUNK_ELEMENTS):
+    if _through_channel_grams(B, Bq, T, C, own=a_all is a):
         if a_all is a:
             return _OwnAnchorProducts.apply(a)  # type: ignore[no-any-return, no-untyped-call]
         return _packed_grams(a) @ _packed_grams(a_all).T
@@ -323,10 +438,12 @@ def csa_terms(
     *,
     negatives: str = "anchor",
     positive_in_denominator: bool = False,
+    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(L_csa, cos_pos [B, T], cos_neg [B, T, N·B])`` with ``N`` ranks (1 outside
     torch.distributed); ``cos_neg[b, t, rank·B + b]`` is not a negative (it is masked out of the
-    loss; :func:`negative_mask` marks the rest)."""
+    loss; :func:`negative_mask` marks the rest). ``scale``:
+    :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise OptionError(f"csa_loss: tau must be a positive number, got {tau!r}")
     if negatives not in NEGATIVES:
@@ -340,10 +457,14 @@ def csa_terms(
                 "use batches of 2 or more (e.g. DataLoader(drop_last=True)) or use_csa=False"
             )
         eps = tiny(s)
-        scale = sample_scale(s)
+        scale = sample_scale(s) if scale is None else scale
         offset = rank() * B  # this rank's rows in the gathered (global) batch
         local = slice(offset, offset + B)
         cross = negatives == "task" and world_size() == 1
+        if (s.shape[-1] == 1 and negatives == "anchor" and world_size() == 1
+                and _through_channel_grams(B, B, T, s.shape[2], own=True)):
+            loss, pos, neg_b = _VectorAnchorCSA.apply(s[..., 0], scale, tau, positive_in_denominator)  # type: ignore[no-untyped-call]
+            return loss, pos, neg_b[:, None, :].expand(B, T, B)
         if s.shape[-1] == 1 and not cross:
             m, a, q = _vector_grams(s, scale)
         else:

@@ -19,26 +19,62 @@ result is exactly invariant to a common rescale of all ``S_t``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._layout import as_btcn, full_precision, sample_scale, tiny
 
 
-def tsr_terms(saliency: Tensor) -> tuple[Tensor, Tensor]:
+class _SaliencyEntropy(torch.autograd.Function):
+    """``(L_tsr, per_task)`` of ``[B, T, C, N]`` saliencies as one autograd node: the term is a
+    dozen small element-wise steps, whose per-operation cost (forward and backward) outweighed
+    their arithmetic with many tasks. ``per_task`` is for logging, without gradient.
+
+    With ``ŝ = c · mean_C S`` (``c`` the detached sample scale), ``P = |ŝ| / max(Σ_t |ŝ|, ε)``
+    and ``h = −P log max(P, ε)``: ``per_task[t] = mean_(b, n) h``, ``L_tsr = Σ_t per_task[t]``;
+    each ``max(·, ε)`` passes its gradient where its argument is at least ``ε`` (``clamp_min``)."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        eps = tiny(s)
+        s_hat = s.mean(dim=2).mul_(scale[:, None, None])  # [B, T, N]
+        mag = s_hat.abs()
+        total = mag.sum(dim=1, keepdim=True)
+        p = mag / total.clamp_min(eps)
+        log_p = p.clamp_min(eps).log_()
+        per_task = (p * log_p).mean(dim=(0, 2)).neg_()
+        ctx.save_for_backward(s_hat, scale, total, p, log_p)
+        ctx.channels = s.shape[2]
+        ctx.mark_non_differentiable(per_task)
+        return per_task.sum(), per_task
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g_loss: Tensor, _per_task: Tensor) -> tuple[Tensor, None]:
+        s_hat, scale, total, p, log_p = ctx.saved_tensors
+        eps = tiny(p)
+        B, T, N = s_hat.shape
+        # dh/dP = −log max(P, ε) − [P ≥ ε], each h weighing 1/(B·N) in the loss
+        g_p = (log_p + (p >= eps)).mul_(-g_loss / (B * N))
+        denom = total.clamp_min(eps)
+        # P = |ŝ| / max(Σ|ŝ|, ε): the direct term, plus the shared denominator's
+        g_total = (g_p * p).sum(dim=1, keepdim=True).div_(denom).mul_(total >= eps)
+        g_mag = (g_p / denom).sub_(g_total)
+        g_s = (g_mag * s_hat.sign()).mul_(scale[:, None, None] / ctx.channels)
+        return g_s[:, :, None, :].expand(B, T, ctx.channels, N), None
+
+
+def tsr_terms(saliency: Tensor, *, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(L_tsr, per_task)`` where ``per_task[t] = mean_i(−P_{i,t} log P_{i,t})`` sums to ``L_tsr``
-    (the saliency entropy each task contributes; logged per task)."""
+    (the saliency entropy each task contributes; logged per task, without gradient). ``scale``:
+    :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
     with full_precision(saliency):
         s = as_btcn(saliency, "tsr_loss")
-        eps = tiny(s)
-        s_hat = s.mean(dim=2) * sample_scale(s)[:, None, None]  # [B, T, N]
-        mag = s_hat.abs()
-        p = mag / mag.sum(dim=1, keepdim=True).clamp_min(eps)
-        # clamp inside the log only: P log P -> 0 as P -> 0, and the gradient stays finite there
-        # (torch.xlogy(p, p) back-propagates 0/0 = NaN at p = 0).
-        h = -(p * torch.log(p.clamp_min(eps)))
-        per_task = h.mean(dim=(0, 2))
-        return per_task.sum(), per_task
+        loss, per_task = _SaliencyEntropy.apply(s, sample_scale(s) if scale is None else scale)  # type: ignore[no-untyped-call]
+        return loss, per_task
 
 
 def tsr_loss(saliency: Tensor) -> Tensor:
