@@ -332,7 +332,9 @@ class _VectorAnchorCSA(torch.autograd.Function):
         d = k.diagonal(dim1=1, dim2=2)
         m = d.square()
         q = k.square().sum(dim=1)
-        packed = _packed_grams(u)
+        upper, weight, _, _ = _packing(u.shape[2], u.device, u.dtype)
+        grams = torch.bmm(u.transpose(1, 2), u).flatten(1)  # Â_b flattened, [B, C²]
+        packed = grams.index_select(1, upper).mul_(weight)  # see _packed_grams
         aa = packed @ packed.T
         aa_diag = aa.diagonal()
         a_norm = aa_diag.clamp_min(eps).sqrt()
@@ -347,7 +349,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
         lse = torch.logsumexp(logits, dim=1, keepdim=True)
         full = torch.logaddexp(lse, pos / tau) if pid else lse
         loss = (full - pos / tau).mean()
-        ctx.save_for_backward(u, scale, k, packed, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
+        ctx.save_for_backward(u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
                               m >= eps, den_raw >= eps, nden_raw >= eps, aa_diag >= eps)
         ctx.tau, ctx.pid = tau, pid
         ctx.mark_non_differentiable(pos, neg)
@@ -356,7 +358,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor) -> tuple[Tensor, None, None, None]:
-        (u, scale, k, packed, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
+        (u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
          m_ok, den_ok, nden_ok, diag_ok) = ctx.saved_tensors
         tau = ctx.tau
         B, T, C = u.shape
@@ -376,9 +378,9 @@ class _VectorAnchorCSA(torch.autograd.Function):
         g_anorm += (g_den * m_norm).sum(dim=1)
         g_m = (g_den * a_norm[:, None]).div_(2 * m_norm).mul_(m_ok)
         g_aa.diagonal().add_((g_anorm / (2 * a_norm)).mul_(diag_ok))
-        # aa = V Vᵀ, then V = packed Grams of u (as _OwnAnchorProducts.backward)
-        _, _, back, unpack = _packing(C, u.device, u.dtype)
-        d_hat = ((g_aa + g_aa.T) @ packed).mul_(back).index_select(1, unpack)
+        # aa_bk = ⟨Â_b, Â_k⟩ and Â_b = U_bᵀU_b: dÂ_b = Σ_k (g + gᵀ)_bk Â_k from the full Grams (one
+        # product, where unpacking the packed one's gradient cost more than the multiply-adds it saves)
+        d_hat = (g_aa + g_aa.T) @ grams
         g_u = torch.bmm(u, d_hat.view(B, C, C)).mul_(2)
         # m = diag(K)², q_t = Σ_s K[s, t]², K = U Uᵀ
         g_k = k * (2 * g_q[:, None, :])
