@@ -277,8 +277,14 @@ def _packed_grams(a: Tensor) -> Tensor:
     ``[B, T, C]``), off-diagonal entries times ``√2``, so that ``⟨Â_b, Â_k⟩_F`` is the plain dot
     product of two rows: the symmetric Grams' products at half the multiply-adds of their full
     flattenings."""
+    return _anchor_grams(a)[1]
+
+
+def _anchor_grams(a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(full, packed)``: the anchor Grams flattened (``[B, C²]``) and :func:`_packed_grams`' form."""
     upper, weight, _, _ = _packing(a.shape[2], a.device, a.dtype)
-    return torch.bmm(a.transpose(1, 2), a).flatten(1).index_select(1, upper).mul_(weight)
+    full = torch.bmm(a.transpose(1, 2), a).flatten(1)
+    return full, full.index_select(1, upper).mul_(weight)
 
 
 class _OwnAnchorProducts(torch.autograd.Function):
@@ -332,9 +338,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
         d = k.diagonal(dim1=1, dim2=2)
         m = d.square()
         q = k.square().sum(dim=1)
-        upper, weight, _, _ = _packing(u.shape[2], u.device, u.dtype)
-        grams = torch.bmm(u.transpose(1, 2), u).flatten(1)  # Â_b flattened, [B, C²]
-        packed = grams.index_select(1, upper).mul_(weight)  # see _packed_grams
+        grams, packed = _anchor_grams(u)  # the full ones are kept for the backward
         aa = packed @ packed.T
         aa_diag = aa.diagonal()
         a_norm = aa_diag.clamp_min(eps).sqrt()
