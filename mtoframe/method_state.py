@@ -50,8 +50,9 @@ class SeededOrders:
     have and ``torch.load(weights_only=True)`` reads it.
 
     Python's generator, not torch's: the orders are drawn right after ``G Gᵀ`` has swept the CPU
-    caches, where each ``torch.randperm`` call cost 20–40 µs (5% of PCGrad's whole aggregation
-    at 3×1,000,000, measured in ``benchmarks/aggregation_speed.py``) and a shuffle a few µs."""
+    caches, where every torch call costs several times its warm cost and a shuffle of a short
+    list does not (part of what took PCGrad from 1.01–1.11× to 0.89–0.91× TorchJD's aggregation
+    time at 3×1,000,000, ``benchmarks/aggregation_speed.py``; docs/BENCHMARKS.md)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed

@@ -57,13 +57,12 @@ def gram(grads: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
 
     On the CPU with one intra-op thread, a matrix of 3 to 12 rows and at least 2.5 MiB is
     multiplied in column blocks of :data:`GRAM_BLOCK_BYTES` summed into one ``T×T`` result: MKL's
-    single product with these shapes runs at about half the memory bandwidth, and the blocked sum
-    reads each block once while it sits in L2. Measured by ``benchmarks/gram_speed.py`` (float32,
-    one thread, paired ratio blocked / one product with its 95% interval): 3×1,000,000 0.81
-    [0.57, 0.85], 10×100,000 0.64 [0.61, 0.65], 12×170,000 0.46 [0.42, 0.50], 10×75,000 0.77; but
-    2 rows 1.25, 16 rows 1.11, 40 rows 1.11, matrices under ~2.5 MB 1.03–1.7, and with two
-    threads (MKL splits one product over them) 1.08–1.23 except 3 rows. The one product is kept
-    there. The two differ only in the order of float additions.
+    single product with these shapes runs well below the memory bandwidth, and the blocked sum
+    reads each block once while it sits in L2. ``benchmarks/gram_speed.py`` (float32, paired ratio
+    blocked / one product; the run in docs/BENCHMARKS.md): 0.54–0.83 where blocks are used, but
+    1.10–1.72 at 2 rows, 16 or 40 rows and small matrices, and 1.09–1.38 with two threads (MKL
+    splits one product over them) except at 3 rows, so the one product is kept there. The two
+    differ only in the order of float additions.
     """
     g = grads if dtype is None else grads.to(dtype)
     return gram_in_blocks(g) if _blocked(g) else g @ g.T
@@ -247,8 +246,8 @@ def host64(t: Tensor) -> np.ndarray:
 def to_float64(t: Tensor, device: torch.device) -> Tensor:
     """``t`` detached, as float64 on ``device``, converted only if it is not already (see
     :func:`host64` for why). The cast is torch's: right after ``G Gᵀ`` torch's code is still
-    in cache and numpy's is not (PCGrad at 3×1,000,000: 33 µs against 69 µs for numpy's
-    ``astype``)."""
+    in cache and numpy's is not.
+    """
     if t.requires_grad:
         t = t.detach()
     if t.dtype == torch.float64 and t.device == device:

@@ -72,7 +72,7 @@ def check_deferred(grads: Tensor, gram: Callable[[], Tensor]) -> None:
     if k.requires_grad:
         k = k.detach()
     # max_t ‖g_t‖²: ‖g‖/√P ≤ max|g_i| ≤ ‖g‖. Read as Python floats: this runs right after G Gᵀ
-    # has swept the CPU caches, where a numpy reduction cost about twice two torch calls
+    # has swept the CPU caches, where numpy's code is colder than torch's
     diag = k.diagonal().tolist()
     top2 = max(diag) if all(map(math.isfinite, diag)) else math.nan  # Python's max skips a NaN after the first
     if not (math.isfinite(top2) and grads.shape[1] * 2.0 ** (-2 * BAND) <= top2 < 2.0 ** (2 * BAND - 2)):

@@ -39,8 +39,9 @@ class PCGradOptions:
     seed: int = attrs.field(default=0, validator=integer(0))
 
 
-#: up to this many tasks the projections run on Python floats, above it vectorised over the rows
-#: in numpy (one thread: 3 tasks 2.6 vs 23 µs, 12 tasks 83 vs 109 µs, 16 tasks 166 vs 150 µs)
+#: up to this many tasks the projections run on Python floats (a few dozen float operations per
+#: task, no per-call dispatch), above it vectorised over the rows in numpy, whose per-call cost
+#: the T² multiply-adds of a round then outweigh
 PYTHON_MAX_TASKS = 12
 
 
