@@ -122,6 +122,37 @@ def test_csa_gram_form_equals_dense(opts: dict, shape: tuple[int, ...]) -> None:
     assert (s1.grad - s2.grad).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("opts", OPTIONS)
+@pytest.mark.parametrize(
+    "shape",
+    # C<N, vector through T×T products, vector through the one-node form (anchor negatives),
+    # C≪N, C>N
+    [(4, 3, 5, 2, 3), (3, 2, 6), (4, 9, 3), (3, 3, 2, 4, 4), (3, 2, 24, 2, 1)],
+)
+def test_csa_and_tsr_in_one_reading_equal_the_two_terms(opts: dict, shape: tuple[int, ...]) -> None:
+    # Rep-MTL's combined path (TSR from CSA's reading of the saliency, or one node for vector
+    # saliencies): values, per-task shares and the gradient of CSA + λ·TSR equal the two public terms'
+    s1 = rand(*shape, seed=5).requires_grad_(True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    csa, pos, neg, tsr, per_task = csa_mod.csa_and_tsr(s1, 0.3, **opts)
+    (csa + 0.7 * tsr).backward()
+    csa_ref, pos_ref, neg_ref = csa_terms(s2, 0.3, **opts)
+    tsr_ref, per_task_ref = tsr_terms(s2)
+    (csa_ref + 0.7 * tsr_ref).backward()
+    for got, want in ((csa, csa_ref), (tsr, tsr_ref), (per_task, per_task_ref), (pos, pos_ref), (neg, neg_ref)):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+    assert (s1.grad - s2.grad).abs().max() < 1e-10 * s2.grad.abs().max()
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3, 2, 2), (3, 8, 2), (3, 2, 4)])
+def test_combined_terms_gradcheck(shape: tuple[int, ...]) -> None:
+    def both(x: torch.Tensor) -> torch.Tensor:
+        csa, _, _, tsr, _ = csa_mod.csa_and_tsr(x, 0.5)
+        return csa + tsr
+
+    assert torch.autograd.gradcheck(both, (rand(*shape, seed=6).requires_grad_(True),))
+
+
 def test_cross_grams_against_external_anchors_equal_own(monkeypatch: pytest.MonkeyPatch) -> None:
     # the distributed path passes the (gathered) anchors in; given this sample set's own anchors
     # built with autograd, values and the saliency gradient must equal the built-in path's
@@ -133,9 +164,9 @@ def test_cross_grams_against_external_anchors_equal_own(monkeypatch: pytest.Monk
         s1 = rand(5, 3, 4, 6).requires_grad_(True)
         s2 = s1.detach().clone().requires_grad_(True)
         c = sample_scale(s1)
-        m1, _, q1 = csa_mod._SaliencyGrams.apply(s1, c, True)
+        m1, _, q1, _ = csa_mod._SaliencyGrams.apply(s1, c, True)
         anchors = s2.mean(dim=-1) * c[:, None, None]
-        m2, _, q2 = csa_mod._SaliencyGrams.apply(s2, c, True, anchors)
+        m2, _, q2, _ = csa_mod._SaliencyGrams.apply(s2, c, True, anchors)
         torch.testing.assert_close(q2, q1, rtol=1e-13, atol=0)
         ((q1 * w).sum() + m1.sum()).backward()
         ((q2 * w).sum() + m2.sum()).backward()

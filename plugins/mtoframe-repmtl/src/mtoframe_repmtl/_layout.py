@@ -42,7 +42,8 @@ def full_precision(s: Tensor) -> AbstractContextManager[None]:
 
 
 def sample_scale(s: Tensor) -> Tensor:
-    """Detached ``1 / max |S_b|`` per sample (``[B]``; 1 where a sample's saliency is all zero).
+    """Detached ``1 / max |S_b|`` per sample (``[B]``; 1 where a sample's saliency is all zero), for
+    ``S`` of any shape ``[B, ...]``.
 
     TSR and CSA are exactly invariant to rescaling every task's saliency of one sample by the
     same positive number, so the terms multiply their *small* intermediates by this factor: the
@@ -51,7 +52,8 @@ def sample_scale(s: Tensor) -> Tensor:
     """
     with torch.no_grad():
         # amax/amin instead of abs().amax(): no temporary the size of S.
-        peak = torch.maximum(s.amax(dim=(1, 2, 3)), -s.amin(dim=(1, 2, 3)))
+        dims = tuple(range(1, s.dim()))
+        peak = torch.maximum(s.amax(dim=dims), -s.amin(dim=dims))
         return torch.where(peak > 0, peak.reciprocal(), torch.ones_like(peak))
 
 

@@ -57,6 +57,7 @@ from mtoframe.distributed import all_gather_cat, rank, world_size
 from mtoframe.errors import BatchError, OptionError
 
 from ._layout import as_btcn, full_precision, sample_scale, tiny
+from .tsr import channel_mean_entropy, entropy_backward, entropy_forward
 
 NEGATIVES = ("anchor", "task")
 #: τ is not reported in the paper; 2.0 is the measured choice (docs/BENCHMARKS.md, Rep-MTL sweep)
@@ -102,6 +103,11 @@ class _SaliencyGrams(torch.autograd.Function):
         a          = [B, T, C]
         q[b, t]    = ‖A_bᵀ u_{b,t}‖²_F       = ⟨Â_b, M_{b,t}⟩         (cross=False)
         q[b, t, k] = ‖A_bᵀ u_{k,t}‖²_F       = ⟨Â_b, M_{k,t}⟩         (cross=True)
+        ŝ[b, t]    = mean over channels of u_{b,t}   ([B, T, N]; with channel_mean, else empty)
+
+    ``ŝ`` is TSR's input: taking it from here, where each chunk is in cache, leaves the saliency a
+    single gradient node when both terms run, where a second reader would cost autograd a
+    saliency-sized sum of the two gradients (measured on scenes: 1.35 ms of a 167 ms step).
 
     With ``anchors`` (``[B', T, C]``, cross only) the cross products are taken against those
     anchors instead of ``a`` (``q`` is ``[B', T, B]``) and their gradient is returned: under
@@ -117,8 +123,8 @@ class _SaliencyGrams(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        ctx: Any, s: Tensor, scale: Tensor, cross: bool, anchors: Tensor | None = None, channel_mean: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         B, T = s.shape[:2]
         external = anchors is not None
         # with own anchors each chunk's anchors come from its scaled slice, already in cache; the
@@ -128,6 +134,7 @@ class _SaliencyGrams(torch.autograd.Function):
         Bq = against.shape[0]
         m = s.new_empty(B, T)
         q = s.new_empty(Bq, T, B) if cross else s.new_empty(B, T)
+        s_hat = s.new_empty((B, T, s.shape[3]) if channel_mean else (0,))
         flat = against.reshape(Bq * T, -1)
         side = min(s.shape[-2:])
         # Small problems keep their Grams for the backward (a third of the work); large ones,
@@ -140,6 +147,8 @@ class _SaliencyGrams(torch.autograd.Function):
             u = torch.mul(s[k], scale[k, None, None, None], out=buf[: k.stop - k.start])  # [b, T, C, N]
             if not cross:
                 torch.mean(u, dim=-1, out=a[k])
+            if channel_mean:
+                torch.mean(u, dim=2, out=s_hat[k])
             g = _gram(u, out=grams[k] if keep else None)
             m[k] = torch.linalg.vector_norm(g, dim=(-2, -1)).square_()
             if cross:  # [b, T, Bq·T, N] -> [b, T, Bq]
@@ -151,16 +160,18 @@ class _SaliencyGrams(torch.autograd.Function):
             else:
                 q[k] = _anchors_t(a[k], u).square().sum(dim=(-1, -2))
         ctx.save_for_backward(s, scale, a, grams, against if external else a.new_empty(0))
-        ctx.cross, ctx.keep, ctx.external = cross, keep, external
-        return m, a, q
+        ctx.cross, ctx.keep, ctx.external, ctx.channel_mean = cross, keep, external, channel_mean
+        if not channel_mean:
+            ctx.mark_non_differentiable(s_hat)
+        return m, a, q, s_hat
 
     @staticmethod
     @once_differentiable
     def backward(
-        ctx: Any, g_m: Tensor, g_a: Tensor, g_q: Tensor
-    ) -> tuple[Tensor, None, None, Tensor | None]:
+        ctx: Any, g_m: Tensor, g_a: Tensor, g_q: Tensor, g_s_hat: Tensor
+    ) -> tuple[Tensor, None, None, Tensor | None, None]:
         s, scale, a, grams, anchors = ctx.saved_tensors
-        T, N = s.shape[1], s.shape[3]
+        T, C, N = s.shape[1:]
         # contiguous whatever the strides of S: each chunk's gradient is then written by its
         # products in place, with no separate pass to scale and scatter it
         grad = s.new_empty(s.shape)
@@ -193,6 +204,8 @@ class _SaliencyGrams(torch.autograd.Function):
                 g_own = ga[k].add_(torch.bmm(a_k, w), alpha=2.0).mul_(c[..., None])
                 # a = c · mean_n S: every position gets c/N of the anchor's gradient
                 gu.add_(g_own[..., None], alpha=1.0 / N)
+                if ctx.channel_mean:  # ŝ = c · mean_C S: every channel gets c/C of its gradient
+                    gu.add_((g_s_hat[k] * (c[..., None] / C))[:, :, None, :])
                 continue
             g = torch.mul(gram, coef, out=g_buf[:n]) if ctx.keep else gram.mul_(coef)
             torch.matmul(g, u, out=gu) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=gu)
@@ -209,9 +222,11 @@ class _SaliencyGrams(torch.autograd.Function):
                 # here, where the anchors are the chunk's own: added while it is in cache)
                 g_own = ga[k].mul_(c[..., None]).add_(_anchors_grad(wr, u))
                 gu.add_(g_own[..., None], alpha=1.0 / N)
+            if ctx.channel_mean:
+                gu.add_((g_s_hat[k] * (c[..., None] / C))[:, :, None, :])
         if ctx.cross:  # the anchors' gradient came from every chunk
             grad += (ga * (scale[:, None, None] / N))[..., None]
-        return grad, None, None, g_against if ctx.external else None
+        return grad, None, None, g_against if ctx.external else None, None
 
 
 # A_b = [a_{b,1} … a_{b,T}] against every task's slice u_{b,t} of a chunk ``u`` ([b, T, C, N]), in
@@ -327,43 +342,57 @@ class _VectorAnchorCSA(torch.autograd.Function):
         L = mean_(b,t) [ lse_b(t) − pos/τ ],  lse_b = log Σ_{k≠b} e^{neg_bk/τ}  (⊕ pos/τ with pid)
 
     and every ``max(·, ε)`` passes its gradient where its argument is at least ``ε``, as
-    ``clamp_min`` does."""
+    ``clamp_min`` does. ``scale`` None: the sample scale is taken here. With ``tsr`` the node
+    also returns TSR's value and per-task shares (:func:`~mtoframe_repmtl.tsr.entropy_forward` of
+    ``ŝ = mean_C u``): both terms as one node, where a separate TSR node, its own reading of the
+    saliency and the sum of the two gradients cost as much as TSR's arithmetic many times over."""
 
     @staticmethod
-    def forward(ctx: Any, s: Tensor, scale: Tensor, tau: float, pid: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any, s: Tensor, scale: Tensor | None, tau: float, pid: bool, tsr: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         B = s.shape[0]
         eps = tiny(s)
-        u = s * scale[:, None, None]
+        scale = sample_scale(s) if scale is None else scale
+        u = s * scale.view(B, 1, 1)
         k = torch.bmm(u, u.transpose(1, 2))
-        d = k.diagonal(dim1=1, dim2=2)
-        m = d.square()
+        m = k.diagonal(dim1=1, dim2=2).square()
         q = k.square().sum(dim=1)
         grams, packed = _anchor_grams(u)  # the full ones are kept for the backward
         aa = packed @ packed.T
         aa_diag = aa.diagonal()
         a_norm = aa_diag.clamp_min(eps).sqrt()
         m_norm = m.clamp_min(eps).sqrt()
-        den_raw = a_norm[:, None] * m_norm
+        a_col = a_norm.view(B, 1)
+        den_raw = a_col * m_norm
         den = den_raw.clamp_min(eps)
         pos = q / den
-        nden_raw = a_norm[:, None] * a_norm[None, :]
+        nden_raw = a_col * a_norm
         nden = nden_raw.clamp_min(eps)
         neg = aa / nden
         logits = (neg / tau).masked_fill_(_self_mask(B, B, 0, s.device), float("-inf"))
         lse = torch.logsumexp(logits, dim=1, keepdim=True)
         full = torch.logaddexp(lse, pos / tau) if pid else lse
         loss = (full - pos / tau).mean()
+        if tsr:
+            per_task, saved = entropy_forward(u.mean(dim=2, keepdim=True))
+            entropy = per_task.sum()
+        else:
+            per_task, saved, entropy = u.new_empty(0), (), u.new_zeros(())
+            ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
-                              m >= eps, den_raw >= eps, nden_raw >= eps, aa_diag >= eps)
+                              m >= eps, den_raw >= eps, nden_raw >= eps, aa_diag >= eps, *saved)
         ctx.tau, ctx.pid = tau, pid
-        ctx.mark_non_differentiable(pos, neg)
-        return loss, pos, neg
+        ctx.mark_non_differentiable(pos, neg, per_task)
+        return loss, pos, neg, entropy, per_task
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor) -> tuple[Tensor, None, None, None]:
+    def backward(
+        ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor, g_entropy: Tensor, _per_task: Tensor
+    ) -> tuple[Tensor, None, None, None, None]:
         (u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
-         m_ok, den_ok, nden_ok, diag_ok) = ctx.saved_tensors
+         m_ok, den_ok, nden_ok, diag_ok, *saved) = ctx.saved_tensors
         tau = ctx.tau
         B, T, C = u.shape
         g = g_loss / (B * T)  # every (b, t) term weighs 1/(B·T)
@@ -376,21 +405,24 @@ class _VectorAnchorCSA(torch.autograd.Function):
         g_neg = torch.exp(logits - lse).mul_(g_lse / tau)  # softmax rows; 0 at each sample's own column
         g_aa = g_neg / nden
         g_nden = (g_neg * neg / nden).mul_(nden_ok).neg_()
-        g_anorm = (g_nden * a_norm[None, :]).sum(dim=1) + (g_nden * a_norm[:, None]).sum(dim=0)
+        a_col = a_norm.view(B, 1)
+        g_anorm = (g_nden @ a_norm).add_(a_norm @ g_nden)
         g_q = g_pos / den
         g_den = (g_pos * pos / den).mul_(den_ok).neg_()
         g_anorm += (g_den * m_norm).sum(dim=1)
-        g_m = (g_den * a_norm[:, None]).div_(2 * m_norm).mul_(m_ok)
+        g_m = (g_den * a_col).div_(2 * m_norm).mul_(m_ok)
         g_aa.diagonal().add_((g_anorm / (2 * a_norm)).mul_(diag_ok))
         # aa_bk = ⟨Â_b, Â_k⟩ and Â_b = U_bᵀU_b: dÂ_b = Σ_k (g + gᵀ)_bk Â_k from the full Grams (one
         # product, where unpacking the packed one's gradient cost more than the multiply-adds it saves)
         d_hat = (g_aa + g_aa.T) @ grams
         g_u = torch.bmm(u, d_hat.view(B, C, C)).mul_(2)
         # m = diag(K)², q_t = Σ_s K[s, t]², K = U Uᵀ
-        g_k = k * (2 * g_q[:, None, :])
+        g_k = k * (2 * g_q).view(B, 1, T)
         g_k.diagonal(dim1=1, dim2=2).add_(2 * k.diagonal(dim1=1, dim2=2) * g_m)
         g_u.baddbmm_(g_k + g_k.transpose(1, 2), u)
-        return g_u.mul_(scale[:, None, None]), None, None, None
+        if saved:  # ŝ = mean_C u: every channel gets 1/C of its gradient
+            g_u.add_(entropy_backward(tuple(saved), g_entropy), alpha=1.0 / C)
+        return g_u.mul_(scale.view(B, 1, 1)), None, None, None, None
 
 
 def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -450,6 +482,32 @@ def csa_terms(
     torch.distributed); ``cos_neg[b, t, rank·B + b]`` is not a negative (it is masked out of the
     loss; :func:`negative_mask` marks the rest). ``scale``:
     :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
+    loss, pos, neg, _ = _terms(saliency, tau, negatives, positive_in_denominator, scale, tsr=False)
+    return loss, pos, neg
+
+
+def csa_and_tsr(
+    saliency: Tensor,
+    tau: float = DEFAULT_TAU,
+    *,
+    negatives: str = "anchor",
+    positive_in_denominator: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(L_csa, cos_pos, cos_neg, L_tsr, tsr_per_task)``: :func:`csa_terms` and
+    :func:`~mtoframe_repmtl.tsr.tsr_terms` of one saliency, equal to calling both, but reading it
+    once. TSR's input ``ŝ = c · mean_C S`` is taken where CSA has each slice of the saliency in
+    hand, so the saliency has a single gradient node (a second reader costs autograd a
+    saliency-sized sum of two gradients: 1.35 ms of a 167 ms step on scenes); for vector
+    saliencies with many tasks both terms and the sample scale are one node
+    (:class:`_VectorAnchorCSA`)."""
+    loss, pos, neg, entropy = _terms(saliency, tau, negatives, positive_in_denominator, None, tsr=True)
+    assert entropy is not None
+    return loss, pos, neg, *entropy
+
+
+def _terms(
+    saliency: Tensor, tau: float, negatives: str, positive_in_denominator: bool, scale: Tensor | None, *, tsr: bool
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise OptionError(f"csa_loss: tau must be a positive number, got {tau!r}")
     if negatives not in NEGATIVES:
@@ -462,47 +520,56 @@ def csa_terms(
                 f"csa_loss needs at least 2 samples per batch (its negatives are the other samples), got B={B}; "
                 "use batches of 2 or more (e.g. DataLoader(drop_last=True)) or use_csa=False"
             )
-        eps = tiny(s)
-        scale = sample_scale(s) if scale is None else scale
-        offset = rank() * B  # this rank's rows in the gathered (global) batch
-        local = slice(offset, offset + B)
-        cross = negatives == "task" and world_size() == 1
         if (s.shape[-1] == 1 and negatives == "anchor" and world_size() == 1
                 and _through_channel_grams(B, B, T, s.shape[2], own=True)):
-            loss, pos, neg_b = _VectorAnchorCSA.apply(s[..., 0], scale, tau, positive_in_denominator)  # type: ignore[no-untyped-call]
-            return loss, pos, neg_b[:, None, :].expand(B, T, B)
+            loss, pos, neg_b, entropy, per_task = _VectorAnchorCSA.apply(  # type: ignore[no-untyped-call]
+                s[..., 0], scale, tau, positive_in_denominator, tsr)
+            return loss, pos, neg_b[:, None, :].expand(B, T, B), (entropy, per_task) if tsr else None
+        scale = sample_scale(s) if scale is None else scale
+        cross = negatives == "task" and world_size() == 1
         if s.shape[-1] == 1 and not cross:
             m, a, q = _vector_grams(s, scale)
+            s_hat = a.mean(dim=2, keepdim=True) if tsr else None
         else:
-            m, a, q = _SaliencyGrams.apply(s, scale, cross)  # type: ignore[no-untyped-call]
-        a_all = all_gather_cat(a)  # [N·B, T, C]
-        aa = _anchor_products(a, a_all)  # [B, N·B] = ⟨Â_b, Â_k⟩
-        a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
-        if negatives == "anchor":
-            m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
-            pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
-            a_norm_all = all_gather_cat(a_norm)
-            neg_b = aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps)
-            # the negatives do not depend on the task: one log-sum-exp per sample, not per (b, t)
-            own = _self_mask(B, neg_b.shape[1], rank(), neg_b.device)
-            lse = torch.logsumexp((neg_b / tau).masked_fill(own, float("-inf")), dim=-1)[:, None]
-            if positive_in_denominator:
-                lse = torch.logaddexp(lse, pos / tau)
-            return (lse - pos / tau).mean(), pos, neg_b[:, None, :].expand(B, T, aa.shape[1])
-        else:
-            if world_size() > 1:
-                # every rank's anchors against this rank's task Grams, then every rank's columns
-                m, _, q = _SaliencyGrams.apply(s, scale, True, a_all)  # type: ignore[no-untyped-call]
-                q = all_gather_cat(q, dim=2)[local]
-            m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
-            neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
-            pos = torch.diagonal(neg[:, :, local], dim1=0, dim2=2).T
-        own = _self_mask(B, neg.shape[-1], rank(), neg.device)
-        logits = (neg / tau).masked_fill(own[:, None, :], float("-inf"))
-        if positive_in_denominator:
-            logits = torch.cat([(pos / tau)[..., None], logits], dim=-1)
-        loss = (torch.logsumexp(logits, dim=-1) - pos / tau).mean()
-        return loss, pos, neg
+            m, a, q, s_hat = _SaliencyGrams.apply(s, scale, cross, None, tsr)  # type: ignore[no-untyped-call]
+        loss, pos, neg = _contrast(s, scale, m, a, q, tau, negatives, positive_in_denominator)
+        return loss, pos, neg, channel_mean_entropy(s_hat) if s_hat is not None and tsr else None
+
+
+def _contrast(
+    s: Tensor, scale: Tensor, m: Tensor, a: Tensor, q: Tensor, tau: float, negatives: str, pid: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CSA's cosines and loss from :class:`_SaliencyGrams`' ``(m, a, q)``."""
+    B, T = s.shape[:2]
+    eps = tiny(s)
+    offset = rank() * B  # this rank's rows in the gathered (global) batch
+    local = slice(offset, offset + B)
+    a_all = all_gather_cat(a)  # [N·B, T, C]
+    aa = _anchor_products(a, a_all)  # [B, N·B] = ⟨Â_b, Â_k⟩
+    a_norm = aa[:, local].diagonal().clamp_min(eps).sqrt()  # ‖Â_b‖
+    if negatives == "anchor":
+        m_norm = m.clamp_min(eps).sqrt()  # ‖M_{b,t}‖
+        pos = q / (a_norm[:, None] * m_norm).clamp_min(eps)
+        a_norm_all = all_gather_cat(a_norm)
+        neg_b = aa / (a_norm[:, None] * a_norm_all[None, :]).clamp_min(eps)
+        # the negatives do not depend on the task: one log-sum-exp per sample, not per (b, t)
+        own = _self_mask(B, neg_b.shape[1], rank(), neg_b.device)
+        lse = torch.logsumexp((neg_b / tau).masked_fill(own, float("-inf")), dim=-1)[:, None]
+        if pid:
+            lse = torch.logaddexp(lse, pos / tau)
+        return (lse - pos / tau).mean(), pos, neg_b[:, None, :].expand(B, T, aa.shape[1])
+    if world_size() > 1:
+        # every rank's anchors against this rank's task Grams, then every rank's columns
+        m, _, q, _ = _SaliencyGrams.apply(s, scale, True, a_all)  # type: ignore[no-untyped-call]
+        q = all_gather_cat(q, dim=2)[local]
+    m_norm_all = all_gather_cat(m.clamp_min(eps).sqrt())  # ‖M_{k,t}‖, [N·B, T]
+    neg = q / (a_norm[:, None, None] * m_norm_all.T[None, :, :]).clamp_min(eps)
+    pos = torch.diagonal(neg[:, :, local], dim1=0, dim2=2).T
+    own = _self_mask(B, neg.shape[-1], rank(), neg.device)
+    logits = (neg / tau).masked_fill(own[:, None, :], float("-inf"))
+    if pid:
+        logits = torch.cat([(pos / tau)[..., None], logits], dim=-1)
+    return (torch.logsumexp(logits, dim=-1) - pos / tau).mean(), pos, neg
 
 
 def negative_mask(neg: Tensor) -> Tensor:

@@ -86,8 +86,7 @@ from mtoframe.distributed import all_reduce_mean, is_distributed
 from mtoframe.errors import MtoError
 from mtoframe.options import boolean, in_range, one_of
 
-from ._layout import as_btcn, sample_scale
-from .csa import DEFAULT_TAU, NEGATIVES, csa_terms, negative_mask
+from .csa import DEFAULT_TAU, NEGATIVES, csa_and_tsr, csa_terms, negative_mask
 from .tsr import tsr_terms
 
 #: the same guard DB-MTL uses for ``log(L_t)`` when a loss reaches 0.
@@ -155,20 +154,22 @@ class RepMTL(Method):
                 "regularisers are undefined"
             )
         s = ctx.rep_grads(differentiable=True).transpose(0, 1)  # [B, T, ...], a view
-        scale = sample_scale(as_btcn(s, "repmtl"))  # both terms' (detached) per-sample scale
         distributed = is_distributed()
         stats = ctx.logging or distributed
         reg: dict[str, torch.Tensor] = {}
         logs: dict[str, torch.Tensor] = {}
+        csa_args = {"negatives": o.negatives, "positive_in_denominator": o.positive_in_denominator}
+        if o.use_csa and o.use_tsr:  # one reading of the saliency for both (see csa_and_tsr)
+            csa, pos, neg, tsr, per_task = csa_and_tsr(s, o.tau, **csa_args)
+        elif o.use_csa:
+            csa, pos, neg = csa_terms(s, o.tau, **csa_args)
+        else:
+            tsr, per_task = tsr_terms(s)
         if o.use_tsr:
-            tsr, per_task = tsr_terms(s, scale=scale)
             reg["tsr"] = o.lambda_tsr * tsr
             if stats:
                 logs.update({f"repmtl/entropy/{name}": h for name, h in zip(ctx.tasks, per_task, strict=True)})
         if o.use_csa:
-            csa, pos, neg = csa_terms(
-                s, o.tau, negatives=o.negatives, positive_in_denominator=o.positive_in_denominator, scale=scale
-            )
             reg["csa"] = o.lambda_csa * csa
             if stats:
                 logs["repmtl/cos_pos"] = pos.mean()

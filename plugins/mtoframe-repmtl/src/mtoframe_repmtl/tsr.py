@@ -28,43 +28,60 @@ from torch.autograd.function import once_differentiable
 from ._layout import as_btcn, full_precision, sample_scale, tiny
 
 
-class _SaliencyEntropy(torch.autograd.Function):
-    """``(L_tsr, per_task)`` of ``[B, T, C, N]`` saliencies as one autograd node: the term is a
-    dozen small element-wise steps, whose per-operation cost (forward and backward) outweighed
-    their arithmetic with many tasks. ``per_task`` is for logging, without gradient.
+def entropy_forward(s_hat: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``per_task`` of the scaled channel-mean saliencies ``ŝ`` (``[B, T, N]``), and what
+    :func:`entropy_backward` needs. Shared by :class:`_SaliencyEntropy` and the one-node form of
+    both terms for vector saliencies (:mod:`mtoframe_repmtl.csa`).
 
-    With ``ŝ = c · mean_C S`` (``c`` the detached sample scale), ``P = |ŝ| / max(Σ_t |ŝ|, ε)``
-    and ``h = −P log max(P, ε)``: ``per_task[t] = mean_(b, n) h``, ``L_tsr = Σ_t per_task[t]``;
-    each ``max(·, ε)`` passes its gradient where its argument is at least ``ε`` (``clamp_min``)."""
+    With ``P = |ŝ| / max(Σ_t |ŝ|, ε)`` and ``h = −P log max(P, ε)``: ``per_task[t] = mean_(b, n) h``,
+    ``L_tsr = Σ_t per_task[t]``; each ``max(·, ε)`` passes its gradient where its argument is at
+    least ``ε`` (``clamp_min``)."""
+    eps = tiny(s_hat)
+    mag = s_hat.abs()
+    total = mag.sum(dim=1, keepdim=True)
+    p = mag / total.clamp_min(eps)
+    log_p = p.clamp_min(eps).log_()
+    per_task = (p * log_p).mean(dim=(0, 2)).neg_()
+    return per_task, (s_hat, total, p, log_p)
+
+
+def entropy_backward(saved: tuple[Tensor, ...], g_loss: Tensor) -> Tensor:
+    """``∂(g_loss · L_tsr)/∂ŝ`` from :func:`entropy_forward`'s ``saved``."""
+    s_hat, total, p, log_p = saved
+    eps = tiny(p)
+    B, _, N = s_hat.shape
+    # dh/dP = −log max(P, ε) − [P ≥ ε], each h weighing 1/(B·N) in the loss
+    g_p = (log_p + (p >= eps)).mul_(-g_loss / (B * N))
+    denom = total.clamp_min(eps)
+    # P = |ŝ| / max(Σ|ŝ|, ε): the direct term, plus the shared denominator's
+    g_total = (g_p * p).sum(dim=1, keepdim=True).div_(denom).mul_(total >= eps)
+    return (g_p / denom).sub_(g_total).mul_(s_hat.sign())
+
+
+class _SaliencyEntropy(torch.autograd.Function):
+    """``(L_tsr, per_task)`` of ``ŝ`` (see :func:`entropy_forward`) as one autograd node: the term
+    is a dozen small element-wise steps, whose per-operation cost (forward and backward)
+    outweighed their arithmetic with many tasks. ``per_task`` is for logging, without gradient."""
 
     @staticmethod
-    def forward(ctx: Any, s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-        eps = tiny(s)
-        s_hat = s.mean(dim=2).mul_(scale[:, None, None])  # [B, T, N]
-        mag = s_hat.abs()
-        total = mag.sum(dim=1, keepdim=True)
-        p = mag / total.clamp_min(eps)
-        log_p = p.clamp_min(eps).log_()
-        per_task = (p * log_p).mean(dim=(0, 2)).neg_()
-        ctx.save_for_backward(s_hat, scale, total, p, log_p)
-        ctx.channels = s.shape[2]
+    def forward(ctx: Any, s_hat: Tensor) -> tuple[Tensor, Tensor]:
+        per_task, saved = entropy_forward(s_hat)
+        ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(per_task)
         return per_task.sum(), per_task
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g_loss: Tensor, _per_task: Tensor) -> tuple[Tensor, None]:
-        s_hat, scale, total, p, log_p = ctx.saved_tensors
-        eps = tiny(p)
-        B, T, N = s_hat.shape
-        # dh/dP = −log max(P, ε) − [P ≥ ε], each h weighing 1/(B·N) in the loss
-        g_p = (log_p + (p >= eps)).mul_(-g_loss / (B * N))
-        denom = total.clamp_min(eps)
-        # P = |ŝ| / max(Σ|ŝ|, ε): the direct term, plus the shared denominator's
-        g_total = (g_p * p).sum(dim=1, keepdim=True).div_(denom).mul_(total >= eps)
-        g_mag = (g_p / denom).sub_(g_total)
-        g_s = (g_mag * s_hat.sign()).mul_(scale[:, None, None] / ctx.channels)
-        return g_s[:, :, None, :].expand(B, T, ctx.channels, N), None
+    def backward(ctx: Any, g_loss: Tensor, _per_task: Tensor) -> Tensor:
+        return entropy_backward(ctx.saved_tensors, g_loss)
+
+
+def channel_mean_entropy(s_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(L_tsr, per_task)`` of ``ŝ = c · mean_C S`` (``[B, T, N]``, ``c`` the detached sample
+    scale), as :func:`mtoframe_repmtl.csa.csa_and_channel_mean` hands it over."""
+    with full_precision(s_hat):
+        loss, per_task = _SaliencyEntropy.apply(s_hat)  # type: ignore[no-untyped-call]
+        return loss, per_task
 
 
 def tsr_terms(saliency: Tensor, *, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -73,8 +90,8 @@ def tsr_terms(saliency: Tensor, *, scale: Tensor | None = None) -> tuple[Tensor,
     :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
     with full_precision(saliency):
         s = as_btcn(saliency, "tsr_loss")
-        loss, per_task = _SaliencyEntropy.apply(s, sample_scale(s) if scale is None else scale)  # type: ignore[no-untyped-call]
-        return loss, per_task
+        c = sample_scale(s) if scale is None else scale
+        return channel_mean_entropy(s.mean(dim=2) * c[:, None, None])
 
 
 def tsr_loss(saliency: Tensor) -> Tensor:
