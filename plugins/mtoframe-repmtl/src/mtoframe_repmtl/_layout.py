@@ -12,6 +12,8 @@ from torch import Tensor
 from mtoframe.errors import MtoError
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: saliencies up to this many elements take the sample scale through a temporary |S| (256 KiB in float32)
+_SMALL = 1 << 16
 
 
 def as_btcn(saliency: Tensor, fn: str) -> Tensor:
@@ -51,10 +53,12 @@ def sample_scale(s: Tensor) -> Tensor:
     losses are O(1/(B·H'W')), so their fourth powers leave float32's range on real images).
     """
     with torch.no_grad():
-        # amax/amin instead of abs().amax(): no temporary the size of S.
         dims = tuple(range(1, s.dim()))
-        peak = torch.maximum(s.amax(dim=dims), -s.amin(dim=dims))
-        return torch.where(peak > 0, peak.reciprocal(), torch.ones_like(peak))
+        if s.numel() <= _SMALL:  # fewer operations, where each costs more than its arithmetic
+            peak = s.abs().amax(dim=dims)
+        else:  # amax/amin instead of abs().amax(): no temporary the size of S
+            peak = torch.maximum(s.amax(dim=dims), -s.amin(dim=dims))
+        return torch.where(peak > 0, peak.reciprocal(), 1.0)
 
 
 def tiny(s: Tensor) -> float:

@@ -336,14 +336,17 @@ class _VectorAnchorCSA(torch.autograd.Function):
 
     With ``u_{b,t} = c_b s_{b,t}`` (``c`` the detached sample scale), ``K_b = U_b U_bᵀ`` (``T×T``)::
 
-        m = diag(K)²     q_{b,t} = Σ_s K_b[s, t]²     aa = V Vᵀ  (V: packed anchor Grams)
-        ‖Â_b‖ = √max(aa_bb, ε)   ‖M_{b,t}‖ = √max(m, ε)
+        d = diag(K) = ‖u_{b,t}‖² = ‖M_{b,t}‖     q_{b,t} = Σ_s K_b[s, t]²     aa = V Vᵀ  (V: packed anchor Grams)
+        ‖Â_b‖ = √max(aa_bb, ε)   ‖M_{b,t}‖ = √max(d², ε) = max(d, √ε)
         pos = q / max(‖Â_b‖‖M_{b,t}‖, ε)      neg = aa / max(‖Â_b‖‖Â_k‖, ε)
         L = mean_(b,t) [ lse_b(t) − pos/τ ],  lse_b = log Σ_{k≠b} e^{neg_bk/τ}  (⊕ pos/τ with pid)
 
     and every ``max(·, ε)`` passes its gradient where its argument is at least ``ε``, as
-    ``clamp_min`` does. ``scale`` None: the sample scale is taken here. With ``tsr`` the node
-    also returns TSR's value and per-task shares (:func:`~mtoframe_repmtl.tsr.entropy_forward` of
+    ``clamp_min`` does. Both norms are at least ``√ε``, a power of two, so the two denominators'
+    ``max(·, ε)`` never bind and are left out (the values are identical). The code keeps the
+    number of operations low: each costs microseconds of dispatch at these sizes, more than its
+    arithmetic. ``scale`` None: the sample scale is taken here. With ``tsr`` the node also
+    returns TSR's value and per-task shares (:func:`~mtoframe_repmtl.tsr.entropy_forward` of
     ``ŝ = mean_C u``): both terms as one node, where a separate TSR node, its own reading of the
     saliency and the sum of the two gradients cost as much as TSR's arithmetic many times over."""
 
@@ -356,24 +359,22 @@ class _VectorAnchorCSA(torch.autograd.Function):
         scale = sample_scale(s) if scale is None else scale
         u = s * scale.view(B, 1, 1)
         k = torch.bmm(u, u.transpose(1, 2))
-        m = k.diagonal(dim1=1, dim2=2).square()
+        d = k.diagonal(dim1=1, dim2=2)  # ‖u_{b,t}‖² ≥ 0: a sum of squares
         q = k.square().sum(dim=1)
         grams, packed = _anchor_grams(u)  # the full ones are kept for the backward
         aa = packed @ packed.T
         aa_diag = aa.diagonal()
         a_norm = aa_diag.clamp_min(eps).sqrt()
-        m_norm = m.clamp_min(eps).sqrt()
+        m_norm = d.clamp_min(math.sqrt(eps))
         a_col = a_norm.view(B, 1)
-        den_raw = a_col * m_norm
-        den = den_raw.clamp_min(eps)
+        den = a_col * m_norm
         pos = q / den
-        nden_raw = a_col * a_norm
-        nden = nden_raw.clamp_min(eps)
+        nden = a_col * a_norm
         neg = aa / nden
         logits = (neg / tau).masked_fill_(_self_mask(B, B, 0, s.device), float("-inf"))
         lse = torch.logsumexp(logits, dim=1, keepdim=True)
         full = torch.logaddexp(lse, pos / tau) if pid else lse
-        loss = (full - pos / tau).mean()
+        loss = torch.sub(full, pos, alpha=1.0 / tau).mean()
         if tsr:
             per_task, saved = entropy_forward(u.mean(dim=2, keepdim=True))
             entropy = per_task.sum()
@@ -381,7 +382,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
             per_task, saved, entropy = u.new_empty(0), (), u.new_zeros(())
             ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
-                              m >= eps, den_raw >= eps, nden_raw >= eps, aa_diag >= eps, *saved)
+                              d >= math.sqrt(eps), aa_diag >= eps, *saved)
         ctx.tau, ctx.pid = tau, pid
         ctx.mark_non_differentiable(pos, neg, per_task)
         return loss, pos, neg, entropy, per_task
@@ -392,7 +393,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
         ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor, g_entropy: Tensor, _per_task: Tensor
     ) -> tuple[Tensor, None, None, None, None]:
         (u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
-         m_ok, den_ok, nden_ok, diag_ok, *saved) = ctx.saved_tensors
+         d_ok, diag_ok, *saved) = ctx.saved_tensors
         tau = ctx.tau
         B, T, C = u.shape
         g = g_loss / (B * T)  # every (b, t) term weighs 1/(B·T)
@@ -400,29 +401,28 @@ class _VectorAnchorCSA(torch.autograd.Function):
             g_lse = g * torch.exp(lse - full).sum(dim=1, keepdim=True)
             g_pos = g / tau * torch.expm1(pos / tau - full)
         else:
-            g_lse = (g * T).expand(B, 1)
-            g_pos = (-g / tau).expand(B, T)
-        g_neg = torch.exp(logits - lse).mul_(g_lse / tau)  # softmax rows; 0 at each sample's own column
-        g_aa = g_neg / nden
-        g_nden = (g_neg * neg / nden).mul_(nden_ok).neg_()
-        a_col = a_norm.view(B, 1)
-        g_anorm = (g_nden @ a_norm).add_(a_norm @ g_nden)
+            g_lse = g * T
+            g_pos = -g / tau
+        g_aa = torch.exp(logits - lse).mul_(g_lse / tau).div_(nden)  # softmax rows (0 at each own column)
+        g_nden = g_aa * neg  # minus the gradient of nden = ‖Â_b‖‖Â_k‖
         g_q = g_pos / den
-        g_den = (g_pos * pos / den).mul_(den_ok).neg_()
-        g_anorm += (g_den * m_norm).sum(dim=1)
-        g_m = (g_den * a_col).div_(2 * m_norm).mul_(m_ok)
-        g_aa.diagonal().add_((g_anorm / (2 * a_norm)).mul_(diag_ok))
+        g_den = g_q * pos  # minus the gradient of den = ‖Â_b‖‖M_{b,t}‖
+        # (minus) ‖Â_b‖'s gradient, from both products it is in
+        g_anorm = torch.addmv((g_den * m_norm).sum(dim=1), g_nden + g_nden.T, a_norm)
+        g_aa.diagonal().sub_(g_anorm.div_(a_norm).mul_(diag_ok), alpha=0.5)  # ‖Â_b‖ = √aa_bb
         # aa_bk = ⟨Â_b, Â_k⟩ and Â_b = U_bᵀU_b: dÂ_b = Σ_k (g + gᵀ)_bk Â_k from the full Grams (one
-        # product, where unpacking the packed one's gradient cost more than the multiply-adds it saves)
-        d_hat = (g_aa + g_aa.T) @ grams
-        g_u = torch.bmm(u, d_hat.view(B, C, C)).mul_(2)
-        # m = diag(K)², q_t = Σ_s K[s, t]², K = U Uᵀ
-        g_k = k * (2 * g_q).view(B, 1, T)
-        g_k.diagonal(dim1=1, dim2=2).add_(2 * k.diagonal(dim1=1, dim2=2) * g_m)
-        g_u.baddbmm_(g_k + g_k.transpose(1, 2), u)
-        if saved:  # ŝ = mean_C u: every channel gets 1/C of its gradient
-            g_u.add_(entropy_backward(tuple(saved), g_entropy), alpha=1.0 / C)
-        return g_u.mul_(scale.view(B, 1, 1)), None, None, None, None
+        # product, where unpacking the packed one's gradient cost more than the multiply-adds it saves);
+        # dU_b = 2 U_b dÂ_b, the 2 applied at the end
+        g_u = torch.bmm(u, ((g_aa + g_aa.T) @ grams).view(B, C, C))
+        # q_t = Σ_s K[s, t]² and ‖M‖ = max(d, √ε) with d = diag(K), K = U Uᵀ: dU = (G + Gᵀ) U with
+        # G = 2 K diag(g_q) + diag(g_d); halved, as above
+        h = k * g_q.view(B, 1, T)
+        h = h + h.transpose(1, 2)
+        h.diagonal(dim1=1, dim2=2).sub_((g_den * a_norm.view(B, 1)).mul_(d_ok))
+        g_u.baddbmm_(h, u)
+        if saved:  # ŝ = mean_C u: every channel gets 1/C of its gradient (halved, as above)
+            g_u.add_(entropy_backward(tuple(saved), g_entropy), alpha=0.5 / C)
+        return g_u.mul_(scale.view(B, 1, 1)).mul_(2), None, None, None, None
 
 
 def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
