@@ -225,6 +225,27 @@ def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(chunked_in.grad, ref.grad, rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("shape", [(5, 3, 3, 2, 2), (5, 3, 6, 2, 2)])  # C ≤ N (own-anchor product), C > N
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_task_major_saliency_gets_its_gradient_in_its_own_layout(monkeypatch, shape, chunk) -> None:
+    # the trainer's saliency is [T, B, ...] underneath; the gradient (both terms, one node) must
+    # equal the contiguous input's, and on the C ≤ N path come back task-major, so that each
+    # task's slice is contiguous for the heads' double backward
+    if chunk is not None:
+        monkeypatch.setattr(csa_mod, "_CHUNK_ELEMENTS", chunk)
+    x = rand(*shape, seed=8)
+    flat = x.clone().requires_grad_(True)
+    tb = x.transpose(0, 1).contiguous().requires_grad_(True)
+    for opts in OPTIONS[:2]:
+        view = tb.transpose(0, 1)
+        csa, _, _, tsr, _ = csa_mod.csa_and_tsr(view, 0.3, **opts)
+        (g_view,) = torch.autograd.grad(csa + 0.7 * tsr, view)
+        csa_f, _, _, tsr_f, _ = csa_mod.csa_and_tsr(flat, 0.3, **opts)
+        (g_flat,) = torch.autograd.grad(csa_f + 0.7 * tsr_f, flat)
+        torch.testing.assert_close(g_view, g_flat, rtol=1e-11, atol=1e-14)
+        assert g_view.transpose(0, 1).is_contiguous() == (shape[2] <= shape[3] * shape[4])
+
+
 @pytest.mark.parametrize("opts", OPTIONS)
 def test_csa_invariant_to_batch_permutation(opts: dict) -> None:
     s = rand(5, 3, 4, 2, 2)

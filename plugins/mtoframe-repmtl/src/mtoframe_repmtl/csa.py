@@ -172,40 +172,54 @@ class _SaliencyGrams(torch.autograd.Function):
     ) -> tuple[Tensor, None, None, Tensor | None, None]:
         s, scale, a, grams, anchors = ctx.saved_tensors
         T, C, N = s.shape[1:]
-        # contiguous whatever the strides of S: each chunk's gradient is then written by its
-        # products in place, with no separate pass to scale and scatter it
-        grad = s.new_empty(s.shape)
+        own = not ctx.cross and C <= N
+        # the own-anchor path writes the gradient in S's memory order (the trainer's saliency is
+        # [T, B, ...] underneath), so each task's slice reaches the heads' double backward
+        # contiguous; the others write it contiguous, whatever the strides of S. Either way each
+        # chunk's gradient is written by its products in place, with no pass to scale and scatter it.
+        grad = torch.empty_like(s) if own else s.new_empty(s.shape)
         ga = g_a.clone()  # plus what q sends back through the anchors
         against = anchors if ctx.external else a
         g_against = torch.zeros_like(anchors) if ctx.external else ga
         Bq = against.shape[0]
         flat = against.reshape(Bq * T, -1)
         chunks = _chunks(s, Bq * T if ctx.cross else T)
-        u_buf = _slice_buffer(s, chunks)
+        n0 = chunks[0].stop - chunks[0].start
         side = min(s.shape[-2:])
-        g_buf = s.new_empty(chunks[0].stop - chunks[0].start, T, side, side)
+        if own:
+            # two extra columns of the Gram factor and rows of u carry the two terms constant along
+            # one axis (the anchors' gradient over positions, TSR's over channels) through the one
+            # product, instead of two more passes over each chunk's gradient
+            u_buf = s.new_empty(n0, T, C + 2, N)
+            u_buf[:, :, C] = 1.0
+            u_buf[:, :, C + 1] = 0.0
+            g_buf = s.new_empty(n0, T, C, C + 2)
+            g_buf[..., C + 1] = 1.0
+        else:
+            u_buf = _slice_buffer(s, chunks)
+            g_buf = s.new_empty(n0, T, side, side)
         for k in chunks:
             c = scale[k, None]  # [b, 1]: u = c·S, so every term below carries one more factor c
             n = k.stop - k.start
-            u = torch.mul(s[k], c[..., None, None], out=u_buf[:n])
+            u = torch.mul(s[k], c[..., None, None], out=u_buf[:n, :, :C] if own else u_buf[:n])
             # d‖u uᵀ‖²/du = 4 (u uᵀ) u = 4 u (uᵀ u); the factor goes on the smaller Gram (a copy:
             # the saved one must survive a retained graph's second backward)
             coef = (4 * g_m[k] * c)[..., None, None]
             gram = grams[k] if ctx.keep else _gram(u)
             gu = grad[k]
-            if not ctx.cross and u.shape[-2] <= u.shape[-1]:
+            if own:
                 # gram is G = u uᵀ (C×C) and q = Σ_s a_sᵀ G a_s: dq/du = 2 Â u with Â = A Aᵀ and
                 # dq/da_s = 2 G a_s, so both terms of u's gradient are one product (4 g_m G + 2 g_q Â) u
                 a_k = a[k]
                 a_hat = torch.bmm(a_k.transpose(1, 2), a_k)[:, None]  # [b, 1, C, C]
-                mixed = torch.mul(gram, coef, out=g_buf[:n]).addcmul_(a_hat, (2 * g_q[k] * c)[..., None, None])
-                torch.matmul(mixed, u, out=gu)
+                torch.mul(gram, coef, out=g_buf[:n, ..., :C]).addcmul_(a_hat, (2 * g_q[k] * c)[..., None, None])
                 w = torch.einsum("bt,btcd->bcd", g_q[k], gram)  # Σ_t g_q G_t
-                g_own = ga[k].add_(torch.bmm(a_k, w), alpha=2.0).mul_(c[..., None])
+                g_own = ga[k].add_(torch.bmm(a_k, w), alpha=2.0)
                 # a = c · mean_n S: every position gets c/N of the anchor's gradient
-                gu.add_(g_own[..., None], alpha=1.0 / N)
+                torch.mul(g_own, c[..., None] / N, out=g_buf[:n, ..., C])
                 if ctx.channel_mean:  # ŝ = c · mean_C S: every channel gets c/C of its gradient
-                    gu.add_((g_s_hat[k] * (c[..., None] / C))[:, :, None, :])
+                    torch.mul(g_s_hat[k], c[..., None] / C, out=u_buf[:n, :, C + 1])
+                _matmul_into(gu, g_buf[:n], u_buf[:n])
                 continue
             g = torch.mul(gram, coef, out=g_buf[:n]) if ctx.keep else gram.mul_(coef)
             torch.matmul(g, u, out=gu) if u.shape[-2] <= u.shape[-1] else torch.matmul(u, g, out=gu)
@@ -227,6 +241,17 @@ class _SaliencyGrams(torch.autograd.Function):
         if ctx.cross:  # the anchors' gradient came from every chunk
             grad += (ga * (scale[:, None, None] / N))[..., None]
         return grad, None, None, g_against if ctx.external else None, None
+
+
+def _matmul_into(out: Tensor, x: Tensor, y: Tensor) -> None:
+    """``out = x @ y`` for ``[b, T, ., .]`` operands, ``out`` of any strides: one batched product when
+    it is contiguous, else one per task (each task's ``[b, ., .]`` slice of a task-major ``out`` is
+    contiguous), where a strided ``out=`` would cost a temporary and a copy."""
+    if out.is_contiguous():
+        torch.matmul(x, y, out=out)
+        return
+    for t in range(out.shape[1]):
+        torch.bmm(x[:, t], y[:, t], out=out[:, t])
 
 
 # A_b = [a_{b,1} … a_{b,T}] against every task's slice u_{b,t} of a chunk ``u`` ([b, T, C, N]), in
