@@ -205,3 +205,16 @@ def test_multi_input_batches_are_a_clear_error(hand) -> None:
     batch = {t: (x, targets[t]) for t in targets}
     with pytest.raises(mtoframe.errors.MtoError, match="multi-input.*own images"):
         trainer.step(batch)
+
+
+def test_a_representation_without_channels_is_a_clear_error() -> None:
+    # Z of shape [B] (one number per sample): there is no channel axis to compare saliencies on
+    from torch import nn
+
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(8, 1, dtype=torch.float64), nn.Flatten(0))
+    heads = {t: nn.Sequential(nn.Unflatten(0, (-1, 1)), nn.Linear(1, 1, dtype=torch.float64)) for t in "abc"}
+    model = mtoframe.MultiTaskModel(encoder=enc, heads=heads)
+    trainer = make_trainer([RepMTL()], model=model)
+    with pytest.raises(mtoframe.errors.MtoError, match=r"repmtl needs a representation with channels.*shape \(8,\)"):
+        trainer.step(make_batch(make_vector_model(), batch=8))

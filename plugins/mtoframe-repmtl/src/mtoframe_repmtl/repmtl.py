@@ -153,6 +153,11 @@ class RepMTL(Method):
                 f"Office) with each of {list(ctx.slices)} on its own images, where the saliency "
                 "regularisers are undefined"
             )
+        if isinstance(ctx.z, torch.Tensor) and ctx.z.dim() < 2:
+            raise MtoError(
+                "repmtl needs a representation with channels per sample (Z of shape [B, C] or [B, C, H, W]): its "
+                f"saliencies are compared channel by channel; got Z of shape {tuple(ctx.z.shape)}"
+            )
         s = ctx.rep_grads(differentiable=True).transpose(0, 1)  # [B, T, ...], a view
         distributed = is_distributed()
         stats = ctx.logging or distributed
