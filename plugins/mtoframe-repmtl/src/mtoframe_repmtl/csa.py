@@ -107,7 +107,7 @@ class _SaliencyGrams(torch.autograd.Function):
 
     ``ŝ`` is TSR's input: taking it from here, where each chunk is in cache, leaves the saliency a
     single gradient node when both terms run, where a second reader would cost autograd a
-    saliency-sized sum of the two gradients (measured on scenes: 1.35 ms of a 167 ms step).
+    saliency-sized sum of the two gradients.
 
     With ``anchors`` (``[B', T, C]``, cross only) the cross products are taken against those
     anchors instead of ``a`` (``q`` is ``[B', T, B]``) and their gradient is returned: under
@@ -522,7 +522,7 @@ def csa_and_tsr(
     :func:`~mtoframe_repmtl.tsr.tsr_terms` of one saliency, equal to calling both, but reading it
     once. TSR's input ``ŝ = c · mean_C S`` is taken where CSA has each slice of the saliency in
     hand, so the saliency has a single gradient node (a second reader costs autograd a
-    saliency-sized sum of two gradients: 1.35 ms of a 167 ms step on scenes); for vector
+    saliency-sized sum of two gradients); for vector
     saliencies with many tasks both terms and the sample scale are one node
     (:class:`_VectorAnchorCSA`)."""
     loss, pos, neg, entropy = _terms(saliency, tau, negatives, positive_in_denominator, None, tsr=True)
