@@ -370,18 +370,18 @@ class _VectorAnchorCSA(torch.autograd.Function):
     ``clamp_min`` does. Both norms are at least ``√ε``, a power of two, so the two denominators'
     ``max(·, ε)`` never bind and are left out (the values are identical). The code keeps the
     number of operations low: each costs microseconds of dispatch at these sizes, more than its
-    arithmetic. ``scale`` None: the sample scale is taken here. With ``tsr`` the node also
+    arithmetic. The sample scale ``c`` is taken here. With ``tsr`` the node also
     returns TSR's value and per-task shares (:func:`~mtoframe_repmtl.tsr.entropy_forward` of
     ``ŝ = mean_C u``): both terms as one node, where a separate TSR node, its own reading of the
     saliency and the sum of the two gradients cost as much as TSR's arithmetic many times over."""
 
     @staticmethod
     def forward(
-        ctx: Any, s: Tensor, scale: Tensor | None, tau: float, pid: bool, tsr: bool
+        ctx: Any, s: Tensor, tau: float, pid: bool, tsr: bool
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         B = s.shape[0]
         eps = tiny(s)
-        scale = sample_scale(s) if scale is None else scale
+        scale = sample_scale(s)
         u = s * scale.view(B, 1, 1)
         k = torch.bmm(u, u.transpose(1, 2))
         d = k.diagonal(dim1=1, dim2=2)  # ‖u_{b,t}‖² ≥ 0: a sum of squares
@@ -416,7 +416,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
     @once_differentiable
     def backward(
         ctx: Any, g_loss: Tensor, _pos: Tensor, _neg: Tensor, g_entropy: Tensor, _per_task: Tensor
-    ) -> tuple[Tensor, None, None, None, None]:
+    ) -> tuple[Tensor, None, None, None]:
         (u, scale, k, grams, a_norm, m_norm, den, pos, nden, neg, logits, lse, full,
          d_ok, diag_ok, *saved) = ctx.saved_tensors
         tau = ctx.tau
@@ -447,7 +447,7 @@ class _VectorAnchorCSA(torch.autograd.Function):
         g_u.baddbmm_(h, u)
         if saved:  # ŝ = mean_C u: every channel gets 1/C of its gradient (halved, as above)
             g_u.add_(entropy_backward(tuple(saved), g_entropy), alpha=0.5 / C)
-        return g_u.mul_(scale.view(B, 1, 1)).mul_(2), None, None, None, None
+        return g_u.mul_(scale.view(B, 1, 1)).mul_(2), None, None, None
 
 
 def _vector_grams(s: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -501,13 +501,11 @@ def csa_terms(
     *,
     negatives: str = "anchor",
     positive_in_denominator: bool = False,
-    scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(L_csa, cos_pos [B, T], cos_neg [B, T, N·B])`` with ``N`` ranks (1 outside
     torch.distributed); ``cos_neg[b, t, rank·B + b]`` is not a negative (it is masked out of the
-    loss; :func:`negative_mask` marks the rest). ``scale``:
-    :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
-    loss, pos, neg, _ = _terms(saliency, tau, negatives, positive_in_denominator, scale, tsr=False)
+    loss; :func:`negative_mask` marks the rest)."""
+    loss, pos, neg, _ = _terms(saliency, tau, negatives, positive_in_denominator, tsr=False)
     return loss, pos, neg
 
 
@@ -525,13 +523,13 @@ def csa_and_tsr(
     saliency-sized sum of two gradients); for vector
     saliencies with many tasks both terms and the sample scale are one node
     (:class:`_VectorAnchorCSA`)."""
-    loss, pos, neg, entropy = _terms(saliency, tau, negatives, positive_in_denominator, None, tsr=True)
+    loss, pos, neg, entropy = _terms(saliency, tau, negatives, positive_in_denominator, tsr=True)
     assert entropy is not None
     return loss, pos, neg, *entropy
 
 
 def _terms(
-    saliency: Tensor, tau: float, negatives: str, positive_in_denominator: bool, scale: Tensor | None, *, tsr: bool
+    saliency: Tensor, tau: float, negatives: str, positive_in_denominator: bool, *, tsr: bool
 ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
         raise OptionError(f"csa_loss: tau must be a positive number, got {tau!r}")
@@ -548,9 +546,9 @@ def _terms(
         if (s.shape[-1] == 1 and negatives == "anchor" and world_size() == 1
                 and _through_channel_grams(B, B, T, s.shape[2], own=True)):
             loss, pos, neg_b, entropy, per_task = _VectorAnchorCSA.apply(  # type: ignore[no-untyped-call]
-                s[..., 0], scale, tau, positive_in_denominator, tsr)
+                s[..., 0], tau, positive_in_denominator, tsr)
             return loss, pos, neg_b[:, None, :].expand(B, T, B), (entropy, per_task) if tsr else None
-        scale = sample_scale(s) if scale is None else scale
+        scale = sample_scale(s)
         cross = negatives == "task" and world_size() == 1
         if s.shape[-1] == 1 and not cross:
             m, a, q = _vector_grams(s, scale)

@@ -84,14 +84,12 @@ def channel_mean_entropy(s_hat: Tensor) -> tuple[Tensor, Tensor]:
         return loss, per_task
 
 
-def tsr_terms(saliency: Tensor, *, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def tsr_terms(saliency: Tensor) -> tuple[Tensor, Tensor]:
     """``(L_tsr, per_task)`` where ``per_task[t] = mean_i(−P_{i,t} log P_{i,t})`` sums to ``L_tsr``
-    (the saliency entropy each task contributes; logged per task, without gradient). ``scale``:
-    :func:`~mtoframe_repmtl._layout.sample_scale` of the saliency, when the caller has it."""
+    (the saliency entropy each task contributes; logged per task, without gradient)."""
     with full_precision(saliency):
         s = as_btcn(saliency, "tsr_loss")
-        c = sample_scale(s) if scale is None else scale
-        return channel_mean_entropy(s.mean(dim=2) * c[:, None, None])
+        return channel_mean_entropy(s.mean(dim=2) * sample_scale(s)[:, None, None])
 
 
 def tsr_loss(saliency: Tensor) -> Tensor:
