@@ -12,6 +12,7 @@ from . import checks
 from .amp import MixedPrecision
 from .errors import BatchError
 from .model import MultiTaskModel, Task
+from .modes import mode
 
 #: ``(inputs, {task: target}, present tasks, per-task slices of the inputs or None)``
 SplitBatch = tuple[Any, Mapping[str, Any], tuple[str, ...], "dict[str, slice] | None"]
@@ -93,16 +94,11 @@ def task_losses(tasks: Sequence[Task], preds: Mapping[str, Any], targets: Mappin
 def recompute(model: MultiTaskModel, tasks: Sequence[Task], amp: MixedPrecision,
               batch: SplitBatch) -> Callable[[bool], dict[str, Tensor]]:
     """``train_mode -> {task: loss}`` of ``batch`` under the model's current parameters (FAMO's
-    extra forward after the step), with the model's mode restored afterwards."""
+    extra forward after the step), with every module's mode restored afterwards."""
     inputs, targets, present, slices = batch
 
     def run(train_mode: bool) -> dict[str, Tensor]:
-        was_training = model.training
-        model.train(train_mode)
-        try:
-            with amp.autocast():
-                z = model.encoder(inputs)
-                return task_losses(tasks, head_outputs(model.heads, dict.fromkeys(present, z), slices), targets)
-        finally:
-            model.train(was_training)
+        with mode(model, train=train_mode), amp.autocast():
+            z = model.encoder(inputs)
+            return task_losses(tasks, head_outputs(model.heads, dict.fromkeys(present, z), slices), targets)
     return run

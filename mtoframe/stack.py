@@ -61,9 +61,9 @@ class Stack(Sequence[Method]):
     run under ``torch.no_grad()``; ``train_mode`` says whether to put the model in training mode)::
 
         def recompute(train_mode):
-            model.train(train_mode)
-            z = model.backbone(x)
-            return {"seg": ce(model.seg(z), y["seg"]), "depth": l1(model.depth(z), y["depth"])}
+            with mtoframe.modes.mode(model, train=train_mode):  # restores every module's own mode
+                z = model.backbone(x)
+                return {"seg": ce(model.seg(z), y["seg"]), "depth": l1(model.depth(z), y["depth"])}
 
         stack.after_step(ctx, recompute_losses=recompute)
 

@@ -17,6 +17,7 @@ from .distributed import Communicator, is_distributed, set_epoch, shard_loader
 from .epochloss import EpochLosses
 from .errors import MtoError, OptionError
 from .model import MultiTaskModel, Task, check_tasks
+from .modes import ensure_training, mode
 from .nonfinite import NonFinitePolicy
 from .resume import checkpoint_errors
 from .stack import Stack
@@ -163,7 +164,7 @@ class Trainer:
         return ctx
 
     def _step(self, ctx: StepContext) -> None:
-        self.model.train()
+        ensure_training(self.model)  # not model.train(): it would undo a submodule's deliberate eval()
         self.optimizer.zero_grad(set_to_none=True)
 
         # 1. shared representation, then the stack's on_representation
@@ -237,21 +238,17 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any]) -> dict[str, dict[str, float]]:
         """Metrics of every task over ``loader``: ``{task: {metric: value}}``."""
-        was_training = self.model.training
-        self.model.eval()
         for task in self.tasks:
             for m in task.metrics:
                 m.reset()
         by_name = {t.name: t for t in self.tasks}
-        try:
+        with mode(self.model, train=False):
             for batch in loader:
                 inputs, targets, present, slices = split_batch(batch, self.task_names)
                 preds = head_outputs(self.model.heads, dict.fromkeys(present, self.model.encoder(inputs)), slices)
                 for name in present:
                     for m in by_name[name].metrics:
                         m.update(preds[name], targets[name])
-        finally:
-            self.model.train(was_training)
         return {t.name: {k: v for m in t.metrics for k, v in m.compute().items()} for t in self.tasks}
 
     # -- state -----------------------------------------------------------------------------------

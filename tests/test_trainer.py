@@ -246,3 +246,36 @@ def test_a_step_context_is_freed_by_reference_counting():
         assert seen and seen[0]() is None
     finally:
         gc.enable()
+
+
+def _frozen_bn_model():
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.BatchNorm1d(6), torch.nn.Tanh())
+    model = mtoframe.MultiTaskModel(encoder=enc, heads={t: torch.nn.Linear(6, 1) for t in "abc"}).double()
+    model.encoder[1].eval()  # the user freezes the batch-norm statistics (fine-tuning)
+    return model
+
+
+@pytest.mark.parametrize("stack", [[], ["famo"]])
+def test_a_submodule_put_in_eval_mode_stays_there(stack):
+    """step, evaluate and FAMO's extra forward leave a user's module.eval() alone: its running
+    statistics never move, while the rest of the model trains."""
+    model = _frozen_bn_model()
+    bn = model.encoder[1]
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    trainer = make_trainer(stack, model=model)
+    for step in range(3):
+        trainer.step(make_batch(model, seed=step))
+        trainer.evaluate([make_batch(model, seed=10 + step)])
+    assert model.training and model.heads["a"].training and not bn.training
+    assert int(bn.num_batches_tracked) == 0
+    assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
+    assert not torch.equal(model.encoder[0].weight, _frozen_bn_model().encoder[0].weight)  # it did train
+
+
+def test_step_puts_a_model_left_in_eval_mode_back_in_training():
+    model = make_vector_model()
+    trainer = make_trainer([], model=model)
+    model.eval()
+    trainer.step(make_batch(model))
+    assert all(m.training for m in model.modules())

@@ -78,6 +78,7 @@ from ..errors import CheckpointError, StackError
 from ..hookspecs import hookimpl
 from ..method import SPACES, Method, Role
 from ..model import MultiTaskModel
+from ..modes import mode
 from ..registry import HOOK_NAMES
 from ..stack import Stack
 from ..trainer import Trainer
@@ -465,12 +466,8 @@ def _stack_variant(factory: Factory, over: dict[str, Any], tol: float) -> None:
         return z, {t: loss_of[t](twin.heads[t](z), target) for t, target in y.items()}
 
     def recompute(train_mode: bool, x: Tensor, y: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        was = twin.training
-        twin.train(train_mode)
-        try:
+        with mode(twin, train=train_mode):
             return forward(x, y)[1]
-        finally:
-            twin.train(was)
 
     for i in range(3):
         x, y = make_batch(model, seed=40 + i)
