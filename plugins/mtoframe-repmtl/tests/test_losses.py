@@ -144,6 +144,18 @@ def test_csa_and_tsr_in_one_reading_equal_the_two_terms(opts: dict, shape: tuple
     assert (s1.grad - s2.grad).abs().max() < 1e-10 * s2.grad.abs().max()
 
 
+@pytest.mark.parametrize("term", ["csa", "tsr"])
+@pytest.mark.parametrize("shape", [(4, 9, 3), (3, 3, 2, 4, 4)])  # the one-node form, the conv path
+def test_csa_and_tsr_with_one_term_used_equal_that_term(term: str, shape: tuple[int, ...]) -> None:
+    # a backward through only one of the two outputs (the other's gradient is not made at all)
+    s1 = rand(*shape, seed=7).requires_grad_(True)
+    s2 = s1.detach().clone().requires_grad_(True)
+    csa, _, _, tsr, _ = csa_mod.csa_and_tsr(s1, 0.3)
+    (csa if term == "csa" else tsr).backward()
+    (csa_terms(s2, 0.3)[0] if term == "csa" else tsr_terms(s2)[0]).backward()
+    assert (s1.grad - s2.grad).abs().max() < 1e-10 * s2.grad.abs().max()
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 3, 2, 2), (3, 8, 2), (3, 2, 4)])
 def test_combined_terms_gradcheck(shape: tuple[int, ...]) -> None:
     def both(x: torch.Tensor) -> torch.Tensor:
