@@ -54,6 +54,57 @@ def test_losses_on_hand_made_cases():
     torch.testing.assert_close(normal_loss(pred, target), torch.tensor(2 / 3, dtype=torch.float64))
 
 
+def test_depth_and_normal_losses_ignore_invalid_pixels_in_value_and_gradients():
+    # a non-finite prediction where the target is invalid changes neither the loss nor any
+    # gradient (first or second order, as a saliency method takes them), and the values equal
+    # the mean over the valid pixels written out
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) + 0.5
+    depth[0, 0, :2] = 0.0
+    pred = torch.rand(2, 1, 4, 4, generator=g, dtype=torch.float64) * 3
+    normal = F.normalize(torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), dim=1)
+    normal[1, :, 1:3, 1:3] = 0.0
+    npred = F.normalize(torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64), dim=1)
+    cases = [(depth_loss, pred, depth, depth > 0), (normal_loss, npred, normal, (normal != 0).any(1, keepdim=True))]
+    for loss, p, target, valid in cases:
+        by_hand = (p - target).abs()[valid.expand_as(p)].mean() if loss is depth_loss else \
+            1 - (p * target).sum(1, keepdim=True)[valid].mean()
+        torch.testing.assert_close(loss(p, target), by_hand)
+        bad = p.detach().clone().masked_fill_(~valid.expand_as(p), float("nan")).requires_grad_(True)
+        good = p.detach().clone().requires_grad_(True)
+        for x in (bad, good):
+            (s,) = torch.autograd.grad(loss(x, target), x, create_graph=True)
+            (s.square().sum() + loss(x, target)).backward()
+        torch.testing.assert_close(loss(bad, target), loss(good, target), rtol=0, atol=0)
+        torch.testing.assert_close(bad.grad, good.grad, rtol=0, atol=0)
+        assert torch.isfinite(bad.grad).all() and (bad.grad[~valid.expand_as(p)] == 0).all()
+    assert torch.autograd.gradgradcheck(lambda x: depth_loss(x, depth), (pred.clone().requires_grad_(True),))
+    assert torch.autograd.gradgradcheck(lambda x: normal_loss(x, normal), (npred.clone().requires_grad_(True),))
+
+
+def test_unit_vectors_equal_f_normalize_to_second_order():
+    # the heads' normalisation: F.normalize's values, gradients and second derivatives, including
+    # vectors whose norm is below the floor (1e-12); at the zero vector F.normalize's second
+    # derivative is NaN (vector_norm's double backward) where unit_vectors' is finite
+    from mtoframe.models._functional import unit_vectors
+
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[0, :, 0, 0] = 0.0
+    x[1, :, 2, 3] = torch.tensor([3e-13, -2e-13, 1e-13], dtype=torch.float64)
+    w = torch.randn_like(x)
+    outs = []
+    for f in (lambda t: F.normalize(t, dim=1), unit_vectors):
+        t = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad((f(t) * w).sum(), t, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), t)
+        outs.append((f(t).detach(), g.detach(), gg))
+    zero = (x == 0).all(1, keepdim=True).expand_as(x)
+    assert outs[0][2][zero].isnan().all() and torch.isfinite(outs[1][2]).all()
+    for got, want in zip(outs[1], outs[0]):
+        torch.testing.assert_close(got[~zero], want[~zero], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[zero], torch.nan_to_num(want[zero], nan=0.0), rtol=0, atol=0)
+
+
 def test_scene_tasks_metrics_are_fresh_objects():
     a, b = scene_tasks(NUM_CLASSES), scene_tasks(NUM_CLASSES)
     assert [t.name for t in a] == ["segmentation", "depth", "normal"]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..metrics import Accuracy, Depth, MeanError, Normals, Segmentation
 from ..model import MultiTaskModel, Task
+from ._functional import unit_vectors
 
 SCENE_TASKS = ("segmentation", "depth", "normal")
 
@@ -43,7 +44,7 @@ class SceneHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         out = F.interpolate(self.net(z), scale_factor=self.scale, mode="bilinear", align_corners=False)
-        return F.normalize(out, dim=1) if self.normalize else out
+        return unit_vectors(out, dim=1) if self.normalize else out
 
 
 def build_scene_model(*, num_classes: int, tasks: Sequence[str] = SCENE_TASKS, width: int = 32) -> MultiTaskModel:
@@ -67,10 +68,17 @@ def segmentation_loss(pred: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(pred, target, ignore_index=-1)
 
 
+# The two losses below select their valid pixels with ``torch.where``, not boolean indexing
+# (``x[valid]``): indexing needs the count of valid pixels on the host (a device sync on CUDA every
+# step) and its backward scatters into a zero tensor, a cost a saliency method pays twice (its
+# second-order backward runs the scatter's own backward). The values equal the indexed form's up
+# to the order of summation; a non-finite prediction at an invalid pixel is ignored either way.
+
+
 def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
     """L1 on pixels with valid (non-zero) depth (LibMTL / MTAN)."""
     valid = target > 0
-    return (pred - target).abs()[valid].sum() / valid.sum().clamp_min(1)
+    return torch.where(valid, (pred - target).abs(), 0.0).sum() / valid.sum().clamp_min(1)
 
 
 def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -78,7 +86,7 @@ def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
     normal (LibMTL / MTAN; the head normalises its output)."""
     valid = (target != 0).any(1)
     cos = (pred * target).sum(1)
-    return 1.0 - cos[valid].sum() / valid.sum().clamp_min(1)
+    return 1.0 - torch.where(valid, cos, 0.0).sum() / valid.sum().clamp_min(1)
 
 
 def scene_tasks(num_classes: int, tasks: Sequence[str] = SCENE_TASKS) -> list[Task]:

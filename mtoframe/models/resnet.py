@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import MultiTaskModel
+from ._functional import unit_vectors
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -162,7 +163,7 @@ class ASPPHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         out = F.interpolate(self.net(z), scale_factor=self.scale, mode="bilinear", align_corners=True)
-        return F.normalize(out, dim=1) if self.normalize else out
+        return unit_vectors(out, dim=1) if self.normalize else out
 
 
 class _Trunk(nn.Module):
