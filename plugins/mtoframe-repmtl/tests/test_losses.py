@@ -237,6 +237,27 @@ def test_csa_chunked_gram_norm_equals_one_shot(monkeypatch: pytest.MonkeyPatch, 
     torch.testing.assert_close(chunked_in.grad, ref.grad, rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("knob", ["_SLICE_ELEMENTS", "_CHUNK_ELEMENTS"])  # Grams kept / recomputed per sample
+@pytest.mark.parametrize("shape", [(5, 3, 3, 2, 2), (5, 3, 6, 2, 2)])  # C ≤ N and C > N
+def test_csa_and_tsr_one_sample_per_chunk_equal_one_shot(monkeypatch, knob: str, shape: tuple[int, ...]) -> None:
+    # both terms from one reading, the batch in one chunk against one sample per chunk: with the
+    # Grams kept (the factors formed for the whole batch, then one product per chunk) or recomputed
+    x = rand(*shape, seed=9)
+    results = []
+    for limit in (None, 1):
+        if limit is not None:
+            monkeypatch.setattr(csa_mod, knob, limit)
+        s = x.clone().requires_grad_(True)
+        for opts in OPTIONS[:2]:
+            csa, _, _, tsr, _ = csa_mod.csa_and_tsr(s, 0.3, **opts)
+            (csa + 0.7 * tsr).backward()
+            results.append((csa.detach(), tsr.detach()))
+        results.append(s.grad)
+    half = len(results) // 2
+    for got, want in zip(results[half:], results[:half]):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-14)
+
+
 @pytest.mark.parametrize("shape", [(5, 3, 3, 2, 2), (5, 3, 6, 2, 2)])  # C ≤ N (own-anchor product), C > N
 @pytest.mark.parametrize("chunk", [None, 1])
 def test_task_major_saliency_gets_its_gradient_in_its_own_layout(monkeypatch, shape, chunk) -> None:
