@@ -47,6 +47,20 @@ def test_median_ci_small_and_constant_samples():
         stats.per_round_ratios([1.0, 2.0], [1.0])
 
 
+def test_median_ci_stays_within_the_sample_range():
+    # four per-round ratios from a CI run whose percentile interval came out one ulp above the
+    # largest (the interpolation's rounding); every resample's median lies within the range
+    x = [1.627813579915543, 1.6663360309733901, 1.6661838972526142, 1.7200037665609178]
+    e = stats.median_ci(x)
+    assert min(x) <= e.low <= e.value <= e.high <= max(x)
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 4, 5, 8):
+        for _ in range(50):
+            y = list(rng.lognormal(0.5, 0.1, n))
+            e = stats.median_ci(y)
+            assert min(y) <= e.low <= e.high <= max(y)
+
+
 def test_change_verdicts():
     assert stats.change_verdict(stats.Estimate(1.2, 1.1, 1.3, 20)) == "slower"
     assert stats.change_verdict(stats.Estimate(0.8, 0.7, 0.9, 20)) == "faster"

@@ -85,7 +85,10 @@ def median_ci(sample: Sequence[float], *, confidence: float = CONFIDENCE, n_resa
     res = bootstrap((x,), np.median, confidence_level=confidence, n_resamples=n_resamples, method="percentile",
                     vectorized=True, axis=-1, rng=np.random.default_rng(seed))
     ci = res.confidence_interval
-    return Estimate(value, float(ci.low), float(ci.high), len(x))
+    # Every resample's median lies within the sample's range, so the percentile interval does too;
+    # the percentile's interpolation can round an end one ulp outside it.
+    low, high = (float(np.clip(v, x.min(), x.max())) for v in (ci.low, ci.high))
+    return Estimate(value, low, high, len(x))
 
 
 def paired_ratio_ci(times: Sequence[float], baseline: Sequence[float], *, confidence: float = CONFIDENCE,
