@@ -150,7 +150,10 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------------
 
     def step(self, batch: tuple[Any, Mapping[str, Any]]) -> StepContext:
-        """One optimisation step on ``(inputs, {task: target})``; returns the step's context."""
+        """One optimisation step on ``(inputs, {task: target})``; returns the step's context.
+
+        A model left in eval mode is switched to training mode; a submodule the user put in eval
+        mode inside a training model (frozen batch-norm statistics) stays so."""
         self.start()
         inputs, targets, present, slices = split_batch(batch, self.task_names)
         checks.check_inputs(inputs, self.model)
