@@ -1,14 +1,18 @@
-"""The scene model's loss and normalisation forms before and after `e3fe333`, paired (issue 17; not a test).
+"""The scene model's earlier loss, normalisation and up-sampling forms against the current ones, paired
+(issue 17; not a test).
 
-`e3fe333` changed two forms in ``mtoframe.models.hps`` without changing their values: the depth and
-normal losses select valid pixels with ``torch.where`` instead of boolean indexing, and the normal
-head normalises with ``unit_vectors`` (``x · rsqrt(max(Σx², ε²))``) instead of ``F.normalize``. This
-script keeps the old forms and times EW and Rep-MTL trainers on the scenes Show's model and batch
+Three changes to ``mtoframe.models.hps`` kept the values (up to rounding) and changed the form:
+`e3fe333` made the depth and normal losses select valid pixels with ``torch.where`` instead of
+boolean indexing (``losses``) and the normal head normalise with ``unit_vectors``
+(``x · rsqrt(max(Σx², ε²))``) instead of ``F.normalize`` (``normalise``); a later change made the
+heads up-sample with ``upsample_bilinear`` (two products with interpolation matrices) instead of
+``F.interpolate`` (``upsample``). This script keeps the old forms and times EW and Rep-MTL trainers
+on the scenes Show's model and batch
 (width 32, batch 8 of 64×64, one thread) with the old and the current form of one change side by
 side in interleaved rounds. Printed: each new / old step-time ratio (median of per-round ratios,
 95% bootstrap interval, CPU time) for EW and for Rep-MTL, and Rep-MTL / EW under each form.
 
-    python benchmarks/scene_model_forms.py [--change losses|normalise] [--rounds 25]
+    python benchmarks/scene_model_forms.py [--change losses|normalise|upsample] [--rounds 25]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from mtoframe.bench.stats import paired_ratio_ci
 from mtoframe.bench.threads import limit_threads
 from mtoframe.bench.timing import Contender, run_interleaved
 from mtoframe.bench.workloads import scenes_workload
+from mtoframe.models._functional import unit_vectors, upsample_bilinear
 from mtoframe.models.hps import SceneHead
 
 
@@ -43,14 +48,21 @@ def old_normal_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1.0 - cos[valid].sum() / valid.sum().clamp_min(1)
 
 
-def _old_head_forward(self: SceneHead, z: Tensor) -> Tensor:
-    out = F.interpolate(self.net(z), scale_factor=self.scale, mode="bilinear", align_corners=False)
-    return F.normalize(out, dim=1) if self.normalize else out
+def _head_forward_with(*, upsample: str, normalise: str) -> Callable[[SceneHead, Tensor], Tensor]:
+    def forward(self: SceneHead, z: Tensor) -> Tensor:
+        x = self.net(z)
+        out = (F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False) if upsample == "old"
+               else upsample_bilinear(x, self.scale, align_corners=False))
+        if not self.normalize:
+            return out
+        return F.normalize(out, dim=1) if normalise == "old" else unit_vectors(out, dim=1)
+
+    return forward
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--change", choices=("losses", "normalise"), default="losses")
+    ap.add_argument("--change", choices=("losses", "normalise", "upsample"), default="losses")
     ap.add_argument("--rounds", type=int, default=25)
     args = ap.parse_args()
     limit_threads(1)
@@ -62,9 +74,12 @@ def main() -> None:
         tasks = list(w.tasks)
         if old and args.change == "losses":
             tasks = [attrs.evolve(t, loss=old_losses.get(t.name, t.loss)) for t in tasks]
-        if old and args.change == "normalise":
-            head = model.heads["normal"]
-            head.forward = types.MethodType(_old_head_forward, head)  # type: ignore[method-assign]
+        if old and args.change in ("normalise", "upsample"):
+            # only the changed form is the old one: the other is the current one on both sides
+            forward = _head_forward_with(upsample="old" if args.change == "upsample" else "new",
+                                         normalise="old" if args.change == "normalise" else "new")
+            for head in model.heads.values():
+                head.forward = types.MethodType(forward, head)  # type: ignore[method-assign]
         return Trainer(model, tasks, [create(method)], optimizer=adam(model.parameters(), 1e-4), progress=False)
 
     steps: dict[str, Callable[[], object]] = {}

@@ -88,10 +88,11 @@ def test_unit_vectors_equal_f_normalize_to_second_order():
     # derivative is NaN (vector_norm's double backward) where unit_vectors' is finite
     from mtoframe.models._functional import unit_vectors
 
-    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
     x[0, :, 0, 0] = 0.0
     x[1, :, 2, 3] = torch.tensor([3e-13, -2e-13, 1e-13], dtype=torch.float64)
-    w = torch.randn_like(x)
+    w = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     outs = []
     for f in (lambda t: F.normalize(t, dim=1), unit_vectors):
         t = x.clone().requires_grad_(True)
@@ -102,7 +103,39 @@ def test_unit_vectors_equal_f_normalize_to_second_order():
     assert outs[0][2][zero].isnan().all() and torch.isfinite(outs[1][2]).all()
     for got, want in zip(outs[1], outs[0]):
         torch.testing.assert_close(got[~zero], want[~zero], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got[zero], torch.nan_to_num(want[zero], nan=0.0), rtol=0, atol=0)
+        # at the zero vector the first derivative is w / ε (order 1e12): equal up to rounding
+        torch.testing.assert_close(got[zero], torch.nan_to_num(want[zero], nan=0.0), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("shape", "scale"), [((2, 3, 5, 7), 3), ((1, 2, 16, 16), 4), ((2, 1, 1, 4), 2),
+                                              ((3, 4, 6, 6), 1), ((2, 2, 8, 3), 8)])
+def test_upsample_bilinear_equals_f_interpolate_in_value_and_gradient(shape, scale, align_corners):
+    # the heads' up-sampling: two products with interpolation matrices, F.interpolate's values and
+    # (the map being linear) its adjoint, on odd, non-square and one-pixel inputs
+    from mtoframe.models._functional import upsample_bilinear
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*shape[:-2], shape[-2] * scale, shape[-1] * scale, generator=g, dtype=torch.float64)
+    got = upsample_bilinear(x, scale, align_corners=align_corners)
+    want = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=align_corners)
+    torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    (g_want,) = torch.autograd.grad((want * w).sum(), x)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-13, atol=1e-13)
+
+
+def test_upsample_bilinear_matrices_made_in_inference_mode_train_later():
+    from mtoframe.models._functional import upsample_bilinear
+
+    with torch.inference_mode():  # the first call of this size (evaluation before any training step)
+        upsample_bilinear(torch.ones(1, 1, 11, 13), 2, align_corners=False)
+    x = torch.ones(1, 1, 11, 13, requires_grad=True)
+    upsample_bilinear(x, 2, align_corners=False).sum().backward()
+    assert x.grad is not None and x.grad.sum().item() == pytest.approx(4 * 11 * 13)  # each row of A sums to 1
+    with pytest.raises(ValueError, match="scale must be a positive integer, got 1.5"):
+        upsample_bilinear(x, 1.5, align_corners=False)  # type: ignore[arg-type]
 
 
 def test_scene_tasks_metrics_are_fresh_objects():

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..metrics import Accuracy, Depth, MeanError, Normals, Segmentation
 from ..model import MultiTaskModel, Task
-from ._functional import unit_vectors
+from ._functional import unit_vectors, upsample_bilinear
 
 SCENE_TASKS = ("segmentation", "depth", "normal")
 
@@ -43,7 +43,7 @@ class SceneHead(nn.Module):
         self.scale, self.normalize = scale, normalize
 
     def forward(self, z: Tensor) -> Tensor:
-        out = F.interpolate(self.net(z), scale_factor=self.scale, mode="bilinear", align_corners=False)
+        out = upsample_bilinear(self.net(z), self.scale, align_corners=False)
         return unit_vectors(out, dim=1) if self.normalize else out
 
 

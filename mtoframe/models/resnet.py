@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import MultiTaskModel
-from ._functional import unit_vectors
+from ._functional import unit_vectors, upsample_bilinear
 
 
 def _bn(c: int) -> nn.BatchNorm2d:
@@ -162,7 +162,7 @@ class ASPPHead(nn.Module):
         self.scale, self.normalize = scale, normalize
 
     def forward(self, z: Tensor) -> Tensor:
-        out = F.interpolate(self.net(z), scale_factor=self.scale, mode="bilinear", align_corners=True)
+        out = upsample_bilinear(self.net(z), self.scale, align_corners=True)
         return unit_vectors(out, dim=1) if self.normalize else out
 
 
