@@ -1,0 +1,60 @@
+"""Whether a contender's place in the build order moves its step time (issue 17; not a test).
+
+``mtoframe bench`` builds its contenders one after another (EW first, then the named stacks in
+order, ``ew#2``, then the peers) and times them in shuffled, interleaved rounds. Identical
+contenders should then time alike whatever their place. This script builds the named stacks in
+the order given (repeat a name to time identical copies; each gets its own fresh model and
+optimiser, as in ``mtoframe bench``) on the ``manytask`` or ``scenes`` workload, runs them
+interleaved, and prints each one's median step time and its ratio to the first-built contender
+(median of per-round ratios, 95% bootstrap interval), CPU time, one thread.
+
+    python benchmarks/creation_order.py [--stacks ew,ew,ew,ew,ew,ew] [--tasks 10 | --scenes] [--rounds 80]
+        [--throwaway]
+
+``--throwaway`` builds (and steps once) one more EW trainer before the timed ones, never timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from _shared import fmt
+
+from mtoframe.bench.speed import stack_contender
+from mtoframe.bench.stats import paired_ratio_ci
+from mtoframe.bench.threads import limit_threads
+from mtoframe.bench.timing import run_interleaved
+from mtoframe.bench.workloads import manytask_workload, scenes_workload
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stacks", default="ew,ew,ew,ew,ew,ew", help="comma-separated methods, built in this order")
+    ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--scenes", action="store_true", help="the scenes Show's model and batch instead of manytask")
+    ap.add_argument("--rounds", type=int, default=80)
+    ap.add_argument("--throwaway", action="store_true", help="build one untimed EW trainer first")
+    args = ap.parse_args()
+    names = [n.strip() for n in args.stacks.split(",") if n.strip()]
+    if len(names) < 2 or args.rounds < 2:
+        ap.error("--stacks needs at least two entries and --rounds at least 2")
+    limit_threads(1)
+    w = scenes_workload(size=64, batch=8, width=32) if args.scenes else manytask_workload(tasks=args.tasks)
+    if args.throwaway:
+        stack_contender(w, ["ew"], lr=1e-4).step()
+    contenders = []
+    for i, name in enumerate(names):
+        c = stack_contender(w, [name], lr=1e-4, name=f"{i}:{name}")
+        c.step()  # as mtoframe bench does right after building each
+        contenders.append(c)
+    times = run_interleaved(contenders, rounds=args.rounds, warmup=3).cpu
+    first = contenders[0].name
+    print(f"{w.name}, {args.rounds} interleaved rounds, CPU time, one thread; built in this order:")
+    for c in contenders:
+        print(f"{c.name:<14} {statistics.median(times[c.name]):8.2f} ms   vs first built "
+              f"{fmt(paired_ratio_ci(times[c.name], times[first]))}")
+
+
+if __name__ == "__main__":
+    main()
