@@ -27,7 +27,8 @@ def upsample_bilinear(x: Tensor, scale: int, *, align_corners: bool) -> Tensor:
     as ``A_H · x · A_Wᵀ`` with the interpolation matrices of :func:`interpolation_matrix`.
 
     The same values up to rounding (PyTorch's source-index rule, including the clamp at the
-    border). Written as two matrix products because a dense head's up-sampling runs at the
+    border); in a half dtype the weights are rounded to it too: exact for a power-of-two scale
+    without ``align_corners`` (multiples of ``1/(2·scale)``), within the dtype's precision otherwise. Written as two matrix products because a dense head's up-sampling runs at the
     loss's resolution: its derivatives (the adjoint products) are matrix products too, where
     ``upsample_bilinear2d``'s backward on CPU scatters pixel by pixel, and a saliency method runs
     the backward twice and the forward once more in its second-order pass.
@@ -47,8 +48,7 @@ def interpolation_matrix(n_in: int, n_out: int, *, align_corners: bool, dtype: t
     """``[n_out, n_in]`` linear-interpolation weights along one axis, PyTorch's rule: output ``i``
     reads source position ``i · (n_in − 1)/(n_out − 1)`` with ``align_corners``, else
     ``max((i + ½) · n_in/n_out − ½, 0)``, between its floor and the next index (clamped to the
-    last). Built in float64 and cached per size, dtype and device (the weights of an integer scale
-    are exact binary fractions). A first call under ``torch.inference_mode`` still makes an
+    last). Built in float64 and cached per size, dtype and device. A first call under ``torch.inference_mode`` still makes an
     ordinary tensor, so that a later training step can save it for its backward."""
     with torch.inference_mode(False):
         dst = torch.arange(n_out, dtype=torch.float64)
