@@ -28,8 +28,10 @@ def upsample_bilinear(x: Tensor, scale: int, *, align_corners: bool) -> Tensor:
 
     The same values up to rounding (PyTorch's source-index rule, including the clamp at the
     border); in a half dtype the weights are rounded to it too: exact for a power-of-two scale
-    without ``align_corners`` (multiples of ``1/(2·scale)``), within the dtype's precision otherwise. Written as two matrix products because a dense head's up-sampling runs at the
-    loss's resolution: its derivatives (the adjoint products) are matrix products too, where
+    without ``align_corners`` (multiples of ``1/(2·scale)``), within the dtype's precision otherwise.
+
+    Written as two matrix products because a dense head's up-sampling runs at the loss's
+    resolution: its derivatives (the adjoint products) are matrix products too, where
     ``upsample_bilinear2d``'s backward on CPU scatters pixel by pixel, and a saliency method runs
     the backward twice and the forward once more in its second-order pass.
     """
@@ -48,8 +50,9 @@ def interpolation_matrix(n_in: int, n_out: int, *, align_corners: bool, dtype: t
     """``[n_out, n_in]`` linear-interpolation weights along one axis, PyTorch's rule: output ``i``
     reads source position ``i · (n_in − 1)/(n_out − 1)`` with ``align_corners``, else
     ``max((i + ½) · n_in/n_out − ½, 0)``, between its floor and the next index (clamped to the
-    last). Built in float64 and cached per size, dtype and device. A first call under ``torch.inference_mode`` still makes an
-    ordinary tensor, so that a later training step can save it for its backward."""
+    last). Built in float64 and cached per size, dtype and device. A first call under
+    ``torch.inference_mode`` still makes an ordinary tensor, so that a later training step can
+    save it for its backward."""
     with torch.inference_mode(False):
         dst = torch.arange(n_out, dtype=torch.float64)
         if align_corners:
