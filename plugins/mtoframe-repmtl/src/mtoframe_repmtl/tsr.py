@@ -78,7 +78,7 @@ class _SaliencyEntropy(torch.autograd.Function):
 
 def channel_mean_entropy(s_hat: Tensor) -> tuple[Tensor, Tensor]:
     """``(L_tsr, per_task)`` of ``ŝ = c · mean_C S`` (``[B, T, N]``, ``c`` the detached sample
-    scale), as :func:`mtoframe_repmtl.csa.csa_and_channel_mean` hands it over."""
+    scale), as :func:`mtoframe_repmtl.csa.csa_and_tsr` hands it over from the Gram pass."""
     with full_precision(s_hat):
         loss, per_task = _SaliencyEntropy.apply(s_hat)  # type: ignore[no-untyped-call]
         return loss, per_task
