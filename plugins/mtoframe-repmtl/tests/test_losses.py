@@ -358,6 +358,30 @@ def test_vector_anchor_csa_node_gradcheck_and_zero_sample(pid: bool) -> None:
     torch.testing.assert_close(z.grad, ref_in.grad, rtol=0, atol=1e-10)
 
 
+def test_vector_node_takes_a_vector_saliency_in_any_layout() -> None:
+    # [B, T, C] goes into the one-node form as it is; [B, T, C, 1, 1] and half precision through
+    # the [B, T, C, 1] view: the same values and saliency gradient
+    base = rand(9, 4, 3, seed=3)  # task-major underneath, as the trainer hands it over
+    assert csa_mod._through_channel_grams(4, 4, 9, 3, own=True)
+
+    def run(make):
+        leaf = base.clone().requires_grad_(True)
+        csa, pos, neg, tsr, per_task = csa_mod.csa_and_tsr(make(leaf), 0.3)
+        (csa + 0.7 * tsr).backward()
+        return (csa, tsr, per_task, pos, neg), leaf.grad
+
+    ref, ref_grad = run(lambda x: x.transpose(0, 1))
+    got, grad = run(lambda x: x.transpose(0, 1)[..., None, None])
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    half = base.half().float()  # the values a half saliency holds, in float32 (the terms' precision)
+    ref32 = csa_mod.csa_and_tsr(half.transpose(0, 1).clone(), 0.3)
+    got16 = csa_mod.csa_and_tsr(half.half().transpose(0, 1), 0.3)
+    for a, b in zip(got16, ref32, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 5, 2, 3), (3, 10, 6)])
 def test_tsr_node_gradcheck(shape: tuple[int, ...]) -> None:
     s = rand(*shape).requires_grad_(True)

@@ -545,8 +545,11 @@ def _terms(
             )
         if (s.shape[-1] == 1 and negatives == "anchor" and world_size() == 1
                 and _through_channel_grams(B, B, T, s.shape[2], own=True)):
+            # a [B, T, C] saliency goes in as it is: the view s[..., 0] of the view s would cost its
+            # backward two more nodes, one of them filling a saliency-sized zero gradient
+            vector = saliency if saliency.dim() == 3 and saliency.dtype == s.dtype else s[..., 0]
             loss, pos, neg_b, entropy, per_task = _VectorAnchorCSA.apply(  # type: ignore[no-untyped-call]
-                s[..., 0], tau, positive_in_denominator, tsr)
+                vector, tau, positive_in_denominator, tsr)
             return loss, pos, neg_b[:, None, :].expand(B, T, B), (entropy, per_task) if tsr else None
         scale = sample_scale(s)
         cross = negatives == "task" and world_size() == 1
