@@ -11,7 +11,9 @@ interleaved, and prints each one's median step time and its ratio to the first-b
     python benchmarks/creation_order.py [--stacks ew,ew,ew,ew,ew,ew] [--tasks 10 | --scenes] [--rounds 80]
         [--throwaway]
 
-``--throwaway`` builds (and steps once) one more EW trainer before the timed ones, never timed.
+``--throwaway`` builds (and steps once) one more EW trainer before the timed ones, never timed and
+kept alive to the end, as ``mtoframe bench`` does. The last line is the mean of the later-built
+contenders' ratios (one number per process, for comparing runs).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def main() -> None:
         ap.error("--stacks needs at least two entries and --rounds at least 2")
     limit_threads(1)
     w = scenes_workload(size=64, batch=8, width=32) if args.scenes else manytask_workload(tasks=args.tasks)
-    if args.throwaway:
-        stack_contender(w, ["ew"], lr=1e-4).step()
+    untimed = stack_contender(w, ["ew"], lr=1e-4) if args.throwaway else None
+    if untimed is not None:
+        untimed.step()
     contenders = []
     for i, name in enumerate(names):
         c = stack_contender(w, [name], lr=1e-4, name=f"{i}:{name}")
@@ -51,9 +54,11 @@ def main() -> None:
     times = run_interleaved(contenders, rounds=args.rounds, warmup=3).cpu
     first = contenders[0].name
     print(f"{w.name}, {args.rounds} interleaved rounds, CPU time, one thread; built in this order:")
-    for c in contenders:
-        print(f"{c.name:<14} {statistics.median(times[c.name]):8.2f} ms   vs first built "
-              f"{fmt(paired_ratio_ci(times[c.name], times[first]))}")
+    ratios = [paired_ratio_ci(times[c.name], times[first]) for c in contenders]
+    for c, r in zip(contenders, ratios, strict=True):
+        print(f"{c.name:<14} {statistics.median(times[c.name]):8.2f} ms   vs first built {fmt(r)}")
+    print(f"mean ratio of the later-built to the first built: {statistics.fmean(r.value for r in ratios[1:]):.3f}")
+    del untimed  # alive until the timing is over
 
 
 if __name__ == "__main__":

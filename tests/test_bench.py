@@ -49,6 +49,31 @@ def test_cpu_time_leaves_out_waiting():
     assert max(times.cpu["sleep"]) < 10.0
 
 
+def test_run_speed_builds_an_untimed_ew_trainer_before_the_timed_ones(monkeypatch):
+    # the first trainer a process builds steps slower than later copies, and EW is every ratio's
+    # denominator: EW must not be the first built
+    from mtoframe.bench import speed
+    from mtoframe.bench.workloads import manytask_workload
+
+    events: list[tuple[str, object]] = []
+    real = speed.stack_contender
+
+    def recording(workload, stack, **kw):
+        c = real(workload, stack, **kw)
+        label = kw.get("name") or "+".join(stack)
+        events.append(("built", label))
+        inner = c.step
+        c.step = lambda: (events.append(("step", label)), inner())[1]
+        return c
+
+    monkeypatch.setattr(speed, "stack_contender", recording)
+    w = manytask_workload(tasks=3, batch=8)
+    records = speed.run_speed(w, [["ew"]], speed.SpeedConfig(rounds=2, warmup=0, memory=False))
+    assert events[:3] == [("built", "ew"), ("step", "ew"), ("built", "ew")]
+    assert [r["stack"] for r in records] == ["ew", "ew#2"]  # the untimed one has no record
+    assert all(len(r["rounds"]) == 2 for r in records)
+
+
 def test_update_period_reads_every_options():
     class Opt:
         pass

@@ -77,6 +77,12 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     stacks = [list(s) for s in stacks]
     if [BASELINE] not in stacks:
         stacks.insert(0, [BASELINE])
+    # The first trainer a process builds steps slower than identical ones built after it (on
+    # few-ms steps; benchmarks/creation_order.py), and the first built here would be EW, the
+    # denominator of every ratio: an untimed EW trainer, built, stepped and kept alive until the
+    # timing ends, takes that place instead.
+    untimed = stack_contender(workload, [BASELINE], lr=cfg.lr)
+    untimed.step()
     contenders: list[Contender] = []
     failed: list[dict[str, Any]] = []
     for stack in stacks:
@@ -123,6 +129,7 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
     times = run_interleaved(contenders, rounds=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, device=device,
                             memory=cfg.memory, on_round=tick)
     elapsed_s = time.perf_counter() - t0
+    del untimed
     wall = stats.paired_ratios_ci(times.wall, BASELINE, seed=cfg.seed)
     cpu = stats.paired_ratios_ci(times.cpu, BASELINE, seed=cfg.seed)
     env = environment(device)
