@@ -49,6 +49,32 @@ def test_cpu_time_leaves_out_waiting():
     assert max(times.cpu["sleep"]) < 10.0
 
 
+def test_warm_steps_run_right_before_each_timed_step_and_are_not_timed():
+    # the untimed steps are slow, the timed ones fast: any untimed step in the timing would show
+    calls: list[str] = []
+    slow = {"a": True, "b": True}
+
+    def step(name):
+        calls.append(name)
+        if slow[name]:
+            time.sleep(0.02)
+        slow[name] = not slow[name]
+
+    cs = [timing.Contender(n, (lambda n=n: step(n))) for n in "ab"]
+    times = timing.run_interleaved(cs, rounds=4, warmup=1, warm_steps=1)
+    assert len(calls) == 2 * 2 * 5
+    # each contender's two steps of a round run back to back: its timed step follows its own
+    assert all(calls[i] == calls[i + 1] for i in range(0, len(calls), 2))
+    assert all(len(v) == 4 and max(v) < 10.0 for v in times.wall.values())
+    # a whole update period per warm step, as for the timed steps
+    n = {"calls": 0}
+    p = timing.Contender("p", lambda: n.__setitem__("calls", n["calls"] + 1), period=3)
+    timing.run_interleaved([p], rounds=2, warmup=0, warm_steps=2)
+    assert n["calls"] == 2 * (2 + 1) * 3
+    with pytest.raises(MtoError, match="warm_steps must be >= 0"):
+        timing.run_interleaved([p], rounds=2, warmup=0, warm_steps=-1)
+
+
 def test_run_speed_builds_an_untimed_ew_trainer_before_the_timed_ones(monkeypatch):
     # the first trainer a process builds steps slower than later copies, and EW is every ratio's
     # denominator: EW must not be the first built

@@ -34,6 +34,8 @@ class SpeedConfig:
     seed: int = 0
     memory: bool = True
     device: str = "cpu"
+    #: untimed steps of a stack right before each of its timed ones (see run_interleaved)
+    warm_steps: int = attrs.field(default=1, validator=attrs.validators.ge(0))
 
 
 def stack_label(stack: Sequence[str]) -> str:
@@ -127,14 +129,15 @@ def run_speed(workload: Workload, stacks: Sequence[Sequence[str]], cfg: SpeedCon
             say(f"round {r + 1}/{cfg.rounds} ({time.perf_counter() - t0:.0f} s)")
 
     times = run_interleaved(contenders, rounds=cfg.rounds, warmup=cfg.warmup, seed=cfg.seed, device=device,
-                            memory=cfg.memory, on_round=tick)
+                            memory=cfg.memory, on_round=tick, warm_steps=cfg.warm_steps)
     elapsed_s = time.perf_counter() - t0
     del untimed
     wall = stats.paired_ratios_ci(times.wall, BASELINE, seed=cfg.seed)
     cpu = stats.paired_ratios_ci(times.cpu, BASELINE, seed=cfg.seed)
     env = environment(device)
     clock = headline_clock(device, torch.get_num_threads())
-    run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "elapsed_s": elapsed_s, "memory_s": times.memory_s,
+    run = {"rounds": cfg.rounds, "warmup": cfg.warmup, "warm_steps": cfg.warm_steps, "elapsed_s": elapsed_s,
+           "memory_s": times.memory_s,
            "confidence": stats.CONFIDENCE, "headline": clock}
     records: list[dict[str, Any]] = []
     head_times = times.cpu if clock == "cpu" else times.wall

@@ -51,7 +51,10 @@ def explanation(records: Sequence[dict[str, Any]]) -> str:
     mem = (f"{ok[0]['mem_method']}, measured in the last warm-up round in {run['memory_s']:.0f} s "
            f"({run['memory_s'] / run['elapsed_s']:.0%} of the {run['elapsed_s']:.0f} s run)"
            if ok and ok[0]["mem_method"] else "not measured")
-    return (f"× EW = median over {run['rounds']} interleaved rounds (after {run['warmup']} warm-up) of the "
+    warm = run.get("warm_steps", 0)  # results.json written before warm steps existed had none
+    plural = "s" if warm > 1 else ""
+    after = f", each timed step right after {warm} untimed step{plural} of the same stack" if warm else ""
+    return (f"× EW = median over {run['rounds']} interleaved rounds (after {run['warmup']} warm-up{after}) of the "
             f"stack's step time / EW's step time in the same round, with a {run['confidence']:.0%} bootstrap "
             f"interval over rounds; CPU = this process's CPU time per step. The headline (ratio_to_ew, sort "
             f"order, chart) is {CLOCKS[run['headline']]}. {BASELINE_AGAIN} is a second copy of EW timed in every "

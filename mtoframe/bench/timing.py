@@ -78,14 +78,23 @@ def _sync(device: torch.device) -> None:
 
 def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int, seed: int = 0,
                     device: torch.device | None = None, memory: bool = False,
-                    on_round: Callable[[int], None] | None = None) -> RoundTimes:
+                    on_round: Callable[[int], None] | None = None, warm_steps: int = 0) -> RoundTimes:
     """Run ``warmup`` untimed and ``rounds`` timed rounds, every contender once per round in a
     shuffled order; return per-contender, per-round step times.
+
+    ``warm_steps``: in every round, each contender first runs this many untimed steps (whole
+    update periods) right before its timed ones, so that the timed step finds the caches holding
+    its own code and data, as in a training loop, not its predecessor's. With single interleaved
+    steps (``0``) a few-millisecond step pays for refilling them, and how much depends on which
+    other contenders are in the run: one sharing its solver code (a peer implementation) leaves
+    part of it warm (``docs/BENCHMARKS.md``, "Timed steps follow a step of their own").
 
     ``memory``: in the last untimed round (at least one is run), each contender's steps run
     under :func:`peak_memory` instead, which gives its peak memory without a separate pass."""
     if rounds < 1:
         raise MtoError(f"rounds must be >= 1, got {rounds}")
+    if warm_steps < 0:
+        raise MtoError(f"warm_steps must be >= 0, got {warm_steps}")
     names = [c.name for c in contenders]
     if len(set(names)) != len(names):
         raise MtoError(f"contender names must be unique, got {names}")
@@ -106,6 +115,8 @@ def run_interleaved(contenders: Sequence[Contender], *, rounds: int, warmup: int
                 peaks[c.name], method = peak_memory(functools.partial(_steps, c), device=device)
                 memory_s += time.perf_counter() - m0
                 continue
+            for _ in range(warm_steps):
+                _steps(c)
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             _steps(c)

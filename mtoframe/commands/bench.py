@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     for key in ("size", "batch", "width", "rounds", "warmup"):
         p.add_argument(f"--{key}", type=int, help=f"override ({'/'.join(map(str, SPEED_SIZES[key]))} full/quick)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak memory (measured in the last warm-up round)")
+    p.add_argument("--warm-steps", type=int, default=1,
+                   help="untimed steps of a stack right before each timed one, so that it is timed with its own "
+                   "code and data in cache, as in a training loop (default: %(default)s; 0: single interleaved steps)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: 1 for timing on CPU, steadier and "
                    "far faster on a loaded machine; torch's default for --quality)")
     q = p.add_argument_group("quality")
@@ -187,7 +190,7 @@ def _run_one_timing(args: argparse.Namespace, peers: list[str], tasks: int | Non
     workload.to(_device(args.device))
     cfg = SpeedConfig(rounds=_pick(args, "rounds", SPEED_SIZES), warmup=_pick(args, "warmup", SPEED_SIZES),
                       lr=args.lr if args.lr is not None else 1e-4, seed=args.seed, memory=not args.no_memory,
-                      device=args.device)
+                      device=args.device, warm_steps=args.warm_steps)
     info = ", ".join(f"{k}={v}" for k, v in workload.info.items())
     print(f"mtoframe bench: {workload.name} ({info}) on {args.device}, {_threads()} thread(s), Adam lr {cfg.lr}",
           flush=True)
