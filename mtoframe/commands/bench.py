@@ -17,7 +17,8 @@ from typing import Any
 
 #: (full, --quick) sizes of the timing run
 SPEED_SIZES = {
-    # full: the README's main job, about 5 minutes on 2 CPU cores for every method and stack
+    # full: the README's main job, about 5 minutes on 2 CPU cores for every method and stack (one
+    # warm step per timed step)
     "size": (64, 32), "batch": (8, 8), "width": (16, 16), "rounds": (30, 20), "warmup": (3, 3),
     "manytask_batch": (256, 64),
 }
