@@ -300,6 +300,18 @@ def test_out_is_created_with_its_parents_before_the_run(tmp_path, monkeypatch):
         report.writable_dir(tmp_path / "a" / "b")
 
 
+@pytest.mark.parametrize(("flag", "value", "says"), [("--rounds", "1", "--rounds must be >= 2"),
+                                                     ("--warm-steps", "-1", "--warm-steps must be >= 0")])
+def test_bad_timing_counts_are_refused_before_any_work(tmp_path, monkeypatch, capsys, flag, value, says):
+    from mtoframe.cli import main
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MTOFRAME_CACHE", str(cache))
+    assert main(["bench", *TINY, flag, value, "--methods", "ew", "--out", str(tmp_path / "out")]) == 2
+    assert says in capsys.readouterr().err
+    assert not cache.exists()
+
+
 def test_unknown_method_is_an_error(tmp_path, monkeypatch, capsys):
     from mtoframe.cli import main
 

@@ -144,6 +144,20 @@ def test_compare_gives_per_stack_verdicts_and_fails_on_a_regression_beyond_the_t
     assert main(["bench", "--compare", a, a, "--fail-on-regression", "0"]) == 0  # a run against itself
 
 
+def test_compare_notes_runs_timed_with_different_warm_steps(tmp_path, capsys):
+    from mtoframe.cli import main
+
+    before = [_record("ew", [1.0] * 20), _record("pcgrad", _noisy(1.8, 0.03, seed=1))]  # no run.warm_steps: 0
+    after = [_record("ew", [1.0] * 20), _record("pcgrad", _noisy(1.8, 0.03, seed=2))]
+    for rec in after:
+        rec["run"]["warm_steps"] = 1
+    a, b = _write(tmp_path / "old.json", before), _write(tmp_path / "new.json", after)
+    assert main(["bench", "--compare", a, b]) == 0
+    assert "note: the runs timed differently (OLD 0, NEW 1 untimed steps" in capsys.readouterr().out
+    assert main(["bench", "--compare", b, b]) == 0
+    assert "timed differently" not in capsys.readouterr().out
+
+
 def test_compare_rejects_files_it_cannot_read(tmp_path, capsys):
     from mtoframe.cli import main
 

@@ -104,6 +104,11 @@ def run_compare(old_path: Path, new_path: Path, *, fail_on_regression: float | N
         if a != b:
             say(f"note: the runs' {key}s differ (OLD {a}, NEW {b}): ratios to EW of different workloads need "
                 f"not agree")
+    # results.json from before warm steps existed recorded none: those runs timed single steps
+    warm = [r[BASELINE].get("run", {}).get("warm_steps", 0) for r in (old, new)]
+    if warm[0] != warm[1]:
+        say(f"note: the runs timed differently (OLD {warm[0]}, NEW {warm[1]} untimed steps before each timed one): "
+            f"a few-ms step's ratio to EW moves with that alone (docs/BENCHMARKS.md)")
     clock = common_clock(old, new)
     if clock == "wall" and {r[BASELINE].get("run", {}).get("headline") for r in (old, new)} != {"wall"}:
         say("note: the runs' headline clocks differ; comparing wall-time ratios, which both recorded")

@@ -152,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--peers applies to timing only")
     if args.rounds is not None and args.rounds < 2:
         raise OptionError(f"--rounds must be >= 2 (an interval over rounds needs two), got {args.rounds}")
+    if args.warm_steps < 0:
+        raise OptionError(f"--warm-steps must be >= 0 (0: single interleaved steps), got {args.warm_steps}")
     writable_dir(args.out)  # before any work: a run must not fail at its end for want of a directory
     return run_quality(args) if args.quality else run_timing(args, peers)
 
