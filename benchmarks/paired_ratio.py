@@ -14,9 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from _shared import fmt
-
-from mtoframe.bench.stats import paired_ratio_ci
+from _shared import fmt, paired_ratio
 
 
 def main() -> None:
@@ -32,7 +30,7 @@ def main() -> None:
         sys.exit(f"{args.results} has no timed stack {missing}; it has {sorted(records)}")
     times = {n: [x[f"{args.clock}_ms"] for x in records[n]["rounds"]] for n in (args.a, args.b)}
     median = "cpu_ms_median" if args.clock == "cpu" else "ms_median"
-    print(f"{args.a} / {args.b} ({args.clock} time): {fmt(paired_ratio_ci(times[args.a], times[args.b]))}; "
+    print(f"{args.a} / {args.b} ({args.clock} time): {fmt(paired_ratio(times, args.a, args.b))}; "
           f"medians {records[args.a][median]:.2f} and {records[args.b][median]:.2f} ms")
 
 
